@@ -1,0 +1,46 @@
+# Entry points: make run | make test | make bench | make lint | make docs
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+export AIRFLOW_HOME ?= $(CURDIR)/var/airflow
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export AIRFLOW__CORE__UNIT_TEST_MODE := False
+export GX_ANALYTICS_ENABLED := false
+export NO_PROXY := *
+
+.PHONY: venv run test bench lint docs clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade "pip==25.3"
+	$(BIN)/pip install --quiet -c constraints.txt -r requirements.txt
+	touch $(STAMP)
+
+## run: one daily reporting cycle on the embedded defaults (demo source DB, local AMS receiver)
+run: $(STAMP)
+	$(BIN)/ams-report demo
+
+## test: the whole test suite
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## bench: throughput and peak memory of the contract and the data-quality suite
+bench: $(STAMP)
+	$(BIN)/python bench/validate_area1.py $(BENCH_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy transforms expectations delivery receiver
+
+## docs: regenerate docs/fields.md and the XSD from the registry
+docs: $(STAMP)
+	$(BIN)/ams-report docs
+
+clean:
+	rm -rf var

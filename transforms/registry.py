@@ -1,0 +1,480 @@
+"""The one registry of the eight data areas (DESIGN.md, principle 1).
+
+Everything that differs between areas is data here: the extraction query, the record fields with
+the regulation paragraph that requires each, the payload element names, the required-when
+conditions, the phase-in date (§ 50) and the delivery channels (§§ 6, 12, 17, 22, 28, 51).
+The mapping, the pandera contract, the GE suites, the XSD, the docs and the tests read it; a new
+field is one line here.
+
+No Airflow import: this module is plain Python.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SQL_DIR = REPO_ROOT / "sql"
+REFERENCE_DIR = REPO_ROOT / "reference"
+SCHEMA_DIR = REPO_ROOT / "schemas"
+
+#: Field kinds. Each kind has one format rule (transforms.identifiers) and one XSD simple type.
+KINDS = (
+    "cpr",  # CPR number, 10 digits (DOMAIN.md)
+    "cpr_list",  # several CPR numbers (mentor support per slot, § 37)
+    "municipality",  # kommunekode, 3 digits
+    "jobcentre",  # 5 digits: kommunekode + 2-digit sub-unit
+    "cvr",  # 8 digits, modulus 11
+    "pnr",  # P-number, 10 digits, format only
+    "se",  # SE number, 8 digits
+    "key",  # a source system's key (text, <= 64)
+    "date",
+    "hours",  # decimal hours, 0-99.99
+    "count",  # non-negative integer
+    "text",  # free text (<= 200)
+    "code",  # a value from a code list in reference/
+    "bool",
+)
+
+WEBSERVICE = "webservice"
+SFTP = "sftp"
+
+
+@dataclass(frozen=True)
+class Field:
+    """One reported field: where the regulation asks for it and where it comes from."""
+
+    name: str  # record field (snake_case)
+    element: str  # payload element (the agency's CamelCase convention, DOMAIN.md)
+    paragraph: str  # the regulation's paragraph, e.g. "§ 3 nr. 1"
+    source: str  # source contract column(s), e.g. "persons.cpr"
+    kind: str
+    required: bool | str = True  # True, False, or the name of a condition (required when ...)
+    codelist: str | None = None  # reference/<codelist>.csv for kind "code"
+    description: str = ""
+    #: Allowed only when this condition holds (otherwise it must be empty): "only where ..."
+    only_when: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"field {self.name}: unknown kind {self.kind!r}")
+        if (self.kind == "code") != (self.codelist is not None):
+            raise ValueError(f"field {self.name}: kind 'code' goes with a codelist, and only it")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A required-when clause of the regulation ("for company-directed measures: ...")."""
+
+    name: str
+    description: str
+    paragraph: str
+
+
+@dataclass(frozen=True)
+class Area:
+    """One data area of the executive order."""
+
+    number: int
+    key: str  # stable machine name
+    title: str
+    chapter: str  # "Kapitel 1"
+    paragraph: str  # the paragraph listing the fields, e.g. "§ 3"
+    record_element: str  # payload element of one record, e.g. "InsuredMeasure"
+    query: str  # extraction SQL, relative to sql/
+    key_column: str  # the source key; the record id is derived from it
+    fields: tuple[Field, ...]
+    phase_in: date  # § 50: nothing dated before this is reported
+    phase_in_paragraph: str
+    channels: tuple[str, ...]
+    date_field: str  # the date that places a record in time (phase-in, code-list validity)
+    conditions: tuple[Condition, ...] = ()
+    #: The person group the area covers (§ 2, § 8, § 24 ...): rows outside it are not reported.
+    scope: str = ""
+    scope_paragraph: str = ""
+    #: Reconciliation with grants and payments (§§ 4, 10, 15, 20, 26, 32, 38, 43).
+    reconciliation_paragraph: str = ""
+    person_field: str | None = "person_cpr"
+    notes: tuple[str, ...] = ()
+
+    @property
+    def code(self) -> str:
+        return f"area{self.number}"
+
+    @property
+    def record_type(self) -> str:
+        return f"{self.record_element}Record"
+
+    @property
+    def field_names(self) -> list[str]:
+        return [f.name for f in self.fields]
+
+    def field(self, name: str) -> Field:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise KeyError(f"{self.code} has no field {name!r}")
+
+    def condition(self, name: str) -> Condition:
+        for c in self.conditions:
+            if c.name == name:
+                return c
+        raise KeyError(f"{self.code} has no condition {name!r}")
+
+    @property
+    def query_path(self) -> Path:
+        return SQL_DIR / self.query
+
+    @property
+    def cpr_fields(self) -> list[str]:
+        return [f.name for f in self.fields if f.kind in ("cpr", "cpr_list")]
+
+
+# Conditions shared by the two measure areas (§ 3 and § 9 "for ..." clauses).
+JOBPLAN = Condition("jobplan", "the measure is part of a job plan", "§ 3 nr. 10-13, § 9 nr. 9-12")
+COMPANY = Condition(
+    "company_directed", "company-directed measure (internship, wage subsidy)", "§ 3 nr. 14-18, § 9 nr. 13-17"
+)
+STATE = Condition("state_wage_subsidy", "wage subsidy in a state institution", "§ 3 nr. 17, § 9 nr. 16")
+COURSE = Condition("course", "course (guidance and upskilling)", "§ 3 nr. 19-21, § 9 nr. 18-19")
+PROVIDER = Condition("has_provider", "company-directed measure or course", "§ 3 nr. 16 and 20, § 9 nr. 14 and 18")
+ADDRESS = Condition(
+    "address_needed",
+    "company-directed measure whose provider CVR and/or P-number is missing",
+    "§ 9 nr. 15",
+)
+
+_PERSON = "Identifikationsoplysninger for personen"
+
+
+def _cpr(paragraph: str, source: str = "persons.cpr") -> Field:
+    return Field("person_cpr", "PersonCivilRegistrationIdentifier", paragraph, source, "cpr", description=_PERSON)
+
+
+def _municipality(paragraph: str, source: str) -> Field:
+    return Field(
+        "municipality_code", "MunicipalityCode", paragraph, source, "municipality",
+        description="Kommunekode for indberettende kommune",
+    )
+
+
+AREAS: tuple[Area, ...] = (
+    Area(
+        number=1,
+        key="insured_measures",
+        title="Measures for unemployment-insurance recipients and employed persons",
+        chapter="Kapitel 1",
+        paragraph="§ 3",
+        record_element="InsuredMeasure",
+        query="extract/area1_insured_measures.sql",
+        key_column="measure_id",
+        phase_in=date(2010, 1, 4),
+        phase_in_paragraph="§ 50, stk. 1",
+        channels=(WEBSERVICE, SFTP),
+        date_field="start_date",
+        scope="LAB § 2 nr. 1; LAB § 2 nr. 8 who are a-kasse members; training agreements with adults; "
+        "employed persons (target group and a-kasse membership on the measure's start date)",
+        scope_paragraph="§ 2",
+        reconciliation_paragraph="§ 4",
+        conditions=(JOBPLAN, COMPANY, STATE, COURSE, PROVIDER),
+        fields=(
+            _cpr("§ 3 nr. 1"),
+            _municipality("§ 3 nr. 2", "measures.municipality_code"),
+            Field("responsible_jobcentre", "ResponsibleJobcenterCode", "§ 3 nr. 3",
+                  "measures.responsible_jobcenter", "jobcentre", description="Ansvarligt jobcenter"),
+            Field("registering_jobcentre", "RegisteringJobcenterCode", "§ 3 nr. 4",
+                  "measures.registering_jobcenter", "jobcentre", description="Registrerende jobcenter"),
+            Field("measure_id", "MeasureIdentifier", "§ 3 nr. 5", "measures.measure_id", "key",
+                  description="Unik nøgle for den enkelte foranstaltning"),
+            Field("measure_type", "MeasureTypeCode", "§ 3 nr. 5", "measures.measure_type", "code",
+                  codelist="measure_types",
+                  description="Kind of measure (course, internship, wage subsidy): what § 3's 'for ...' "
+                  "clauses refer to"),
+            Field("start_date", "StartDate", "§ 3 nr. 6", "measures.start_date", "date"),
+            Field("end_date", "EndDate", "§ 3 nr. 7", "measures.end_date", "date"),
+            Field("weekly_hours", "HoursPerWeek", "§ 3 nr. 8", "measures.weekly_hours", "hours",
+                  description="Gennemsnitligt ugentligt timetal"),
+            Field("activation_type", "ActivationTypeIdentifier", "§ 3 nr. 9", "measures.activation_type",
+                  "code", codelist="activation_types", description="Aktiveringstype (økonomisk ramme m.v.)"),
+            Field("jobplan_id", "JobPlanIdentifier", "§ 3 nr. 10", "jobplans.jobplan_id", "key",
+                  required="jobplan", only_when="jobplan"),
+            Field("jobplan_created_on", "JobPlanCreatedDate", "§ 3 nr. 11", "jobplans.created_on", "date",
+                  required="jobplan", only_when="jobplan"),
+            Field("jobplan_revised_on", "JobPlanRevisedDate", "§ 3 nr. 12", "jobplans.revised_on", "date",
+                  required=False, only_when="jobplan", description="Reported once the plan is revised"),
+            Field("employment_goal", "EmploymentGoalText", "§ 3 nr. 13", "jobplans.employment_goal", "text",
+                  required="jobplan", only_when="jobplan"),
+            Field("job_order_id", "JobOrderIdentifier", "§ 3 nr. 14", "measures.job_order_id", "key",
+                  required=False, only_when="company_directed", description="Jobnet ordrenummer, hvor det findes"),
+            Field("job_order_type", "JobOrderTypeCode", "§ 3 nr. 15", "measures.job_order_type", "code",
+                  codelist="job_order_types", required="company_directed", only_when="company_directed"),
+            Field("provider_cvr", "ProviderCVRnumberIdentifier", "§ 3 nr. 16 and 20", "measures.provider_cvr",
+                  "cvr", required="has_provider", only_when="has_provider"),
+            Field("provider_pnr", "ProviderProductionUnitIdentifier", "§ 3 nr. 16 and 20",
+                  "measures.provider_pnr", "pnr", required="has_provider", only_when="has_provider"),
+            Field("ministry_area", "MinistryAreaCode", "§ 3 nr. 17", "measures.ministry_area", "code",
+                  codelist="ministry_areas", required="state_wage_subsidy", only_when="state_wage_subsidy"),
+            Field("job_title", "JobTitleText", "§ 3 nr. 18", "measures.job_title", "text",
+                  required="company_directed", only_when="company_directed"),
+            Field("course_type", "CourseTypeCode", "§ 3 nr. 19", "measures.course_type", "code",
+                  codelist="course_types", required="course", only_when="course",
+                  description="Afholdelseskategori"),
+            Field("team_id", "TeamIdentifier", "§ 3 nr. 21", "measures.team_id", "key",
+                  required="course", only_when="course", description="Hold-ID"),
+        ),
+    ),
+    Area(
+        number=2,
+        key="uninsured_measures",
+        title="Measures for non-insured persons",
+        chapter="Kapitel 2",
+        paragraph="§ 9",
+        record_element="UninsuredMeasure",
+        query="extract/area2_uninsured_measures.sql",
+        key_column="measure_id",
+        phase_in=date(2010, 1, 4),
+        phase_in_paragraph="§ 50, stk. 1 (job-plan fields: stk. 2)",
+        channels=(WEBSERVICE, SFTP),
+        date_field="start_date",
+        scope="LAB § 2 nr. 2-7, 9 and 10; LAB § 2 nr. 8 who are not a-kasse members; introduction "
+        "allowance and self-supporting persons under the integration act (on the measure's start date)",
+        scope_paragraph="§ 8",
+        reconciliation_paragraph="§ 10",
+        conditions=(JOBPLAN, COMPANY, STATE, COURSE, PROVIDER, ADDRESS),
+        fields=(
+            _cpr("§ 9 nr. 1"),
+            _municipality("§ 9 nr. 2", "measures.municipality_code"),
+            Field("measure_id", "MeasureIdentifier", "§ 9 nr. 3", "measures.measure_id", "key",
+                  description="The municipality's key of the measure (identifies the record for updates)"),
+            Field("measure_type", "MeasureTypeCode", "§ 9 nr. 3", "measures.measure_type", "code",
+                  codelist="measure_types", description="Foranstaltningstype med underkategorier"),
+            Field("start_date", "StartDate", "§ 9 nr. 4", "measures.start_date", "date"),
+            Field("end_date", "EndDate", "§ 9 nr. 5", "measures.end_date", "date"),
+            Field("weekly_hours", "HoursPerWeek", "§ 9 nr. 6", "measures.weekly_hours", "hours"),
+            Field("main_benefit", "MainBenefitCode", "§ 9 nr. 7", "benefits.benefit_code", "code",
+                  codelist="benefit_types",
+                  description="Hovedydelse on the start date; self-supporting is recorded as such (99)"),
+            Field("open_offer", "OpenOfferIndicator", "§ 9 nr. 8", "measures.open_offer", "bool",
+                  description="Åbent tilbud: paid only for hours attended"),
+            Field("jobplan_id", "JobPlanIdentifier", "§ 9 nr. 9", "jobplans.jobplan_id", "key",
+                  required="jobplan", only_when="jobplan"),
+            Field("jobplan_created_on", "JobPlanCreatedDate", "§ 9 nr. 10", "jobplans.created_on", "date",
+                  required="jobplan", only_when="jobplan"),
+            Field("jobplan_revised_on", "JobPlanRevisedDate", "§ 9 nr. 11", "jobplans.revised_on", "date",
+                  required=False, only_when="jobplan"),
+            Field("employment_goal", "EmploymentGoalText", "§ 9 nr. 12", "jobplans.employment_goal", "text",
+                  required="jobplan", only_when="jobplan"),
+            Field("location_code", "LocationCode", "§ 9 nr. 13", "measures.location_code", "code",
+                  codelist="location_codes", required="company_directed", only_when="company_directed",
+                  description="Stedkode"),
+            Field("provider_cvr", "ProviderCVRnumberIdentifier", "§ 9 nr. 14 and 18", "measures.provider_cvr",
+                  "cvr", required=False, only_when="has_provider",
+                  description="Missing CVR on a company-directed measure requires the worksite address"),
+            Field("provider_pnr", "ProviderProductionUnitIdentifier", "§ 9 nr. 14 and 18",
+                  "measures.provider_pnr", "pnr", required=False, only_when="has_provider"),
+            Field("worksite_address", "WorksiteAddressText", "§ 9 nr. 15", "measures.worksite_address", "text",
+                  required="address_needed", only_when="company_directed"),
+            Field("ministry_area", "MinistryAreaCode", "§ 9 nr. 16", "measures.ministry_area", "code",
+                  codelist="ministry_areas", required="state_wage_subsidy", only_when="state_wage_subsidy"),
+            Field("job_title", "JobTitleText", "§ 9 nr. 17", "measures.job_title", "text",
+                  required="company_directed", only_when="company_directed"),
+            Field("team_id", "TeamIdentifier", "§ 9 nr. 19", "measures.team_id", "key",
+                  required="course", only_when="course"),
+        ),
+        notes=("§ 9 nr. 9-12 (job plan) are reported from the date set by `AMS_AREA2_JOBPLAN_FROM` "
+               "(§ 50, stk. 2: 'when the technical solution is updated'); before it they are left out.",),
+    ),
+    Area(
+        number=3,
+        key="followup_interviews",
+        title="Follow-up interviews with sick-listed persons held by the municipality",
+        chapter="Kapitel 3",
+        paragraph="§ 14",
+        record_element="FollowUpInterview",
+        query="extract/area3_followup_interviews.sql",
+        key_column="interview_id",
+        phase_in=date(2009, 10, 5),
+        phase_in_paragraph="§ 50, stk. 3",
+        channels=(WEBSERVICE,),
+        date_field="held_on",
+        reconciliation_paragraph="§ 15",
+        fields=(
+            _cpr("§ 14 nr. 1"),
+            _municipality("§ 14 nr. 2", "followup_interviews.municipality_code"),
+            Field("held_on", "InterviewDate", "§ 14 nr. 3", "followup_interviews.held_on", "date"),
+            Field("interview_form", "InterviewFormIdentifier", "§ 14 nr. 4",
+                  "followup_interviews.interview_form", "code", codelist="interview_forms",
+                  description="Samtaleform"),
+            Field("visitation_category", "VisitationCategoryCode", "§ 14 nr. 5",
+                  "followup_interviews.visitation_category", "code", codelist="visitation_categories",
+                  description="Visitationskategori"),
+            Field("visitation_rules", "VisitationCategoryRulesVersion", "§ 14 nr. 5",
+                  "derived from followup_interviews.held_on", "key",
+                  description="Which rules the category follows: 2005 (before 30 June 2014) or 2014"),
+        ),
+    ),
+    Area(
+        number=4,
+        key="absence_interviews",
+        title="Sickness-absence interviews held by the employer",
+        chapter="Kapitel 4",
+        paragraph="§ 19",
+        record_element="AbsenceInterview",
+        query="extract/area4_absence_interviews.sql",
+        key_column="interview_id",
+        phase_in=date(2010, 1, 4),
+        phase_in_paragraph="§ 50, stk. 4 (from release; the order's date is used)",
+        channels=(WEBSERVICE,),
+        date_field="held_on",
+        reconciliation_paragraph="§ 20",
+        conditions=(Condition("no_cvr", "the company reports by SE number", "§ 19 nr. 2"),),
+        fields=(
+            _cpr("§ 19 nr. 1"),
+            Field("employer_cvr", "CVRnumberIdentifier", "§ 19 nr. 2", "absence_interviews.employer_cvr", "cvr",
+                  required=False, description="CVR or SE number of the reporting company: exactly one"),
+            Field("employer_se", "SEnumberIdentifier", "§ 19 nr. 2", "absence_interviews.employer_se", "se",
+                  required="no_cvr", description="CVR or SE number of the reporting company: exactly one"),
+            Field("held_on", "InterviewDate", "§ 19 nr. 3", "absence_interviews.held_on", "date"),
+        ),
+    ),
+    Area(
+        number=5,
+        key="cv_interviews",
+        title="CV interviews held by the municipality, and the CV's approval status",
+        chapter="Kapitel 5",
+        paragraph="§ 25",
+        record_element="CvInterview",
+        query="extract/area5_cv_interviews.sql",
+        key_column="interview_id",
+        phase_in=date(2009, 8, 1),
+        phase_in_paragraph="§ 50, stk. 5",
+        channels=(WEBSERVICE,),
+        date_field="held_on",
+        scope="recipients of kontanthjælp/starthjælp solely because of unemployment (LAB § 2 nr. 2) or of "
+        "integration benefit solely because of unemployment, on the interview date",
+        scope_paragraph="§ 24",
+        reconciliation_paragraph="§ 26",
+        fields=(
+            _cpr("§ 25 nr. 1"),
+            _municipality("§ 25 nr. 2", "cv_interviews.municipality_code"),
+            Field("held_on", "InterviewDate", "§ 25 nr. 3", "cv_interviews.held_on", "date"),
+            Field("cv_status", "CvApprovalStatusCode", "§ 25 nr. 4", "cv_interviews.cv_status", "code",
+                  codelist="cv_statuses", description="Godkendelsesstatus for cv'et"),
+        ),
+    ),
+    Area(
+        number=6,
+        key="personal_assistance",
+        title="Subsidy for personal assistance to persons with disabilities",
+        chapter="Kapitel 6",
+        paragraph="§ 31",
+        record_element="PersonalAssistanceGrant",
+        query="extract/area6_personal_assistance.sql",
+        key_column="grant_id",
+        phase_in=date(2009, 8, 1),
+        phase_in_paragraph="§ 50, stk. 6",
+        channels=(WEBSERVICE,),
+        date_field="start_date",
+        reconciliation_paragraph="§ 32",
+        fields=(
+            _cpr("§ 31 nr. 1"),
+            _municipality("§ 31 nr. 2", "personal_assistance_grants.municipality_code"),
+            Field("scheme", "AssistanceSchemeCode", "§ 30 nr. 1-2", "personal_assistance_grants.scheme", "key",
+                  description="EMPLOYMENT (§ 30 nr. 1) or EDUCATION (§ 30 nr. 2)"),
+            Field("company_cvr", "CVRnumberIdentifier", "§ 31 nr. 3", "personal_assistance_grants.company_cvr",
+                  "cvr"),
+            Field("company_pnr", "ProductionUnitIdentifier", "§ 31 nr. 3",
+                  "personal_assistance_grants.company_pnr", "pnr"),
+            Field("start_date", "StartDate", "§ 31 nr. 4", "personal_assistance_grants.start_date", "date"),
+            Field("end_date", "EndDate", "§ 31 nr. 5", "personal_assistance_grants.end_date", "date"),
+            Field("weekly_hours", "HoursPerWeek", "§ 31 nr. 6", "personal_assistance_grants.weekly_hours",
+                  "hours", description="Bevilget gennemsnitligt timetal pr. uge"),
+        ),
+    ),
+    Area(
+        number=7,
+        key="mentor_support",
+        title="Mentor support",
+        chapter="Kapitel 7",
+        paragraph="§ 37",
+        record_element="MentorGrant",
+        query="extract/area7_mentor_support.sql",
+        key_column="grant_id",
+        phase_in=date(2011, 1, 1),
+        phase_in_paragraph="§ 50, stk. 7 (at the latest)",
+        channels=(WEBSERVICE,),
+        date_field="start_date",
+        reconciliation_paragraph="§ 38",
+        person_field=None,
+        conditions=(
+            Condition("per_person", "grant for an individual person", "§ 37 nr. 3 and 5"),
+            Condition("per_slot", "grant per slot (pr. plads, LAB § 80, stk. 2)", "§ 37 nr. 4, 6 and 7"),
+        ),
+        fields=(
+            _municipality("§ 37 nr. 1", "mentor_grants.municipality_code"),
+            Field("basis", "MentorBasisCode", "§ 36", "mentor_grants.basis", "key",
+                  description="PERSON or SLOT"),
+            Field("company_cvr", "CVRnumberIdentifier", "§ 37 nr. 2", "mentor_grants.company_cvr", "cvr"),
+            Field("company_pnr", "ProductionUnitIdentifier", "§ 37 nr. 2", "mentor_grants.company_pnr", "pnr"),
+            Field("start_date", "StartDate", "§ 37 nr. 3-4", "mentor_grants.start_date", "date",
+                  description="Grant start (per person) or start of the period paid for (per slot)"),
+            Field("end_date", "EndDate", "§ 37 nr. 3-4", "mentor_grants.end_date", "date",
+                  description="Grant end (per person) or end of the period paid for (per slot)"),
+            Field("granted_hours", "GrantedMentorHours", "§ 37 nr. 5", "mentor_grants.granted_hours", "hours",
+                  required="per_person", only_when="per_person"),
+            Field("persons_paid", "PersonsPaidCount", "§ 37 nr. 6", "mentor_grants.persons_paid", "count",
+                  required="per_slot", only_when="per_slot"),
+            Field("avg_paid_hours", "AveragePaidHoursPerPerson", "§ 37 nr. 7", "mentor_grants.avg_paid_hours",
+                  "hours", required="per_slot", only_when="per_slot"),
+            Field("person_cprs", "PersonCivilRegistrationIdentifier", "§ 37 nr. 8",
+                  "mentor_grant_persons -> persons.cpr", "cpr_list",
+                  description="The persons who get mentor support (one for a person grant, one or more per slot)"),
+        ),
+    ),
+    Area(
+        number=8,
+        key="aids",
+        title="Aids (teaching material, work tools and minor workplace adaptations)",
+        chapter="Kapitel 8",
+        paragraph="§ 42, stk. 2",
+        record_element="AidGrant",
+        query="extract/area8_aids.sql",
+        key_column="grant_id",
+        phase_in=date(2011, 1, 1),
+        phase_in_paragraph="§ 50, stk. 7 (at the latest)",
+        channels=(WEBSERVICE,),
+        date_field="approved_on",
+        reconciliation_paragraph="§ 43",
+        conditions=(Condition("company_receives", "the company receives the subsidy", "§ 42, stk. 2, nr. 2"),),
+        fields=(
+            _municipality("§ 42, stk. 2, nr. 1", "aid_grants.municipality_code"),
+            Field("aid_kind", "AidKindCode", "§ 42, stk. 1", "aid_grants.aid_kind", "key",
+                  description="TEACHING_MATERIAL or WORK_TOOLS"),
+            Field("company_cvr", "CVRnumberIdentifier", "§ 42, stk. 2, nr. 2", "aid_grants.company_cvr", "cvr",
+                  required=False, description="Only where the company receives the subsidy"),
+            Field("company_pnr", "ProductionUnitIdentifier", "§ 42, stk. 2, nr. 2", "aid_grants.company_pnr",
+                  "pnr", required="company_receives", only_when="company_receives"),
+            Field("approved_on", "ApprovalDate", "§ 42, stk. 2, nr. 3", "aid_grants.approved_on", "date"),
+            _cpr("§ 42, stk. 2, nr. 4"),
+        ),
+    ),
+)
+
+#: Payload-only fields every record carries (the agency's convention, DOMAIN.md), not regulation fields.
+RECORD_ID_ELEMENT = "RecordIdentifier"  # GUID the caller sets; sending it again updates the record
+ACTION_ELEMENT = "RecordAction"  # CREATE_OR_UPDATE or ANNUL (KMD's create/update/cancel model)
+
+AREA_BY_NUMBER = {a.number: a for a in AREAS}
+AREA_BY_CODE = {a.code: a for a in AREAS}
+
+
+def get_area(ref: int | str) -> Area:
+    """An area by number (1-8), code ('area1') or key ('insured_measures')."""
+    if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+        return AREA_BY_NUMBER[int(ref)]
+    for a in AREAS:
+        if ref in (a.code, a.key):
+            return a
+    raise KeyError(f"no data area {ref!r}; known: {', '.join(a.code for a in AREAS)}")
