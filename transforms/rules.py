@@ -1,0 +1,87 @@
+"""The catalogue of data rules: one id, engine, default severity and explanation each.
+
+The pandera contract (transforms.contracts) enforces the `contract` rules, the Great Expectations
+suites (expectations/) the `quality` rules. Findings carry the rule id, so quarantine entries, the
+analysts' report and the planted defects of the demo data all speak the same names.
+
+Severity is configuration: `AMS_RULE_SEVERITY="cpr.unknown=error,reconcile.no_benefit_or_payment=error"`
+overrides the defaults below. Errors quarantine a row; warnings let it through and are reported.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+ERROR = "error"
+WARNING = "warning"
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    engine: str  # "contract" (pandera) or "quality" (Great Expectations)
+    severity: str
+    title: str  # what the rule demands, in words for analysts
+    basis: str  # where the rule comes from (paragraph or DOMAIN.md source)
+
+
+RULES: tuple[Rule, ...] = (
+    # Types and formats: the record contract (pandera).
+    Rule("required.missing", "contract", ERROR, "A field the regulation requires here is empty", "the field's paragraph"),
+    Rule("field.not_applicable", "contract", WARNING,
+         "A field is filled where the regulation does not ask for it; it is not sent", "the field's paragraph"),
+    Rule("format.cpr", "contract", ERROR, "CPR number is not 10 digits (DDMMYY-SSSS)", "DOMAIN.md, cpr.dk"),
+    Rule("format.cvr", "contract", ERROR, "CVR number is not 8 digits without a leading zero", "DOMAIN.md"),
+    Rule("format.pnr", "contract", ERROR, "P-number is not 10 digits", "DOMAIN.md, erhvervsstyrelsen.dk"),
+    Rule("format.se", "contract", ERROR, "SE number is not 8 digits", "DOMAIN.md"),
+    Rule("format.municipality", "contract", ERROR, "Municipality code is not 3 digits", "DOMAIN.md"),
+    Rule("format.jobcentre", "contract", ERROR, "Job-centre code is not 5 digits", "STAR SubJobcenter"),
+    Rule("format.date", "contract", ERROR, "Not a valid date", "the field's paragraph"),
+    Rule("format.number", "contract", ERROR, "Not a number", "the field's paragraph"),
+    Rule("format.text", "contract", ERROR, "Text too long (200 characters at most)", "the project's XSD"),
+    # Meaning: the data-quality suites (Great Expectations).
+    Rule("cpr.bad_date", "quality", ERROR, "CPR number has an impossible birth date or century",
+         "cpr.dk, 'Opbygning af CPR-nummeret'"),
+    Rule("cpr.unknown", "quality", WARNING, "CPR number is 0000000000 ('required but unknown')",
+         "STAR service documentation"),
+    Rule("cpr.no_modulus11", "quality", WARNING,
+         "CPR number fails modulus 11 (valid since 2007; shown for information)", "cpr.dk, 'Personnumre uden kontrolciffer'"),
+    Rule("cvr.bad_checksum", "quality", ERROR, "CVR number fails the modulus-11 check", "erhvervsstyrelsen.dk"),
+    Rule("se.no_modulus11", "quality", WARNING, "SE number fails the CVR check (not a proven rule)", "DOMAIN.md"),
+    Rule("municipality.unknown", "quality", ERROR, "Not one of the 98 municipality codes", "reference/municipalities.csv"),
+    Rule("jobcentre.unknown_municipality", "quality", ERROR,
+         "Job-centre code does not start with a municipality code", "STAR SubJobcenter"),
+    Rule("code.invalid", "quality", ERROR, "Value is not in the code list valid on the record's date", "reference/"),
+    Rule("dates.start_after_end", "quality", ERROR, "Start date is after the end date", "the area's paragraph"),
+    Rule("dates.future", "quality", ERROR, "Date lies after the end of the reporting period", "§ 4 (continuous registration)"),
+    Rule("dates.before_phase_in", "quality", ERROR, "Dated before the area's phase-in date", "§ 50"),
+    Rule("hours.out_of_range", "quality", ERROR, "Weekly hours outside 0-60 (or granted hours outside 0-2000)",
+         "the area's paragraph"),
+    Rule("jobplan.revised_before_created", "quality", ERROR, "Job plan revised before it was created",
+         "§ 3 nr. 11-12, § 9 nr. 10-11"),
+    Rule("measure.overlap", "quality", ERROR,
+         "Another measure of the same type for the same person overlaps this one", "§ 3 nr. 5, § 9 nr. 3"),
+    Rule("employer.cvr_or_se", "quality", ERROR, "Give exactly one of CVR number and SE number", "§ 19 nr. 2"),
+    Rule("mentor.persons", "quality", ERROR,
+         "Mentor grant per person must name exactly one person; per slot at least one", "§ 37 nr. 8"),
+    Rule("reconcile.no_benefit_or_payment", "quality", WARNING,
+         "No benefit or payment for the person in the record's period", "§§ 4, 10, 15, 20, 26, 32, 38, 43"),
+    # From the receiver (delivery): the agency's business faults.
+    Rule("receiver.rejected", "delivery", ERROR, "The receiver rejected the record", "§ 46 (interface description)"),
+)
+
+RULE_BY_ID = {r.id: r for r in RULES}
+
+
+def severity(rule_id: str) -> str:
+    """The rule's severity, after the AMS_RULE_SEVERITY overrides."""
+    overrides = {}
+    for item in os.environ.get("AMS_RULE_SEVERITY", "").split(","):
+        if "=" in item:
+            key, value = item.split("=", 1)
+            overrides[key.strip()] = value.strip()
+    value = overrides.get(rule_id, RULE_BY_ID[rule_id].severity)
+    if value not in (ERROR, WARNING):
+        raise ValueError(f"AMS_RULE_SEVERITY: {rule_id}={value!r}; use 'error' or 'warning'")
+    return value
