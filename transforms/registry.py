@@ -11,7 +11,7 @@ No Airflow import: this module is plain Python.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 

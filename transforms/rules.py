@@ -40,6 +40,11 @@ RULES: tuple[Rule, ...] = (
     Rule("format.date", "contract", ERROR, "Not a valid date", "the field's paragraph"),
     Rule("format.number", "contract", ERROR, "Not a number", "the field's paragraph"),
     Rule("format.text", "contract", ERROR, "Text too long (200 characters at most)", "the project's XSD"),
+    Rule("scope.no_target_group", "contract", ERROR,
+         "No target group on the measure's start date: area 1 or 2 cannot be decided", "§ 2, § 8"),
+    Rule("scope.status_changed", "contract", WARNING,
+         "Target group or a-kasse membership changed during the measure; reported in the area of its start date",
+         "§ 2, § 8"),
     # Meaning: the data-quality suites (Great Expectations).
     Rule("cpr.bad_date", "quality", ERROR, "CPR number has an impossible birth date or century",
          "cpr.dk, 'Opbygning af CPR-nummeret'"),

@@ -1,0 +1,170 @@
+"""The record contracts: one pandera schema per area, built from the registry.
+
+The contract enforces what a record must look like before anything looks at what it means: types,
+formats of the identifiers (DOMAIN.md), and the regulation's required-when clauses ("for company-
+directed measures: ..."). Meaning (valid dates in CPR numbers, code lists, cross-field rules) is the
+data-quality suites' job (expectations/).
+
+Failures come back as the findings frame of docs/architecture.md. pandera's own failure cases hold
+the offending values, CPR numbers included, so they never leave this module: messages are rebuilt
+from the rule, the field and the masked person.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from functools import lru_cache
+
+import pandas as pd
+import pandera.pandas as pa
+
+from transforms import rules
+from transforms.identifiers import mask_cpr
+from transforms.mapping import condition_column
+from transforms.registry import Area, Field
+
+FINDING_COLUMNS = ["record_key", "rule", "field", "paragraph", "severity", "message"]
+
+_FORMATS = {
+    "cpr": ("format.cpr", r"\d{10}"),
+    "municipality": ("format.municipality", r"\d{3}"),
+    "jobcentre": ("format.jobcentre", r"\d{5}"),
+    "cvr": ("format.cvr", r"[1-9]\d{7}"),
+    "pnr": ("format.pnr", r"\d{10}"),
+    "se": ("format.se", r"\d{8}"),
+}
+_MAX_TEXT = 200
+_MAX_KEY = 64
+
+
+def _empty(value: object) -> bool:
+    return value is None or value == () or (isinstance(value, float) and value != value)
+
+
+def _element_check(f: Field) -> pa.Check | None:
+    """The format rule of a field's kind, as an element-wise check that passes on empty values."""
+    if f.kind in _FORMATS:
+        rule, pattern = _FORMATS[f.kind]
+        return pa.Check(
+            lambda s, p=pattern: s.isna() | s.astype("string").str.fullmatch(p).fillna(False).astype(bool),
+            name=f"{rule}|{f.name}",
+        )
+    if f.kind == "date":
+        return pa.Check(lambda s: s.map(lambda v: _empty(v) or isinstance(v, date)).astype(bool),
+                        name=f"format.date|{f.name}")
+    if f.kind in ("hours", "count"):
+        return pa.Check(
+            lambda s: s.map(lambda v: _empty(v) or (isinstance(v, (int, float)) and not isinstance(v, bool)))
+            .astype(bool),
+            name=f"format.number|{f.name}",
+        )
+    if f.kind in ("text", "key", "code"):
+        limit = _MAX_TEXT if f.kind == "text" else _MAX_KEY
+        return pa.Check(lambda s, n=limit: s.map(lambda v: _empty(v) or len(str(v)) <= n).astype(bool),
+                        name=f"format.text|{f.name}")
+    if f.kind == "bool":
+        return pa.Check(lambda s: s.map(lambda v: _empty(v) or isinstance(v, bool)).astype(bool),
+                        name=f"format.number|{f.name}")
+    if f.kind == "cpr_list":
+        return pa.Check(
+            lambda s: s.map(lambda v: all(isinstance(x, str) and len(x) == 10 and x.isdigit() for x in v))
+            .astype(bool),
+            name=f"format.cpr|{f.name}",
+        )
+    return None
+
+
+def _required_check(f: Field) -> pa.Check:
+    """§ ...: the field is required (always, or when its condition holds)."""
+    if f.required is True:
+        return pa.Check(lambda df, n=f.name: ~df[n].map(_empty).astype(bool), name=f"required.missing|{f.name}")
+    cond = condition_column(str(f.required))
+    return pa.Check(lambda df, n=f.name, c=cond: ~(df[c].astype(bool) & df[n].map(_empty).astype(bool)),
+                    name=f"required.missing|{f.name}")
+
+
+def _not_applicable_check(f: Field) -> pa.Check:
+    cond = condition_column(str(f.only_when))
+    return pa.Check(lambda df, n=f.name, c=cond: df[c].astype(bool) | df[n].map(_empty).astype(bool),
+                    name=f"field.not_applicable|{f.name}")
+
+
+def _flag_check(column: str, rule_id: str, field: str) -> pa.Check:
+    return pa.Check(lambda df: ~df[column].fillna(False).astype(bool), name=f"{rule_id}|{field}")
+
+
+@lru_cache(maxsize=16)
+def schema(area: Area) -> pa.DataFrameSchema:
+    """The pandera contract of one area's records."""
+    columns = {
+        "record_key": pa.Column(nullable=False, unique=True),
+        "record_id": pa.Column(nullable=False),
+        "action": pa.Column(checks=pa.Check.isin(["CREATE_OR_UPDATE", "ANNUL"]), nullable=False),
+    }
+    for f in area.fields:
+        check = _element_check(f)
+        columns[f.name] = pa.Column(checks=[check] if check else [], nullable=True)
+    wide = [_required_check(f) for f in area.fields if f.required]
+    wide += [_not_applicable_check(f) for f in area.fields if f.only_when]
+    if area.number in (1, 2):
+        wide.append(_flag_check("no_target_group", "scope.no_target_group", "person_cpr"))
+        wide.append(_flag_check("status_changed", "scope.status_changed", "person_cpr"))
+    return pa.DataFrameSchema(columns, checks=wide, strict=False, coerce=False, name=f"{area.code} record contract")
+
+
+def _paragraph(area: Area, rule_id: str, field_name: str) -> str:
+    """The field's paragraph; for a required-when field also the paragraph of its condition."""
+    if rule_id.startswith("scope."):
+        return rules.RULE_BY_ID[rule_id].basis
+    if field_name not in area.field_names:
+        return area.paragraph
+    f = area.field(field_name)
+    if isinstance(f.required, str):
+        return f"{f.paragraph} ({area.condition(f.required).paragraph})"
+    return f.paragraph
+
+
+def _message(area: Area, rule_id: str, field_name: str, person: str) -> str:
+    rule = rules.RULE_BY_ID[rule_id]
+    where = f" [{person}]" if person else ""
+    try:
+        f = area.field(field_name)
+    except KeyError:
+        return f"{rule.title} ({rule_id}, {area.paragraph}){where}"
+    extra = ""
+    if rule_id == "required.missing" and isinstance(f.required, str):
+        extra = f" when: {area.condition(f.required).description}"
+    if rule_id == "field.not_applicable" and f.only_when:
+        extra = f" (applies only when: {area.condition(f.only_when).description})"
+    return f"{field_name}: {rule.title}{extra} ({rule_id}, {f.paragraph}){where}"
+
+
+def check_contract(area: Area, records: pd.DataFrame) -> pd.DataFrame:
+    """Validate records against the area's contract; return every failure as a finding."""
+    if records.empty:
+        return pd.DataFrame(columns=FINDING_COLUMNS)
+    try:
+        schema(area).validate(records, lazy=True)
+        return pd.DataFrame(columns=FINDING_COLUMNS)
+    except pa.errors.SchemaErrors as exc:
+        cases = exc.failure_cases
+    cases = cases[cases["index"].notna() & cases["check"].astype(str).str.contains("|", regex=False)]
+    persons = records[area.person_field] if area.person_field else None
+    out = []
+    seen: set[tuple[object, str, str]] = set()
+    for check, index in zip(cases["check"].astype(str), cases["index"], strict=True):
+        rule_id, field_name = check.split("|", 1)
+        key = records.at[index, "record_key"]
+        if (key, rule_id, field_name) in seen:
+            continue
+        seen.add((key, rule_id, field_name))
+        person = mask_cpr(persons.at[index]) if persons is not None else ""
+        out.append({
+            "record_key": key,
+            "rule": rule_id,
+            "field": field_name,
+            "paragraph": _paragraph(area, rule_id, field_name),
+            "severity": rules.severity(rule_id),
+            "message": _message(area, rule_id, field_name, person),
+        })
+    return pd.DataFrame(out, columns=FINDING_COLUMNS)
