@@ -90,3 +90,43 @@ def severity(rule_id: str) -> str:
     if value not in (ERROR, WARNING):
         raise ValueError(f"AMS_RULE_SEVERITY: {rule_id}={value!r}; use 'error' or 'warning'")
     return value
+
+
+# Which rules guard a field, by its kind and role: the field reference (docs/fields.md) reads this.
+_KIND_RULES = {
+    "cpr": ("format.cpr", "cpr.bad_date", "cpr.unknown", "cpr.no_modulus11"),
+    "cpr_list": ("format.cpr", "cpr.bad_date", "mentor.persons"),
+    "municipality": ("format.municipality", "municipality.unknown"),
+    "jobcentre": ("format.jobcentre", "jobcentre.unknown_municipality"),
+    "cvr": ("format.cvr", "cvr.bad_checksum"),
+    "pnr": ("format.pnr",),
+    "se": ("format.se", "se.no_modulus11"),
+    "key": ("format.text",),
+    "text": ("format.text",),
+    "code": ("format.text", "code.invalid"),
+    "date": ("format.date", "dates.future"),
+    "hours": ("format.number", "hours.out_of_range"),
+    "count": ("format.number",),
+    "bool": ("format.number",),
+}
+_NAME_RULES = {
+    "start_date": ("dates.start_after_end",),
+    "end_date": ("dates.start_after_end",),
+    "jobplan_revised_on": ("jobplan.revised_before_created",),
+    "employer_cvr": ("employer.cvr_or_se",),
+    "employer_se": ("employer.cvr_or_se",),
+    "measure_type": ("measure.overlap",),
+}
+
+
+def field_rules(area, f) -> list[str]:  # (Area, Field) -> rule ids; untyped to keep this module import-free
+    found = list(_KIND_RULES[f.kind]) + list(_NAME_RULES.get(f.name, ()))
+    if f.required:
+        found.insert(0, "required.missing")
+    if f.only_when:
+        found.append("field.not_applicable")
+    if f.name == area.date_field:
+        found.append("dates.before_phase_in")
+    if f.name == area.person_field and area.reconciliation_paragraph and area.number in (1, 2, 3, 5, 6):
+        found.append("reconcile.no_benefit_or_payment")
+    return list(dict.fromkeys(found))

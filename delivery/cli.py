@@ -1,0 +1,162 @@
+"""`ams-report`: the command line of the project.
+
+    ams-report demo            one daily cycle on the embedded defaults (what `make run` does)
+    ams-report summary [RUN]   the summary of a run (default: the latest)
+    ams-report docs            regenerate the XSD and docs/fields.md from the registry
+    ams-report verify-archive  check every archived batch against its manifest
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from delivery.pipeline import Settings
+from transforms.registry import REPO_ROOT
+
+DAG_ID = "employment_reporting"
+
+
+def _airflow_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("AIRFLOW_HOME", str(settings.home / "airflow"))
+    env.update({
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": env.get("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING"),
+        "GX_ANALYTICS_ENABLED": "false",
+        "AMS_HOME": str(settings.home),
+        "AMS_SOURCE_URL": settings.source_url,
+        "AMS_STATE_URL": settings.state_url,
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "plugins"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    })
+    return env
+
+
+def _airflow(args: list[str], env: dict[str, str], log_path: Path) -> int:
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        return subprocess.call([airflow, *args], env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def ensure_demo_source(settings: Settings, persons: int) -> bool:
+    """Create and fill the demo source database once; later runs read what is there (fixes included)."""
+    from transforms import synthetic
+    from transforms.source import create_engine_from_url, create_source_schema
+
+    path = Path(settings.source_url.removeprefix("sqlite:///"))
+    if not settings.source_url.startswith("sqlite:///") or path.exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine_from_url(settings.source_url)
+    create_source_schema(engine)
+    data = synthetic.generate(engine, persons=persons)
+    engine.dispose()
+    print(f"Created the demo source database {path}: {sum(data.counts.values())} rows, "
+          f"{len(data.defects)} planted defects.")
+    return True
+
+
+def run_cycle(settings: Settings, receiver_url: str, *, log_path: Path) -> str:
+    """Run the DAG once through `airflow dags test`; return the run id."""
+    env = _airflow_env(settings)
+    airflow_home = Path(env["AIRFLOW_HOME"])
+    if not (airflow_home / "airflow.db").exists():
+        print("Preparing Airflow's metadata database (first run only) ...")
+        if _airflow(["db", "migrate"], env, log_path) != 0:
+            raise SystemExit(f"airflow db migrate failed; see {log_path}")
+    host_port = receiver_url.split("://", 1)[1].split("/", 1)[0]
+    host, port = host_port.rsplit(":", 1)
+    env["AIRFLOW_CONN_AMS_RECEIVER"] = (
+        f'{{"conn_type": "http", "host": "{host}", "port": {port}, "schema": "ams", "extra": {{"timeout": 30}}}}')
+    before = set(settings.state().recent_runs(1000))
+    print("Running one reporting cycle through Airflow (airflow dags test) ...")
+    code = _airflow(["dags", "test", DAG_ID], env, log_path)
+    after = [r for r in settings.state().recent_runs(1000) if r not in before]
+    if code != 0 or not after:
+        print(f"The Airflow run failed (exit code {code}). Its log: {log_path}")
+        if after:
+            _print_summary(settings, after[0])
+        raise SystemExit(1)
+    return after[0]
+
+
+def _print_summary(settings: Settings, run_id: str) -> None:
+    from delivery.report import format_summary, run_summary, write_run_report
+
+    write_run_report(run_id, settings)
+    print(format_summary(run_summary(run_id, settings)))
+
+
+def demo(args: argparse.Namespace) -> int:
+    from receiver.server import ReceiverProcess
+
+    settings = Settings.from_env()
+    ensure_demo_source(settings, args.persons)
+    log_path = settings.home / "logs" / "demo.log"
+    receiver_db = settings.home / "receiver" / "receiver.sqlite"
+    receiver_db.parent.mkdir(parents=True, exist_ok=True)
+    with ReceiverProcess(receiver_db) as receiver:
+        print(f"Local AMS receiver listening on {receiver.url}")
+        run_id = run_cycle(settings, receiver.url, log_path=log_path)
+    print("Local AMS receiver stopped.\n")
+    _print_summary(settings, run_id)
+    print(f"Airflow log of this run: {log_path}")
+    return 0
+
+
+def summary(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    runs = settings.state().recent_runs(1)
+    run_id = args.run_id or (runs[0] if runs else None)
+    if run_id is None:
+        print("No run recorded yet: run `make run` first.")
+        return 1
+    _print_summary(settings, run_id)
+    return 0
+
+
+def docs(args: argparse.Namespace) -> int:
+    from transforms.fields_doc import write_fields_doc
+    from transforms.payload import write_schema
+
+    write_schema()
+    path = write_fields_doc()
+    print(f"Wrote the XSD and {path}")
+    return 0
+
+
+def verify(args: argparse.Namespace) -> int:
+    from delivery.archive import verify_archive
+
+    settings = Settings.from_env()
+    problems = verify_archive(settings.vault(), settings.archive_dir)
+    for p in problems:
+        print(p)
+    print("archive OK" if not problems else f"{len(problems)} problem(s) found")
+    return 1 if problems else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ams-report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("demo", help="one daily cycle on the embedded defaults")
+    p.add_argument("--persons", type=int, default=5000, help="size of the demo source (first run only)")
+    p.set_defaults(func=demo)
+    p = sub.add_parser("summary", help="print a run's summary")
+    p.add_argument("run_id", nargs="?")
+    p.set_defaults(func=summary)
+    sub.add_parser("docs", help="regenerate the XSD and docs/fields.md").set_defaults(func=docs)
+    sub.add_parser("verify-archive", help="check the archive against its manifests").set_defaults(func=verify)
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

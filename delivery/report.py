@@ -1,0 +1,116 @@
+"""The run summary: one row per data area, counts that reconcile, receipts, where things are.
+
+Counts per area (all in records):
+- extracted: rows of the source that belong to the area this run (soft-deleted ones included);
+- quarantined: rows held back with an error (contract, data quality, or refused by the receiver);
+- delivered: new or changed records the receiver accepted this run;
+- annulled: records deleted at the source that the receiver annulled this run;
+- unchanged: accepted before with the same content (or deleted before ever being sent): nothing sent;
+- outstanding: staged or in doubt, not yet acknowledged (0 after a good run; a re-run resolves them).
+extracted = delivered + annulled + quarantined + unchanged + outstanding.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from delivery.pipeline import Settings
+from transforms.registry import get_area
+
+COLUMNS = ("extracted", "delivered", "annulled", "quarantined", "unchanged", "outstanding", "warnings")
+
+
+def area_row(row: dict) -> dict:
+    counts = row["counts"]
+    delivery = counts.get("delivery", {})
+    accepted = delivery.get("accepted", 0)
+    annulled = delivery.get("annulled", 0)
+    rejected = delivery.get("rejected", 0)
+    extracted = counts.get("extracted", 0)
+    quarantined = counts.get("quarantined", 0) + rejected
+    unchanged = counts.get("unchanged", 0)
+    outstanding = extracted - (accepted + quarantined + unchanged)
+    area = get_area(row["area"])
+    return {
+        "area": area.number,
+        "title": area.title,
+        "status": row["status"],
+        "extracted": extracted,
+        "delivered": accepted - annulled,
+        "annulled": annulled,
+        "quarantined": quarantined,
+        "unchanged": unchanged,
+        "outstanding": max(outstanding, 0),
+        "warnings": counts.get("with_warnings", 0),
+        "out_of_scope": counts.get("out_of_scope", 0),
+        "rules": counts.get("rules", {}),
+        "receipts": counts.get("receipts", []),
+        "message": row.get("message"),
+        "data_docs": row.get("data_docs"),
+    }
+
+
+def run_summary(run_id: str, settings: Settings) -> dict:
+    state = settings.state()
+    rows = [area_row(r) for r in state.run_rows(run_id)]
+    return {
+        "run_id": run_id,
+        "areas": rows,
+        "totals": {c: sum(r[c] for r in rows) for c in COLUMNS},
+        "open_quarantine": len(state.open_quarantine()),
+        "archive_dir": str(settings.archive_dir),
+        "reports_dir": str(settings.reports_dir),
+    }
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"Run {summary['run_id']}", ""]
+    header = f"{'area':<5}{'extracted':>10}{'delivered':>10}{'annulled':>9}{'quarant.':>9}{'unchanged':>10}" \
+             f"{'outst.':>7}{'warn':>6}  status"
+    lines += [header, "-" * len(header)]
+    for r in summary["areas"]:
+        lines.append(f"{r['area']:<5}{r['extracted']:>10}{r['delivered']:>10}{r['annulled']:>9}{r['quarantined']:>9}"
+                     f"{r['unchanged']:>10}{r['outstanding']:>7}{r['warnings']:>6}  {r['status']}")
+    t = summary["totals"]
+    lines.append(f"{'all':<5}{t['extracted']:>10}{t['delivered']:>10}{t['annulled']:>9}{t['quarantined']:>9}"
+                 f"{t['unchanged']:>10}{t['outstanding']:>7}{t['warnings']:>6}")
+    lines.append("")
+    errors: dict[str, int] = {}
+    for r in summary["areas"]:
+        for key, n in r["rules"].items():
+            rule, severity = key.rsplit(":", 1)
+            if severity == "error":
+                errors[f"area {r['area']} {rule}"] = errors.get(f"area {r['area']} {rule}", 0) + n
+    if errors:
+        lines.append("Quarantined, by rule (a record can break several rules):")
+        lines += [f"  {k}: {v}" for k, v in sorted(errors.items())]
+        lines.append("")
+    receipts = [(r["area"], rid) for r in summary["areas"] for rid in r["receipts"]]
+    if receipts:
+        lines.append("Receipts (ServiceReceipt.MessageIdentifier):")
+        lines += [f"  area {a}: {rid}" for a, rid in receipts]
+    elif not any(r["delivered"] or r["annulled"] for r in summary["areas"]):
+        lines.append("Nothing new to send: every valid record was delivered before and is unchanged.")
+    for r in summary["areas"]:
+        if r["message"]:
+            lines.append(f"  area {r['area']}: {r['message']}")
+    lines += ["", f"Open quarantine entries: {summary['open_quarantine']}",
+              f"Run summary:         {Path(summary['reports_dir']) / 'runs' / _safe(summary['run_id']) / 'summary.md'}",
+              f"Data Docs:           {Path(summary['reports_dir']) / 'data_docs' / 'index.html'}",
+              f"Archive:             {summary['archive_dir']}"]
+    return "\n".join(lines)
+
+
+def write_run_report(run_id: str, settings: Settings) -> dict:
+    """Write summary.json and summary.md for the run; return the totals (small, for XCom)."""
+    summary = run_summary(run_id, settings)
+    folder = settings.reports_dir / "runs" / _safe(run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
+    (folder / "summary.md").write_text("```\n" + format_summary(summary) + "\n```\n")
+    return {"run_id": run_id, **summary["totals"]}
+
+
+def _safe(run_id: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)

@@ -1,0 +1,71 @@
+"""Generates docs/fields.md, the field reference: regulation paragraph -> source column -> record
+field -> payload element -> the checks that guard it, for every area. Generated from the registry;
+a test fails when the committed page is out of date (`make docs` regenerates it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transforms.registry import AREAS, REPO_ROOT, WEBSERVICE
+from transforms.rules import RULE_BY_ID, field_rules
+
+FIELDS_DOC = REPO_ROOT / "docs" / "fields.md"
+
+
+def _required(area, f) -> str:
+    if f.required is True:
+        return "always"
+    if f.required:
+        return f"when {area.condition(f.required).description}"
+    return "optional"
+
+
+def render() -> str:
+    out = [
+        "# Field reference",
+        "",
+        "Generated from `transforms/registry.py` by `make docs`; do not edit by hand.",
+        "For every data area of the executive order: each field's paragraph, where it comes from in the",
+        "source contract, its name in the records frame and in the payload (`schemas/ams-reporting-v1.xsd`),",
+        "when it is required, and the rules that guard it (`transforms/rules.py`; severities are configurable).",
+        "",
+        "Every record also carries `RecordIdentifier` (a GUID the pipeline derives from the source key, so a",
+        "re-send updates) and is either a record or an `Annulment` (deleted at the source after delivery).",
+        "",
+    ]
+    for area in AREAS:
+        channels = ", ".join("web service" if c == WEBSERVICE else "SFTP file (§ 51)" for c in area.channels)
+        out += [
+            f"## Area {area.number}: {area.title}",
+            "",
+            f"{area.chapter}, fields of {area.paragraph}. Payload element `{area.record_element}` "
+            f"(type `{area.record_type}`). Source query `sql/{area.query}`.",
+            "",
+            f"- Reported from {area.phase_in.isoformat()} ({area.phase_in_paragraph}); "
+            f"records are placed in time by `{area.date_field}`.",
+            f"- Channels: {channels}.",
+        ]
+        if area.scope:
+            out.append(f"- Who ({area.scope_paragraph}): {area.scope}.")
+        if area.reconciliation_paragraph:
+            out.append(f"- Consistency with grants and payments: {area.reconciliation_paragraph}.")
+        out += [f"- {note}" for note in area.notes]
+        out += [
+            "",
+            "| paragraph | source column | record field | payload element | required | checks |",
+            "|---|---|---|---|---|---|",
+        ]
+        for f in area.fields:
+            checks = ", ".join(f"`{r}`" for r in field_rules(area, f))
+            out.append(f"| {f.paragraph} | `{f.source}` | `{f.name}` | `{f.element}` | {_required(area, f)} | "
+                       f"{checks} |")
+        out.append("")
+    out += ["## Rules", "", "| rule | engine | default severity | what it demands | basis |", "|---|---|---|---|---|"]
+    out += [f"| `{r.id}` | {r.engine} | {r.severity} | {r.title} | {r.basis} |" for r in RULE_BY_ID.values()]
+    out.append("")
+    return "\n".join(out)
+
+
+def write_fields_doc(path: Path = FIELDS_DOC) -> Path:
+    path.write_text(render(), encoding="utf-8")
+    return path
