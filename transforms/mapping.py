@@ -276,10 +276,10 @@ def map_records(area: Area, source: pd.DataFrame) -> MappedChunk:
             CONDITIONS[condition.name](frame).astype(bool) if len(frame) else pd.Series(dtype=bool)
         )
 
-    deleted = frame["deleted_at"].map(lambda v: not _is_missing(v)) if "deleted_at" in frame else False
+    deleted = frame["deleted_at"].map(lambda v: not _is_missing(v)) if "deleted_at" in frame else None
     frame["action"] = pd.Series(CREATE_OR_UPDATE, index=frame.index, dtype=object)
-    if len(frame):
-        frame.loc[deleted, "action"] = ANNUL
+    if deleted is not None and len(frame):
+        frame.loc[deleted.astype(bool), "action"] = ANNUL
     frame["record_id"] = frame["record_key"].map(lambda k: record_id(area, k))
 
     keep = ["record_key", "record_id", "action", *area.field_names]

@@ -1,0 +1,25 @@
+"""Test-session environment, set before anything imports Airflow or Great Expectations.
+
+Airflow gets its own home (and SQLite metadata DB) under a temporary folder, the project's dags/ and
+plugins/, and no example DAGs; the pipeline's own state lives in per-test folders.
+"""
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+_HOME = Path(tempfile.mkdtemp(prefix="ams-test-airflow-"))
+
+os.environ["AIRFLOW_HOME"] = str(_HOME)
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
+os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(ROOT / "plugins")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
+os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_HOME / 'airflow.db'}"
+os.environ["GX_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("NO_PROXY", "*")
+for path in (ROOT / "plugins", ROOT / "dags"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
