@@ -1,0 +1,201 @@
+"""The local AMS receiver's storage: SQLite (stdlib), WAL, one connection per operation.
+
+Two tables: `batches` (one row per batch id, with the canonical request's SHA-256 and the response
+sent, for idempotency and GetBatchReceipt) and `records` (one row per record id, with a version
+counter: sending a record id again updates it; an annulment marks it ANNULLED).
+Write transactions take SQLite's write lock up front (BEGIN IMMEDIATE), so two receivers on one
+database file, or two threads, cannot process the same batch twice.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+RECORD_ACTIVE = "ACTIVE"
+RECORD_ANNULLED = "ANNULLED"
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS batches (
+    batch_id        TEXT PRIMARY KEY,
+    area            INTEGER NOT NULL,
+    request_sha256  TEXT NOT NULL,
+    response_xml    BLOB NOT NULL,
+    received_at     TEXT NOT NULL,
+    record_count    INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS records (
+    record_id       TEXT PRIMARY KEY,
+    area            INTEGER NOT NULL,
+    batch_id        TEXT NOT NULL,
+    status          TEXT NOT NULL,          -- ACTIVE or ANNULLED
+    version         INTEGER NOT NULL,       -- 1 on create, +1 on every update or annulment
+    payload_xml     BLOB,                   -- the record element as received (the last version)
+    received_at     TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_area ON records (area);
+"""
+
+
+@dataclass(frozen=True)
+class StoredBatch:
+    batch_id: str
+    area: int
+    request_sha256: str
+    response_xml: bytes
+    received_at: str
+    record_count: int
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    record_id: str
+    area: int
+    batch_id: str
+    status: str
+    version: int
+    payload_xml: bytes | None
+    received_at: str
+
+    def summary(self) -> dict[str, object]:
+        """The record without its content (what /_records shows)."""
+        return {"record_id": self.record_id, "area": self.area, "batch_id": self.batch_id,
+                "status": self.status, "version": self.version}
+
+
+def _batch(row: sqlite3.Row | None) -> StoredBatch | None:
+    if row is None:
+        return None
+    return StoredBatch(row["batch_id"], row["area"], row["request_sha256"], bytes(row["response_xml"]),
+                       row["received_at"], row["record_count"])
+
+
+def _record(row: sqlite3.Row) -> StoredRecord:
+    payload = row["payload_xml"]
+    return StoredRecord(row["record_id"], row["area"], row["batch_id"], row["status"], row["version"],
+                        bytes(payload) if payload is not None else None, row["received_at"])
+
+
+class Transaction:
+    """The writes of one batch, inside one SQLite transaction."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def batch(self, batch_id: str) -> StoredBatch | None:
+        return _batch(self._conn.execute("SELECT * FROM batches WHERE batch_id = ?", (batch_id,)).fetchone())
+
+    def record_area(self, record_id: str) -> int | None:
+        row = self._conn.execute("SELECT area FROM records WHERE record_id = ?", (record_id,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def upsert_record(self, record_id: str, area: int, batch_id: str, payload_xml: bytes, now: str) -> int:
+        """Create or update a record (an annulled one comes back to life); returns its version."""
+        row = self._conn.execute(
+            """INSERT INTO records (record_id, area, batch_id, status, version, payload_xml, received_at)
+               VALUES (?, ?, ?, ?, 1, ?, ?)
+               ON CONFLICT (record_id) DO UPDATE SET
+                 batch_id = excluded.batch_id, status = excluded.status, version = records.version + 1,
+                 payload_xml = excluded.payload_xml, received_at = excluded.received_at
+               RETURNING version""",
+            (record_id, area, batch_id, RECORD_ACTIVE, payload_xml, now),
+        ).fetchone()
+        return int(row[0])
+
+    def annul_record(self, record_id: str, area: int, batch_id: str, now: str) -> bool:
+        """Mark a record of `area` annulled; False when no such record (annulling twice is fine)."""
+        row = self._conn.execute(
+            "SELECT status FROM records WHERE record_id = ? AND area = ?", (record_id, area)).fetchone()
+        if row is None:
+            return False
+        if row[0] != RECORD_ANNULLED:
+            self._conn.execute(
+                """UPDATE records SET status = ?, version = version + 1, batch_id = ?, received_at = ?
+                   WHERE record_id = ?""",
+                (RECORD_ANNULLED, batch_id, now, record_id),
+            )
+        return True
+
+    def insert_batch(self, batch: StoredBatch) -> None:
+        self._conn.execute(
+            "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?)",
+            (batch.batch_id, batch.area, batch.request_sha256, batch.response_xml, batch.received_at,
+             batch.record_count),
+        )
+
+
+class ReceiverStore:
+    """The receiver's SQLite database; safe to share between threads (a connection per call)."""
+
+    def __init__(self, db_path: str | Path) -> None:
+        self.path = Path(db_path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = self._connect()
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(_DDL)
+        finally:
+            conn.close()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout = 60000")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """A write transaction (BEGIN IMMEDIATE): committed on success, rolled back on any error."""
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield Transaction(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    def _query(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+        conn = self._connect()
+        try:
+            return conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
+
+    def batch(self, batch_id: str) -> StoredBatch | None:
+        rows = self._query("SELECT * FROM batches WHERE batch_id = ?", (batch_id,))
+        return _batch(rows[0]) if rows else None
+
+    def batches(self, area: int | None = None) -> list[StoredBatch]:
+        if area is None:
+            rows = self._query("SELECT * FROM batches ORDER BY rowid")
+        else:
+            rows = self._query("SELECT * FROM batches WHERE area = ? ORDER BY rowid", (area,))
+        return [b for b in map(_batch, rows) if b is not None]
+
+    def record(self, record_id: str) -> StoredRecord | None:
+        rows = self._query("SELECT * FROM records WHERE record_id = ?", (record_id,))
+        return _record(rows[0]) if rows else None
+
+    def records(self, area: int | None = None, status: str | None = None) -> list[StoredRecord]:
+        """Records in the order they were first received, optionally of one area and/or status."""
+        sql, params = "SELECT * FROM records WHERE 1 = 1", []
+        if area is not None:
+            sql += " AND area = ?"
+            params.append(area)
+        if status is not None:
+            sql += " AND status = ?"
+            params.append(status)
+        return [_record(r) for r in self._query(sql + " ORDER BY rowid", tuple(params))]
+
+    def counts(self) -> dict[str, int]:
+        """How many batches and records are stored (for tests and the demo)."""
+        rows = self._query("SELECT (SELECT COUNT(*) FROM batches), (SELECT COUNT(*) FROM records)")
+        return {"batches": int(rows[0][0]), "records": int(rows[0][1])}

@@ -1,0 +1,65 @@
+"""The encrypted archive: round trip, manifest checksums, tamper detection, retention."""
+
+import json
+from datetime import date
+
+import pytest
+from cryptography.fernet import Fernet
+
+from delivery.archive import Vault, apply_retention, archive_batch, load_key, verify_archive
+
+PAYLOAD = b"<SubmitBatchRequest><PersonCivilRegistrationIdentifier>0101901234</PersonCivilRegistrationIdentifier>"
+
+
+@pytest.fixture
+def vault():
+    return Vault(Fernet.generate_key())
+
+
+def _archive(vault, tmp_path):
+    return archive_batch(vault, tmp_path, area=1, batch_id="b-1", run_id="run-1", request=PAYLOAD,
+                         response=b"<receipt/>", record_count=1, accepted=1, rejected=0, receipt_id="r-1")
+
+
+def test_archive_is_encrypted_and_verifiable(vault, tmp_path):
+    folder = _archive(vault, tmp_path)
+    stored = (folder / "payload.xml.gz.enc").read_bytes()
+    assert b"0101901234" not in stored  # encrypted at rest
+    assert vault.read(folder / "payload.xml.gz.enc") == PAYLOAD
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["batch_id"] == "b-1" and manifest["run_id"] == "run-1" and manifest["records"]["sent"] == 1
+    assert verify_archive(vault, tmp_path) == []
+
+
+def test_verify_detects_tampering_and_a_wrong_key(vault, tmp_path):
+    folder = _archive(vault, tmp_path)
+    path = folder / "receipt.xml.gz.enc"
+    path.write_bytes(path.read_bytes()[:-1] + b"A")
+    problems = verify_archive(vault, tmp_path)
+    assert len(problems) == 1 and "receipt.xml.gz.enc was changed" in problems[0]
+    other = verify_archive(Vault(Fernet.generate_key()), tmp_path)
+    assert any("cannot be decrypted" in p for p in other)
+
+
+def test_verify_detects_a_missing_file(vault, tmp_path):
+    folder = _archive(vault, tmp_path)
+    (folder / "payload.xml.gz.enc").unlink()
+    assert verify_archive(vault, tmp_path) == [f"{folder}: payload.xml.gz.enc is missing"]
+
+
+def test_retention_removes_old_days_only(vault, tmp_path):
+    folder = _archive(vault, tmp_path)
+    old = tmp_path / "area1" / "2020-01-01" / "b-0"
+    old.mkdir(parents=True)
+    removed = apply_retention(tmp_path, keep_days=30, today=date.today())
+    assert removed == [old.parent] and folder.exists()
+
+
+def test_key_from_environment_or_created_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("AMS_ARCHIVE_KEY", raising=False)
+    monkeypatch.delenv("AMS_ARCHIVE_KEY_FILE", raising=False)
+    key_file = tmp_path / "keys" / "archive.key"
+    key = load_key(key_file)
+    assert key_file.stat().st_mode & 0o777 == 0o600 and load_key(key_file) == key
+    monkeypatch.setenv("AMS_ARCHIVE_KEY", Fernet.generate_key().decode())
+    assert load_key(key_file) != key
