@@ -40,8 +40,18 @@ CREATE INDEX IF NOT EXISTS records_area ON records (area);
 """
 
 
+class _ByKey:
+    """Stored rows read as attributes or as keys (row["status"])."""
+
+    def __getitem__(self, key: str) -> object:
+        try:
+            return getattr(self, key)
+        except AttributeError:
+            raise KeyError(key) from None
+
+
 @dataclass(frozen=True)
-class StoredBatch:
+class StoredBatch(_ByKey):
     batch_id: str
     area: int
     request_sha256: str
@@ -51,7 +61,7 @@ class StoredBatch:
 
 
 @dataclass(frozen=True)
-class StoredRecord:
+class StoredRecord(_ByKey):
     record_id: str
     area: int
     batch_id: str
@@ -92,18 +102,20 @@ class Transaction:
         row = self._conn.execute("SELECT area FROM records WHERE record_id = ?", (record_id,)).fetchone()
         return None if row is None else int(row[0])
 
-    def upsert_record(self, record_id: str, area: int, batch_id: str, payload_xml: bytes, now: str) -> int:
-        """Create or update a record (an annulled one comes back to life); returns its version."""
+    def upsert_record(self, record_id: str, area: int, batch_id: str, payload_xml: bytes, now: str) -> int | None:
+        """Create or update a record (an annulled one comes back to life); returns its version, or None
+        (nothing written) when the record id belongs to another area."""
         row = self._conn.execute(
             """INSERT INTO records (record_id, area, batch_id, status, version, payload_xml, received_at)
                VALUES (?, ?, ?, ?, 1, ?, ?)
                ON CONFLICT (record_id) DO UPDATE SET
                  batch_id = excluded.batch_id, status = excluded.status, version = records.version + 1,
                  payload_xml = excluded.payload_xml, received_at = excluded.received_at
+               WHERE records.area = excluded.area
                RETURNING version""",
             (record_id, area, batch_id, RECORD_ACTIVE, payload_xml, now),
         ).fetchone()
-        return int(row[0])
+        return None if row is None else int(row[0])
 
     def annul_record(self, record_id: str, area: int, batch_id: str, now: str) -> bool:
         """Mark a record of `area` annulled; False when no such record (annulling twice is fine)."""
@@ -186,7 +198,7 @@ class ReceiverStore:
 
     def records(self, area: int | None = None, status: str | None = None) -> list[StoredRecord]:
         """Records in the order they were first received, optionally of one area and/or status."""
-        sql, params = "SELECT * FROM records WHERE 1 = 1", []
+        sql, params = "SELECT * FROM records WHERE 1 = 1", list[object]()
         if area is not None:
             sql += " AND area = ?"
             params.append(area)

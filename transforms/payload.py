@@ -76,6 +76,7 @@ ERR_SCHEMA = 1014
 ERR_UNKNOWN_BATCH = 1020
 ERR_BATCH_REUSED = 1030
 ERR_UNKNOWN_RECORD = 1040
+ERR_RECORD_AREA = 1041
 ERR_ACCESS_CLOSED = 2001
 ERR_BUSY = 3001
 ERROR_TEXTS: dict[int, str] = {
@@ -84,7 +85,8 @@ ERROR_TEXTS: dict[int, str] = {
     ERR_UNKNOWN_BATCH: "Unknown batch identifier",
     ERR_BATCH_REUSED: "Batch identifier already used for a batch with different content",
     ERR_UNKNOWN_RECORD: "Unknown record identifier: nothing to annul",
-    ERR_ACCESS_CLOSED: "Access closed by the agency (§ 48)",
+    ERR_RECORD_AREA: "Record identifier already used in another data area",
+    ERR_ACCESS_CLOSED: "Access closed by the agency",
     ERR_BUSY: "Service busy, try again later",
 }
 
@@ -313,7 +315,8 @@ def generate_xsd() -> str:
     ])
     _complex(schema, "ServiceFaultType", "A SOAP fault's detail", [
         ("ErrorCode", "ams:ErrorCodeType",
-         "1014 schema, 1020 unknown batch, 1030 batch id reused, 2001 access closed (§ 48), 3001 busy", 1, None),
+         "1014 schema, 1020 unknown batch, 1030 batch id reused, 2001 access closed (§ 48), 3001 busy. "
+         "Record-level codes (RecordReceipt): 1010 unknown CPR number, 1040 unknown record, 1041 other area", 1, None),
         ("ErrorText", "ams:ErrorTextType", "Readable text, without personal data", 1, None),
     ])
     for name, type_, doc in (
@@ -394,7 +397,7 @@ def write_schema(directory: Path | None = None) -> list[Path]:
         path = directory / name
         path.write_text(text, encoding="utf-8")
         written.append(path)
-    _local.__dict__.clear()
+    _local.__dict__.clear()  # this thread's compiled schema; other threads keep theirs
     return written
 
 
@@ -432,10 +435,14 @@ _ELEMENT_PREFIX_RE = re.compile(r"^Element '[^']*'(?:, attribute '[^']*')?: ")
 MAX_PROBLEMS = 20
 
 
-def clean_message(message: str) -> str:
-    """A validator message without the offending value (it may be a CPR number or free text)."""
+def clean_message(message: str, *, keep_element: bool = False) -> str:
+    """A validator message without the offending value (it may be a CPR number or free text).
+
+    The leading "Element 'X': " is dropped unless `keep_element` (callers give a path instead).
+    """
     text = _NS_RE.sub("", message.strip())
-    text = _ELEMENT_PREFIX_RE.sub("", text)
+    if not keep_element:
+        text = _ELEMENT_PREFIX_RE.sub("", text)
     text = _VALUE_RE.sub("The value", text)
     text = _LEADING_VALUE_RE.sub(r"The value\1", text)
     text = _KEY_SEQ_RE.sub("key-sequence", text)
@@ -480,7 +487,7 @@ def _resolve(top: etree._Element, path: str | None) -> etree._Element | None:
 
 def _batch_problems(root: etree._Element) -> list[str]:
     """What the XSD cannot say: every record belongs to the header's area; RecordCount is right."""
-    problems = []
+    problems: list[str] = []
     header = root.find(q("BatchHeader"))
     records = root.find(q("Records"))
     if header is None or records is None:
@@ -514,8 +521,10 @@ def payload_problems(element: etree._Element) -> list[str]:
     errors = list(validator.error_log)
     for entry in errors[:MAX_PROBLEMS]:
         node = _resolve(element, entry.path)
-        where = describe_element(node, element) if node is not None else _local_name(element)
-        problems.append(f"line {entry.line}: {where}: {clean_message(entry.message)}")
+        if node is not None:
+            problems.append(f"line {entry.line}: {describe_element(node, element)}: {clean_message(entry.message)}")
+        else:
+            problems.append(f"line {entry.line}: {clean_message(entry.message, keep_element=True)}")
     if len(errors) > MAX_PROBLEMS:
         problems.append(f"... and {len(errors) - MAX_PROBLEMS} more")
     return problems
@@ -647,9 +656,9 @@ def build_batch(
     The result is not validated here: call validate_payload.
     """
     area = area if isinstance(area, Area) else get_area(area)
-    for column in ("record_id", "action"):
-        if column not in records.columns:
-            raise PayloadError(f"records frame for {area.code} has no column {column!r}")
+    for name in ("record_id", "action"):
+        if name not in records.columns:
+            raise PayloadError(f"records frame for {area.code} has no column {name!r}")
     missing = _missing_check()
     n = len(records)
     record_ids = [None if missing(v) else str(v).strip() for v in records["record_id"].tolist()]
@@ -662,7 +671,7 @@ def build_batch(
     if absent and any(a == ACTION_CREATE_OR_UPDATE for a in actions):
         raise PayloadError(f"records frame for {area.code} lacks field column(s): {', '.join(absent)}")
 
-    specs = []
+    specs: list[tuple[str, str | None, list[Any]]] = []
     for f in area.fields:
         if f.name in absent:
             continue

@@ -1,0 +1,419 @@
+"""The zeep client for the agency's reporting service (and the local AMS receiver).
+
+Build one AmsClient per task: it loads and caches the WSDL, and every call has a timeout. A batch is
+sent as built and validated by transforms.payload: the client wraps the SubmitBatchRequest in a SOAP
+envelope and posts it through zeep's transport, whose `post_xml` records the exact request and
+response bytes for the archive. Answers are checked against the XSD and mapped to a Receipt, or to
+one of the DeliveryError classes below, whose messages are for operations staff and carry no
+payload content (a CPR-like number in a server's fault text is masked).
+
+WS-Security: pass a zeep `wsse` object; it is applied to outgoing envelopes and verifies answers
+that are not faults (an unsigned fault would otherwise surface as an AttributeError, STACK.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import requests
+from lxml import etree
+from zeep import Client, Settings
+from zeep import exceptions as zeep_exceptions
+from zeep.cache import InMemoryCache
+from zeep.transports import Transport
+from zeep.wsdl.utils import etree_to_string
+
+from transforms.identifiers import mask_cpr
+from transforms.payload import (
+    ERR_ACCESS_CLOSED,
+    ERR_BUSY,
+    ERR_UNKNOWN_BATCH,
+    NAMESPACE,
+    SOAP_ENV_NS,
+    payload_problems,
+    q,
+    xml_parser,
+)
+from transforms.registry import RECORD_ID_ELEMENT
+
+log = logging.getLogger(__name__)
+
+_SOAP = f"{{{SOAP_ENV_NS}}}"
+_CPR_LIKE = re.compile(r"(?<!\d)\d{6}-?\d{4}(?!\d)")
+_MAX_TEXT = 1000
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------------
+
+
+class DeliveryError(Exception):
+    """A delivery that did not produce a receipt. `request_bytes`/`response_bytes`: what was exchanged,
+    for the archive (None when nothing was sent or nothing came back)."""
+
+    def __init__(self, message: str, *, operation: str = "", request_bytes: bytes | None = None,
+                 response_bytes: bytes | None = None, http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.operation = operation
+        self.request_bytes = request_bytes
+        self.response_bytes = response_bytes
+        self.http_status = http_status
+
+
+class TransientDeliveryError(DeliveryError):
+    """Worth retrying later: connection refused or reset, time-out, HTTP 5xx without a business
+    fault, an empty or dropped reply, service busy (3001). After a time-out or a dropped reply the
+    batch may have arrived: ask for its receipt (get_batch_receipt) before sending it again."""
+
+
+class ServiceBusy(TransientDeliveryError):
+    """Fault 3001: the service is busy."""
+
+    def __init__(self, code: int, text: str, *, where: str = "", **kwargs: Any) -> None:
+        super().__init__(f"{where or 'AMS'}: the service is busy (fault {code}: {text}); try again later",
+                         **kwargs)
+        self.code = code
+        self.text = text
+
+
+class BusinessFault(DeliveryError):
+    """The agency refused the message (1014 schema, 1030 batch id reused, ...): resending the same
+    message will fail again. `code` is None for a SOAP client fault without a ServiceFault detail."""
+
+    def __init__(self, code: int | None, text: str, *, where: str = "", **kwargs: Any) -> None:
+        label = f"fault {code}" if code is not None else "a SOAP fault"
+        super().__init__(f"{where or 'AMS'}: refused with {label}: {text}", **kwargs)
+        self.code = code
+        self.text = text
+
+
+class AccessClosed(DeliveryError):
+    """Fault 2001: the agency has closed the municipality's access (§ 48). Stop delivering until the
+    agency reopens it; nothing is lost, the ledger keeps what is undelivered."""
+
+    def __init__(self, code: int, text: str, *, where: str = "", **kwargs: Any) -> None:
+        super().__init__(f"{where or 'AMS'}: the agency has closed access (fault {code}: {text}); "
+                         "deliveries are paused until the agency reopens it (§ 48)", **kwargs)
+        self.code = code
+        self.text = text
+
+
+def _safe(text: str | None) -> str:
+    """Server-supplied text made fit for logs: CPR-like numbers masked, length capped."""
+    if not text:
+        return ""
+    cleaned = _CPR_LIKE.sub(lambda m: mask_cpr(m.group(0)), " ".join(text.split()))
+    return cleaned if len(cleaned) <= _MAX_TEXT else cleaned[:_MAX_TEXT] + " ..."
+
+
+# --------------------------------------------------------------------------------------------------
+# Receipts
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecordReceipt:
+    record_id: str
+    status: str  # ACCEPTED or REJECTED
+    error_code: int | None = None
+    error_text: str | None = None
+
+
+@dataclass
+class Receipt:
+    """The receiver's answer to a batch, with the exact bytes exchanged (for the archive)."""
+
+    message_id: str
+    event_date: datetime
+    batch_id: str
+    batch_status: str  # ACCEPTED, PARTIALLY_ACCEPTED or REJECTED
+    records: list[RecordReceipt]
+    request_bytes: bytes = field(repr=False, default=b"")
+    response_bytes: bytes = field(repr=False, default=b"")
+
+    @property
+    def accepted(self) -> list[RecordReceipt]:
+        return [r for r in self.records if r.status == "ACCEPTED"]
+
+    @property
+    def rejected(self) -> list[RecordReceipt]:
+        return [r for r in self.records if r.status != "ACCEPTED"]
+
+
+def parse_receipt(element: etree._Element, request_bytes: bytes = b"", response_bytes: bytes = b"") -> Receipt:
+    """A Receipt from a SubmitBatchResponse or GetBatchReceiptResponse element (validated)."""
+    service_receipt = element.find(q("ServiceReceipt"))
+    records = []
+    rr_tag, rid_tag, st_tag = q("RecordReceipt"), q(RECORD_ID_ELEMENT), q("Status")
+    code_tag, text_tag = q("ErrorCode"), q("ErrorText")
+    for rr in element.find(q("RecordReceipts")).iter(rr_tag):
+        code = rr.findtext(code_tag)
+        records.append(RecordReceipt(rr.findtext(rid_tag).strip(), rr.findtext(st_tag).strip(),
+                                     int(code) if code is not None else None, rr.findtext(text_tag)))
+    return Receipt(
+        message_id=service_receipt.findtext(q("MessageIdentifier")).strip(),
+        event_date=datetime.fromisoformat(service_receipt.findtext(q("EventDate")).strip()),
+        batch_id=element.findtext(q("BatchIdentifier")).strip(),
+        batch_status=element.findtext(q("BatchStatus")).strip(),
+        records=records,
+        request_bytes=request_bytes,
+        response_bytes=response_bytes,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Transport
+# --------------------------------------------------------------------------------------------------
+
+
+class CapturingTransport(Transport):
+    """zeep's transport, recording the exact bytes of the last request and response (per thread).
+
+    Egress plugins see the envelope before it is signed; this is the last step before the wire.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._exchange = threading.local()
+
+    def post_xml(self, address: str, envelope: etree._Element, headers: dict[str, str]) -> requests.Response:
+        message = etree_to_string(envelope)
+        self._exchange.request = message
+        self._exchange.response = None
+        response = self.post(address, message, headers)
+        self._exchange.response = response.content
+        return response
+
+    @property
+    def last_request(self) -> bytes | None:
+        return getattr(self._exchange, "request", None)
+
+    @property
+    def last_response(self) -> bytes | None:
+        return getattr(self._exchange, "response", None)
+
+
+def quiet_zeep_logging() -> None:
+    """At DEBUG zeep.transports logs whole envelopes, CPR numbers included: keep it at INFO or above."""
+    logger = logging.getLogger("zeep.transports")
+    if logger.level < logging.INFO:  # NOTSET (0) would inherit a DEBUG root
+        logger.setLevel(logging.INFO)
+
+
+# --------------------------------------------------------------------------------------------------
+# Client
+# --------------------------------------------------------------------------------------------------
+
+
+class AmsClient:
+    """The reporting service's client. Build once, use for many calls (thread-safe for calls)."""
+
+    def __init__(self, wsdl: str | Path, endpoint: str | None = None, timeout: float = 30.0, *,
+                 session: requests.Session | None = None, wsse: Any = None, plugins: list[Any] | None = None,
+                 cache: bool = True) -> None:
+        quiet_zeep_logging()
+        self.timeout = timeout
+        self.transport = CapturingTransport(cache=InMemoryCache() if cache else None, timeout=timeout,
+                                            operation_timeout=timeout, session=session)
+        settings = Settings(strict=True, xml_huge_tree=True)
+        try:
+            self.zeep = Client(str(wsdl), transport=self.transport, settings=settings, wsse=wsse,
+                               plugins=plugins or [])
+        except requests.HTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else 0
+            cls = TransientDeliveryError if status >= 500 else DeliveryError
+            raise cls(f"could not load the WSDL from {wsdl}: HTTP {status}", http_status=status) from None
+        except requests.RequestException as exc:
+            raise TransientDeliveryError(f"could not load the WSDL from {wsdl}: {_describe(exc)}") from None
+        except (OSError, etree.XMLSyntaxError, ValueError, zeep_exceptions.Error) as exc:
+            raise DeliveryError(f"could not load the WSDL from {wsdl}: {type(exc).__name__}: "
+                                f"{_safe(str(exc))}") from None
+        default = self.zeep.service
+        binding = default._binding
+        self.service = self.zeep.create_service(binding.name.text, endpoint) if endpoint else default
+        self._binding = self.service._binding
+        self.endpoint: str = self.service._binding_options["address"]
+
+    # ---------------------------------------------------------------------------------------------
+    def submit(self, batch_xml: bytes) -> Receipt:
+        """Send a SubmitBatchRequest built and validated by transforms.payload; returns the receipt."""
+        try:
+            root = etree.fromstring(batch_xml, xml_parser())
+        except etree.XMLSyntaxError as exc:
+            raise DeliveryError(f"the batch is not well-formed XML (line {exc.lineno}); it was not sent",
+                                operation="SubmitBatch") from None
+        if root.tag != q("SubmitBatchRequest"):
+            raise DeliveryError(f"the batch's root element is {etree.QName(root).localname}, not "
+                                "SubmitBatchRequest; it was not sent", operation="SubmitBatch")
+        batch_id = (root.findtext(f"{q('BatchHeader')}/{q('BatchIdentifier')}") or "").strip()
+        envelope = etree.Element(f"{_SOAP}Envelope", nsmap={"soap-env": SOAP_ENV_NS})
+        etree.SubElement(envelope, f"{_SOAP}Body").append(root)
+        operation = self._binding.get("SubmitBatch")
+        headers = {"SOAPAction": f'"{operation.soapaction}"', "Content-Type": "text/xml; charset=utf-8"}
+        element, request_bytes, response_bytes = self._call("SubmitBatch", envelope, headers, batch_id)
+        receipt = parse_receipt(element, request_bytes, response_bytes)
+        if receipt.batch_id != batch_id:
+            raise DeliveryError(f"AMS answered batch {batch_id} with a receipt for batch {receipt.batch_id}",
+                                operation="SubmitBatch", request_bytes=request_bytes,
+                                response_bytes=response_bytes)
+        return receipt
+
+    def get_batch_receipt(self, batch_id: str) -> Receipt | None:
+        """The receipt of a batch sent before, or None when the receiver has never seen it (1020)."""
+        operation = self._binding.get("GetBatchReceipt")
+        serialized = operation.create(BatchIdentifier=batch_id)
+        self._binding._set_http_headers(serialized, operation)
+        try:
+            element, request_bytes, response_bytes = self._call(
+                "GetBatchReceipt", serialized.content, dict(serialized.headers), batch_id)
+        except BusinessFault as fault:
+            if fault.code == ERR_UNKNOWN_BATCH:
+                log.info("GetBatchReceipt batch=%s: unknown to AMS", batch_id)
+                return None
+            raise
+        return parse_receipt(element, request_bytes, response_bytes)
+
+    # ---------------------------------------------------------------------------------------------
+    def _call(self, operation: str, envelope: etree._Element, headers: dict[str, str],
+              batch_id: str) -> tuple[etree._Element, bytes, bytes]:
+        """Post an envelope; returns the validated answer element and the bytes exchanged."""
+        started = time.monotonic()
+        operation_obj = self._binding.get(operation)
+        envelope, headers = self._egress(envelope, headers, operation_obj)
+        where = f"{operation} of batch {batch_id} to {self.endpoint}"
+        try:
+            response = self.transport.post_xml(self.endpoint, envelope, headers)
+        except requests.Timeout:
+            raise TransientDeliveryError(
+                f"{where}: no answer within {self.timeout:g} s; the batch may have been received, ask for "
+                "its receipt before sending it again", operation=operation,
+                request_bytes=self.transport.last_request) from None
+        except requests.ConnectionError as exc:
+            reason = _describe(exc)
+            hint = ("nothing was sent" if "Refused" in reason or "NameResolution" in reason or "resolve" in reason
+                    else "the batch may have been received, ask for its receipt before sending it again")
+            raise TransientDeliveryError(f"{where}: connection failed ({reason}); {hint}", operation=operation,
+                                         request_bytes=self.transport.last_request) from None
+        except requests.RequestException as exc:
+            raise DeliveryError(f"{where}: {_describe(exc)}", operation=operation,
+                                request_bytes=self.transport.last_request) from None
+        request_bytes = self.transport.last_request or b""
+        response_bytes = response.content or b""
+        context = {"operation": operation, "request_bytes": request_bytes, "response_bytes": response_bytes,
+                   "http_status": response.status_code}
+        element = self._answer(where, response, context)
+        elapsed = (time.monotonic() - started) * 1000
+        log.info("%s batch=%s status=%s records=%d (%.0f ms)", operation, batch_id,
+                 element.findtext(q("BatchStatus")), len(element.find(q("RecordReceipts"))), elapsed)
+        return element, request_bytes, response_bytes
+
+    def _egress(self, envelope: etree._Element, headers: dict[str, str], operation: Any) -> tuple[Any, Any]:
+        """zeep's egress steps for an envelope built here: plugins, WS-Security, extra headers."""
+        from zeep import plugins
+
+        client = self.zeep
+        envelope, headers = plugins.apply_egress(client, envelope, headers, operation,
+                                                 self.service._binding_options)
+        for wsse in (client.wsse if isinstance(client.wsse, list) else [client.wsse] if client.wsse else []):
+            envelope, headers = wsse.apply(envelope, headers)
+        if client.settings.extra_http_headers:
+            headers.update(client.settings.extra_http_headers)
+        return envelope, headers
+
+    def _answer(self, where: str, response: requests.Response, context: dict[str, Any]) -> etree._Element:
+        status = response.status_code
+        content = response.content or b""
+        doc = None
+        if content.strip():
+            try:
+                doc = etree.fromstring(content, xml_parser())
+            except etree.XMLSyntaxError:
+                doc = None
+        body = doc.find(f"{_SOAP}Body") if doc is not None and doc.tag == f"{_SOAP}Envelope" else None
+        if body is None or len(body) == 0:
+            what = "an empty reply" if not content.strip() else "a reply that is not a SOAP message"
+            if status >= 500 or not content.strip():
+                raise TransientDeliveryError(f"{where}: HTTP {status} with {what}", **context)
+            raise DeliveryError(f"{where}: HTTP {status} with {what}", **context)
+        fault = body.find(f"{_SOAP}Fault")
+        if fault is not None:
+            raise self._fault(where, fault, status, context)
+        if self.zeep.wsse is not None:
+            self._verify(doc, where, context)
+        if status != 200:
+            cls = TransientDeliveryError if status >= 500 else DeliveryError
+            raise cls(f"{where}: HTTP {status} without a fault", **context)
+        element = body[0]
+        expected = {"SubmitBatch": "SubmitBatchResponse", "GetBatchReceipt": "GetBatchReceiptResponse"}
+        if element.tag != q(expected[context["operation"]]):
+            raise DeliveryError(f"{where}: unexpected answer {etree.QName(element).localname}", **context)
+        problems = payload_problems(element)
+        if problems:
+            raise DeliveryError(f"{where}: the receipt does not validate against the XSD: "
+                                + "; ".join(problems[:5]), **context)
+        return element
+
+    def _verify(self, doc: etree._Element, where: str, context: dict[str, Any]) -> None:
+        wsses = self.zeep.wsse if isinstance(self.zeep.wsse, list) else [self.zeep.wsse]
+        try:
+            for wsse in wsses:
+                if hasattr(wsse, "verify"):
+                    wsse.verify(doc)
+        except Exception as exc:  # zeep raises several types here (SignatureVerificationFailed, ...)
+            raise DeliveryError(f"{where}: the answer's signature does not verify ({type(exc).__name__})",
+                                **context) from None
+
+    @staticmethod
+    def _fault(where: str, fault: etree._Element, status: int, context: dict[str, Any]) -> DeliveryError:
+        faultcode = (fault.findtext("faultcode") or "").strip()
+        faultstring = _safe(fault.findtext("faultstring"))
+        detail = fault.find("detail")
+        service_fault = detail.find(q("ServiceFault")) if detail is not None else None
+        code: int | None = None
+        text = faultstring
+        if service_fault is not None:
+            raw = (service_fault.findtext(q("ErrorCode")) or "").strip()
+            code = int(raw) if raw.lstrip("-").isdigit() else None
+            text = _safe(service_fault.findtext(q("ErrorText"))) or faultstring
+        log.info("%s: SOAP fault %s (%s)", where, code if code is not None else faultcode, f"HTTP {status}")
+        if code == ERR_ACCESS_CLOSED:
+            return AccessClosed(code, text, where=where, **context)
+        if code == ERR_BUSY:
+            return ServiceBusy(code, text, where=where, **context)
+        if code is None and faultcode.split(":")[-1] == "Server":
+            return TransientDeliveryError(f"{where}: server fault without an error code: {text}", **context)
+        return BusinessFault(code, text, where=where, **context)
+
+
+def _describe(exc: BaseException) -> str:
+    """A short reason for a requests error (its innermost cause), no URLs' query strings or payloads."""
+    inner: BaseException = exc
+    for _ in range(10):
+        if inner.__context__ is None:
+            break
+        inner = inner.__context__
+    reason = str(inner) or type(inner).__name__
+    return _safe(f"{type(inner).__name__}: {reason}")[:300]
+
+
+__all__ = [
+    "NAMESPACE",
+    "AccessClosed",
+    "AmsClient",
+    "BusinessFault",
+    "CapturingTransport",
+    "DeliveryError",
+    "Receipt",
+    "RecordReceipt",
+    "ServiceBusy",
+    "TransientDeliveryError",
+    "parse_receipt",
+]

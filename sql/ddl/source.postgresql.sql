@@ -1,0 +1,195 @@
+-- The source contract (DESIGN.md, "The source contract") as PostgreSQL tables.
+--
+-- A municipality provides the same tables (or views of the same shape) over its case system.
+-- Types: identifiers (CPR, CVR, P- and SE numbers, municipality and job-centre codes, keys) are
+-- varchar, never integers, because integers drop leading zeros (0101901234). The lengths leave
+-- room for malformed values, which the checks must see rather than the load rejecting them.
+-- Dates are DATE; timestamps are TIMESTAMP without time zone, in UTC.
+-- Every table has updated_at and a soft-delete deleted_at (NULL while the row is live).
+-- No foreign keys: the contract is read, not enforced; the extraction queries use outer joins.
+-- Created in the first schema of the search_path. Re-runnable: IF NOT EXISTS throughout.
+
+CREATE TABLE IF NOT EXISTS persons (
+    person_id   bigint PRIMARY KEY,
+    cpr         varchar(16) NOT NULL,
+    updated_at  timestamp NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
+    deleted_at  timestamp
+);
+CREATE INDEX IF NOT EXISTS ix_persons_cpr ON persons (cpr);
+
+-- LAB § 2 group or integration-act group, and a-kasse membership, valid from .. to (NULL: open).
+CREATE TABLE IF NOT EXISTS person_target_groups (
+    person_id     bigint NOT NULL,
+    valid_from    date NOT NULL,
+    valid_to      date,
+    target_group  varchar(32) NOT NULL,
+    insured       boolean NOT NULL DEFAULT false,
+    updated_at    timestamp NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
+    deleted_at    timestamp,
+    PRIMARY KEY (person_id, valid_from)
+);
+
+-- Main benefit (hovedydelse) spells. No row on a date: self-supporting.
+CREATE TABLE IF NOT EXISTS benefits (
+    person_id     bigint NOT NULL,
+    valid_from    date NOT NULL,
+    valid_to      date,
+    benefit_code  varchar(32) NOT NULL,
+    updated_at    timestamp NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
+    deleted_at    timestamp,
+    PRIMARY KEY (person_id, valid_from)
+);
+
+-- Payments of benefits and subsidies; benefit_code NULL for payments outside the benefit list.
+CREATE TABLE IF NOT EXISTS payments (
+    payment_id    bigint PRIMARY KEY,
+    person_id     bigint NOT NULL,
+    benefit_code  varchar(32),
+    period_from   date NOT NULL,
+    period_to     date NOT NULL,
+    amount        numeric(12, 2),
+    updated_at    timestamp NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
+    deleted_at    timestamp
+);
+CREATE INDEX IF NOT EXISTS ix_payments_person_period ON payments (person_id, period_from, period_to);
+
+CREATE TABLE IF NOT EXISTS jobplans (
+    jobplan_id       varchar(64) PRIMARY KEY,
+    person_id        bigint NOT NULL,
+    created_on       date,
+    revised_on       date,
+    employment_goal  text,
+    updated_at       timestamp NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
+    deleted_at       timestamp
+);
+CREATE INDEX IF NOT EXISTS ix_jobplans_person ON jobplans (person_id);
+
+-- Areas 1 and 2 (§ 3, § 9): one row per measure; the area follows from the target group.
+CREATE TABLE IF NOT EXISTS measures (
+    measure_id             varchar(64) PRIMARY KEY,
+    person_id              bigint NOT NULL,
+    municipality_code      varchar(8),
+    responsible_jobcenter  varchar(8),
+    registering_jobcenter  varchar(8),
+    measure_type           varchar(32),
+    activation_type        varchar(32),
+    start_date             date,
+    end_date               date,
+    weekly_hours           numeric(6, 2),
+    open_offer             boolean,
+    jobplan_id             varchar(64),
+    job_order_id           varchar(64),
+    job_order_type         varchar(32),
+    provider_cvr           varchar(16),
+    provider_pnr           varchar(16),
+    ministry_area          varchar(32),
+    job_title              text,
+    course_type            varchar(32),
+    team_id                varchar(64),
+    location_code          varchar(32),
+    worksite_address       text,
+    updated_at             timestamp NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
+    deleted_at             timestamp
+);
+CREATE INDEX IF NOT EXISTS ix_measures_person_start ON measures (person_id, start_date);
+CREATE INDEX IF NOT EXISTS ix_measures_jobplan ON measures (jobplan_id);
+CREATE INDEX IF NOT EXISTS ix_measures_updated ON measures (updated_at);
+
+-- Area 3 (§ 14).
+CREATE TABLE IF NOT EXISTS followup_interviews (
+    interview_id         varchar(64) PRIMARY KEY,
+    person_id            bigint NOT NULL,
+    municipality_code    varchar(8),
+    held_on              date,
+    interview_form       varchar(32),
+    visitation_category  varchar(32),
+    updated_at           timestamp NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
+    deleted_at           timestamp
+);
+CREATE INDEX IF NOT EXISTS ix_followup_person_held ON followup_interviews (person_id, held_on);
+CREATE INDEX IF NOT EXISTS ix_followup_updated ON followup_interviews (updated_at);
+
+-- Area 4 (§ 19): the employer reports by CVR or by SE number.
+CREATE TABLE IF NOT EXISTS absence_interviews (
+    interview_id       varchar(64) PRIMARY KEY,
+    person_id          bigint NOT NULL,
+    municipality_code  varchar(8),
+    employer_cvr       varchar(16),
+    employer_se        varchar(16),
+    held_on            date,
+    updated_at         timestamp NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
+    deleted_at         timestamp
+);
+CREATE INDEX IF NOT EXISTS ix_absence_person_held ON absence_interviews (person_id, held_on);
+CREATE INDEX IF NOT EXISTS ix_absence_updated ON absence_interviews (updated_at);
+
+-- Area 5 (§ 25).
+CREATE TABLE IF NOT EXISTS cv_interviews (
+    interview_id       varchar(64) PRIMARY KEY,
+    person_id          bigint NOT NULL,
+    municipality_code  varchar(8),
+    held_on            date,
+    cv_status          varchar(32),
+    updated_at         timestamp NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
+    deleted_at         timestamp
+);
+CREATE INDEX IF NOT EXISTS ix_cv_person_held ON cv_interviews (person_id, held_on);
+CREATE INDEX IF NOT EXISTS ix_cv_updated ON cv_interviews (updated_at);
+
+-- Area 6 (§ 31): scheme EMPLOYMENT (§ 30 nr. 1) or EDUCATION (§ 30 nr. 2).
+CREATE TABLE IF NOT EXISTS personal_assistance_grants (
+    grant_id           varchar(64) PRIMARY KEY,
+    person_id          bigint NOT NULL,
+    municipality_code  varchar(8),
+    scheme             varchar(32),
+    company_cvr        varchar(16),
+    company_pnr        varchar(16),
+    start_date         date,
+    end_date           date,
+    weekly_hours       numeric(6, 2),
+    updated_at         timestamp NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
+    deleted_at         timestamp
+);
+CREATE INDEX IF NOT EXISTS ix_pa_person ON personal_assistance_grants (person_id);
+CREATE INDEX IF NOT EXISTS ix_pa_updated ON personal_assistance_grants (updated_at);
+
+-- Area 7 (§ 37): basis PERSON or SLOT (pr. plads); the persons are in mentor_grant_persons.
+CREATE TABLE IF NOT EXISTS mentor_grants (
+    grant_id           varchar(64) PRIMARY KEY,
+    municipality_code  varchar(8),
+    basis              varchar(16),
+    company_cvr        varchar(16),
+    company_pnr        varchar(16),
+    start_date         date,
+    end_date           date,
+    granted_hours      numeric(8, 2),
+    persons_paid       integer,
+    avg_paid_hours     numeric(6, 2),
+    updated_at         timestamp NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
+    deleted_at         timestamp
+);
+CREATE INDEX IF NOT EXISTS ix_mentor_updated ON mentor_grants (updated_at);
+
+CREATE TABLE IF NOT EXISTS mentor_grant_persons (
+    grant_id    varchar(64) NOT NULL,
+    person_id   bigint NOT NULL,
+    updated_at  timestamp NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
+    deleted_at  timestamp,
+    PRIMARY KEY (grant_id, person_id)
+);
+CREATE INDEX IF NOT EXISTS ix_mentor_persons_person ON mentor_grant_persons (person_id);
+
+-- Area 8 (§ 42, stk. 2): aid_kind TEACHING_MATERIAL or WORK_TOOLS.
+CREATE TABLE IF NOT EXISTS aid_grants (
+    grant_id           varchar(64) PRIMARY KEY,
+    person_id          bigint NOT NULL,
+    municipality_code  varchar(8),
+    aid_kind           varchar(32),
+    company_cvr        varchar(16),
+    company_pnr        varchar(16),
+    approved_on        date,
+    updated_at         timestamp NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
+    deleted_at         timestamp
+);
+CREATE INDEX IF NOT EXISTS ix_aid_person ON aid_grants (person_id);
+CREATE INDEX IF NOT EXISTS ix_aid_updated ON aid_grants (updated_at);

@@ -1,0 +1,73 @@
+-- Area 2 (Kapitel 2, § 9): measures for non-insured persons.
+--
+-- One row per measure, soft-deleted ones included (the pipeline annuls what was delivered).
+-- The same shape as area 1's query over the same table: the mapping places a measure in area 1
+-- or 2 from target_group and insured on the start date (§ 2, § 8), per reference/target_groups.csv.
+-- Derivation inputs beyond the fields:
+--   main_benefit (a field, § 9 nr. 7)   the benefit spell valid on start_date; NULL when none:
+--                                       the mapping records self-supporting as code 99
+--   target_group, insured              the person's group and a-kasse membership on start_date
+--   target_group_at_end, insured_at_end the same on end_date (status changes during the measure)
+--   reconciles                          1 when a benefit spell or a payment overlaps the measure (§ 10)
+-- As-of rule: valid_from <= day and (valid_to is null or valid_to >= day); the latest valid_from wins.
+SELECT
+    p.cpr                    AS person_cpr,
+    m.municipality_code      AS municipality_code,
+    m.measure_id             AS measure_id,
+    m.measure_type           AS measure_type,
+    m.start_date             AS start_date,
+    m.end_date               AS end_date,
+    m.weekly_hours           AS weekly_hours,
+    (SELECT b.benefit_code
+       FROM benefits b
+      WHERE b.person_id = m.person_id AND b.deleted_at IS NULL
+        AND b.valid_from <= m.start_date AND (b.valid_to IS NULL OR b.valid_to >= m.start_date)
+      ORDER BY b.valid_from DESC LIMIT 1) AS main_benefit,
+    m.open_offer             AS open_offer,
+    m.jobplan_id             AS jobplan_id,
+    j.created_on             AS jobplan_created_on,
+    j.revised_on             AS jobplan_revised_on,
+    j.employment_goal        AS employment_goal,
+    m.location_code          AS location_code,
+    m.provider_cvr           AS provider_cvr,
+    m.provider_pnr           AS provider_pnr,
+    m.worksite_address       AS worksite_address,
+    m.ministry_area          AS ministry_area,
+    m.job_title              AS job_title,
+    m.team_id                AS team_id,
+    (SELECT tg.target_group
+       FROM person_target_groups tg
+      WHERE tg.person_id = m.person_id AND tg.deleted_at IS NULL
+        AND tg.valid_from <= m.start_date AND (tg.valid_to IS NULL OR tg.valid_to >= m.start_date)
+      ORDER BY tg.valid_from DESC LIMIT 1) AS target_group,
+    (SELECT CASE WHEN tg.insured THEN 1 ELSE 0 END
+       FROM person_target_groups tg
+      WHERE tg.person_id = m.person_id AND tg.deleted_at IS NULL
+        AND tg.valid_from <= m.start_date AND (tg.valid_to IS NULL OR tg.valid_to >= m.start_date)
+      ORDER BY tg.valid_from DESC LIMIT 1) AS insured,
+    (SELECT tg.target_group
+       FROM person_target_groups tg
+      WHERE tg.person_id = m.person_id AND tg.deleted_at IS NULL
+        AND tg.valid_from <= m.end_date AND (tg.valid_to IS NULL OR tg.valid_to >= m.end_date)
+      ORDER BY tg.valid_from DESC LIMIT 1) AS target_group_at_end,
+    (SELECT CASE WHEN tg.insured THEN 1 ELSE 0 END
+       FROM person_target_groups tg
+      WHERE tg.person_id = m.person_id AND tg.deleted_at IS NULL
+        AND tg.valid_from <= m.end_date AND (tg.valid_to IS NULL OR tg.valid_to >= m.end_date)
+      ORDER BY tg.valid_from DESC LIMIT 1) AS insured_at_end,
+    CASE WHEN EXISTS (SELECT 1 FROM benefits b
+                       WHERE b.person_id = m.person_id AND b.deleted_at IS NULL
+                         AND (m.end_date IS NULL OR b.valid_from <= m.end_date)
+                         AND (b.valid_to IS NULL OR b.valid_to >= m.start_date))
+           OR EXISTS (SELECT 1 FROM payments pay
+                       WHERE pay.person_id = m.person_id AND pay.deleted_at IS NULL
+                         AND (m.end_date IS NULL OR pay.period_from <= m.end_date)
+                         AND pay.period_to >= m.start_date)
+         THEN 1 ELSE 0 END AS reconciles,
+    CAST(m.measure_id AS TEXT) AS record_key,
+    m.updated_at             AS updated_at,
+    m.deleted_at             AS deleted_at
+FROM measures m
+LEFT JOIN persons p ON p.person_id = m.person_id
+LEFT JOIN jobplans j ON j.jobplan_id = m.jobplan_id AND j.deleted_at IS NULL
+ORDER BY record_key
