@@ -94,7 +94,7 @@ def area_checks(area: Area) -> tuple[Check, ...]:
                 if f.kind == "cpr":
                     checks.append(Check(rule, f.name, f.paragraph, col + "status", "not_in", (status,), text, status))
                 else:
-                    regex = rf"(^|; ){status}(;|$)"
+                    regex = rf"(?:^|; ){status}(?:;|$)"
                     checks.append(Check(rule, f.name, f.paragraph, col + "status", "no_match", (regex,), text, status))
         elif f.kind == "municipality":
             checks.append(Check("municipality.unknown", f.name, f.paragraph, col + "known", "true",

@@ -20,8 +20,11 @@ from expectations.checks import Check, area_checks  # noqa: E402
 from transforms.registry import Area  # noqa: E402
 from transforms.rules import ERROR, RULE_BY_ID, severity  # noqa: E402
 
+# GX logs at INFO (one module forces it, e.g. "Created temporary directory ... for ephemeral docs site"):
+# keep it to warnings unless the deployment configured the logger itself.
 if logging.getLogger("great_expectations").level == logging.NOTSET:
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
+logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
 
 
 def suite_name(area: Area) -> str:

@@ -9,8 +9,22 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
+from transforms.registry import REPO_ROOT
 from transforms.source import create_engine_from_url
 from transforms.synthetic import DemoData, generate
+
+#: The repository root, for tests that read files of the project (dags/, docker-compose.yml, ...).
+ROOT = REPO_ROOT
+
+# The Makefile's environment, so that a bare `pytest` runs like `make test` (values already set win).
+for _name, _value in {
+    "AIRFLOW_HOME": str(ROOT / "var" / "airflow"),
+    "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+    "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    "GX_ANALYTICS_ENABLED": "false",
+}.items():
+    os.environ.setdefault(_name, _value)
 
 #: The test server (trust auth); `AMS_TEST_PG_URL` points the tests at another one.
 PG_BASE_URL = os.environ.get("AMS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

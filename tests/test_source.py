@@ -146,7 +146,7 @@ def test_soft_deleted_rows_are_returned(demo_db):
 def test_values_are_normalised(demo_db):
     engine, _ = demo_db
     frame = extract_frame(engine, 2)
-    assert all(dtype == object for dtype in frame.dtypes)
+    assert all(str(dtype) == "object" for dtype in frame.dtypes)
     live = frame[frame["start_date"].notna()]
     assert all(isinstance(v, str) and len(v) == 10 for v in live["start_date"])
     assert all(isinstance(v, str) and len(v) == 19 and v[10] == " " for v in frame["updated_at"])

@@ -248,7 +248,8 @@ def test_proportions_and_shapes(demo2000):
         measure_persons = conn.execute(sa.text("SELECT COUNT(DISTINCT person_id) FROM measures")).scalar_one()
         jobcentres = [r[0] for r in conn.execute(sa.text("SELECT responsible_jobcenter FROM measures"))]
     assert 0.5 <= measure_persons / data.persons <= 0.7
-    areas = [codelists.target_group_area(g, bool(i)) for g, i in zip(measures["target_group"], measures["insured"])]
+    pairs = zip(measures["target_group"], measures["insured"], strict=True)
+    areas = [codelists.target_group_area(group, bool(insured)) for group, insured in pairs]
     assert 0.25 <= areas.count(1) / len(areas) <= 0.45
     changed = ((measures["target_group"] != measures["target_group_at_end"])
                | (measures["insured"] != measures["insured_at_end"])).mean()
@@ -288,7 +289,8 @@ def test_other_reporting_municipality(tmp_path):
     assert data.reporting_municipality == "751"
     assert (frame["municipality_code"] == "751").mean() > 0.9
     assert {region[c] for c in frame["municipality_code"]} == {region["751"]}
-    assert all(jc.startswith(mc) for jc, mc in zip(frame["responsible_jobcentre"], frame["municipality_code"]))
+    pairs = zip(frame["responsible_jobcentre"], frame["municipality_code"], strict=True)
+    assert all(jobcentre.startswith(municipality) for jobcentre, municipality in pairs)
     engine.dispose()
 
 

@@ -561,7 +561,7 @@ class _Builder:
         row["deleted_at"] = self._deleted(row["updated_at"]) if self.rng.random() < deleted_share else None
         full = {column: row.get(column) for column in SOURCE_TABLES[table]}
         self.tables[table].append(full)
-        key = full[SOURCE_TABLES[table][0]]
+        key = str(full[SOURCE_TABLES[table][0]])
         self.recs.append(_Rec(area, key, full, persons, category, True, home))
 
     def _followups(self, person: _Person) -> None:
@@ -570,7 +570,7 @@ class _Builder:
         sick_to = min(sick_from + timedelta(days=rng.randint(30, 300)), self.ref)
         if rng.random() < 0.95:
             self._payments(person.pid, None, sick_from, sick_to)  # sickness benefit: not in benefit_types
-        days = []
+        days: list[date] = []
         day = sick_from + timedelta(days=rng.randint(14, 56))
         while day <= sick_to and len(days) < 4:
             days.append(day)
@@ -840,7 +840,9 @@ def _write(engine: Engine, tables: dict[str, list[dict[str, Any]]]) -> None:
             if not copy:
                 insert_rows(conn, name, tables[name])
                 continue
-            with conn.connection.driver_connection.cursor() as cursor:
+            driver_connection = conn.connection.driver_connection
+            assert driver_connection is not None
+            with driver_connection.cursor() as cursor:
                 with cursor.copy(f"COPY {name} ({', '.join(columns)}) FROM STDIN") as stream:
                     for row in tables[name]:
                         stream.write_row(tuple(row.get(c) for c in columns))
@@ -884,7 +886,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--defect-rate", type=float, default=0.03)
     parser.add_argument("--reference-date", type=date.fromisoformat, default=DEFAULT_REFERENCE_DATE)
-    parser.add_argument("--municipality", default=DEFAULT_MUNICIPALITY, help="kommunekode of the reporting municipality")
+    parser.add_argument("--municipality", default=DEFAULT_MUNICIPALITY,
+                        help="kommunekode of the reporting municipality (default 101, København)")
     args = parser.parse_args(argv)
 
     engine = create_engine_from_url(args.url or source_url_from_env())
