@@ -7,16 +7,31 @@ response bytes for the archive. Answers are checked against the XSD and mapped t
 one of the DeliveryError classes below, whose messages are for operations staff and carry no
 payload content (a CPR-like number in a server's fault text is masked).
 
-WS-Security: pass a zeep `wsse` object; it is applied to outgoing envelopes and verifies answers
-that are not faults (an unsigned fault would otherwise surface as an AttributeError, STACK.md).
+WS-Security: `signing_key` + `signing_cert` (PEM paths or PEM text) sign every request with an X.509
+signature (delivery.security.RequestSignature: BinarySecurityToken, RSA-SHA256, SHA-256 digests,
+Body and Timestamp signed). The receiver does not sign its answers: they are verified only when a
+certificate for answers is configured (see delivery.security). Any other zeep `wsse` object can be
+passed as `wsse`; it is applied to outgoing envelopes and verifies answers that are not faults (an
+unsigned fault would otherwise surface as an AttributeError, STACK.md). A request refused for its
+signature (fault 1050) raises SignatureRefused, a BusinessFault.
+
+TLS: `verify_tls` (True, False or a CA bundle path) and `client_cert` (mutual TLS) go to the requests
+session that loads the WSDL and posts the requests. A server certificate that does not verify is a
+DeliveryError (a configuration problem, not retried), not a TransientDeliveryError.
+
+`client_from_config` builds a client from a mapping (an Airflow connection's extras) with the
+environment as fallback for the keys and certificates (AMS_SIGNING_KEY, AMS_SIGNING_CERT,
+AMS_CA_BUNDLE).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -30,10 +45,19 @@ from zeep.cache import InMemoryCache
 from zeep.transports import Transport
 from zeep.wsdl.utils import etree_to_string
 
+from delivery.security import (
+    PemSource,
+    RequestSignature,
+    SecurityConfigError,
+    configure_session,
+    make_signature,
+    security_settings,
+)
 from transforms.identifiers import mask_cpr
 from transforms.payload import (
     ERR_ACCESS_CLOSED,
     ERR_BUSY,
+    ERR_SIGNATURE,
     ERR_UNKNOWN_BATCH,
     NAMESPACE,
     SOAP_ENV_NS,
@@ -93,6 +117,12 @@ class BusinessFault(DeliveryError):
         super().__init__(f"{where or 'AMS'}: refused with {label}: {text}", **kwargs)
         self.code = code
         self.text = text
+
+
+class SignatureRefused(BusinessFault):
+    """Fault 1050: the agency refused the request's WS-Security signature (missing, invalid, not
+    SHA-256, or an untrusted certificate). A configuration problem, not a problem of the batch's
+    records: fix the signing key and certificate, then send the batch again."""
 
 
 class AccessClosed(DeliveryError):
@@ -218,9 +248,25 @@ class AmsClient:
 
     def __init__(self, wsdl: str | Path, endpoint: str | None = None, timeout: float = 30.0, *,
                  session: requests.Session | None = None, wsse: Any = None, plugins: list[Any] | None = None,
-                 cache: bool = True) -> None:
+                 cache: bool = True, signing_key: PemSource | None = None, signing_cert: PemSource | None = None,
+                 signing_key_password: bytes | str | None = None, verify_tls: bool | str | Path | None = None,
+                 client_cert: str | Path | tuple[str | Path, str | Path] | None = None) -> None:
+        """`signing_key`/`signing_cert`: sign every request (PEM paths or PEM text, both or neither).
+        `verify_tls`: True (the system's CAs), False (no check: never in production) or a CA bundle
+        path; None keeps the session's setting. `client_cert`: a PEM path (certificate and key) or a
+        (certificate, key) pair of paths, for mutual TLS."""
         quiet_zeep_logging()
         self.timeout = timeout
+        if (signing_key is None) != (signing_cert is None):
+            raise SecurityConfigError("give both signing_key and signing_cert, or neither")
+        self.signature: RequestSignature | None = None
+        if signing_key is not None and signing_cert is not None:
+            self.signature = make_signature(signing_key, signing_cert, signing_key_password)
+            wsse = [*(wsse if isinstance(wsse, list) else [wsse] if wsse else []), self.signature]
+        if verify_tls is not None or client_cert is not None:
+            session = configure_session(session or requests.Session(), verify_tls, client_cert)
+            if verify_tls is False:
+                log.warning("TLS certificate verification is off for %s", endpoint or wsdl)
         self.transport = CapturingTransport(cache=InMemoryCache() if cache else None, timeout=timeout,
                                             operation_timeout=timeout, session=session)
         settings = Settings(strict=True, xml_huge_tree=True)
@@ -231,6 +277,8 @@ class AmsClient:
             status = exc.response.status_code if exc.response is not None else 0
             cls = TransientDeliveryError if status >= 500 else DeliveryError
             raise cls(f"could not load the WSDL from {wsdl}: HTTP {status}", http_status=status) from None
+        except requests.exceptions.SSLError as exc:
+            raise DeliveryError(f"could not load the WSDL from {wsdl}: {_tls_problem(exc)}") from None
         except requests.RequestException as exc:
             raise TransientDeliveryError(f"could not load the WSDL from {wsdl}: {_describe(exc)}") from None
         except (OSError, etree.XMLSyntaxError, ValueError, zeep_exceptions.Error) as exc:
@@ -296,6 +344,9 @@ class AmsClient:
                 f"{where}: no answer within {self.timeout:g} s; the batch may have been received, ask for "
                 "its receipt before sending it again", operation=operation,
                 request_bytes=self.transport.last_request) from None
+        except requests.exceptions.SSLError as exc:
+            raise DeliveryError(f"{where}: {_tls_problem(exc)}", operation=operation,
+                                request_bytes=self.transport.last_request) from None
         except requests.ConnectionError as exc:
             reason = _describe(exc)
             hint = ("nothing was sent" if "Refused" in reason or "NameResolution" in reason or "resolve" in reason
@@ -388,9 +439,43 @@ class AmsClient:
             return AccessClosed(code, text, where=where, **context)
         if code == ERR_BUSY:
             return ServiceBusy(code, text, where=where, **context)
+        if code == ERR_SIGNATURE:
+            return SignatureRefused(code, text, where=where, **context)
         if code is None and faultcode.split(":")[-1] == "Server":
             return TransientDeliveryError(f"{where}: server fault without an error code: {text}", **context)
         return BusinessFault(code, text, where=where, **context)
+
+
+def _tls_problem(exc: BaseException) -> str:
+    reason = _describe(exc)
+    if "CERTIFICATE_VERIFY_FAILED" in reason or "certificate verify failed" in reason:
+        return (f"TLS: the server's certificate could not be verified ({reason}); nothing was sent. Check "
+                "verify_tls / ca_bundle (AMS_CA_BUNDLE) and the server's certificate")
+    return f"TLS handshake failed ({reason}); check the TLS settings (verify_tls, ca_bundle, client_cert)"
+
+
+def client_from_config(config: Mapping[str, Any], env: Mapping[str, str] | None = None, **kwargs: Any) -> AmsClient:
+    """An AmsClient from a mapping, e.g. an Airflow connection's extras:
+
+        wsdl (required), endpoint, timeout (seconds, default 30),
+        signing_key, signing_cert (paths or PEM text; env AMS_SIGNING_KEY, AMS_SIGNING_CERT),
+        signing_key_password (env AMS_SIGNING_KEY_PASSWORD),
+        ca_bundle (path or PEM text; env AMS_CA_BUNDLE), verify_tls (default true),
+        client_cert, client_key (paths, mutual TLS).
+
+    `env` defaults to os.environ; other keyword arguments go to AmsClient (session, plugins, ...).
+    Raises delivery.security.SecurityConfigError (a ValueError) for unusable settings.
+    """
+    env = os.environ if env is None else env
+    wsdl = config.get("wsdl")
+    if not wsdl:
+        raise SecurityConfigError("the configuration has no 'wsdl'")
+    timeout = config.get("timeout")
+    settings = security_settings(config, env)
+    if not settings["signing_key"]:
+        log.info("no signing key configured: requests to %s are not signed", config.get("endpoint") or wsdl)
+    return AmsClient(wsdl, endpoint=config.get("endpoint") or None,
+                     timeout=float(timeout) if timeout not in (None, "") else 30.0, **settings, **kwargs)
 
 
 def _describe(exc: BaseException) -> str:
@@ -414,6 +499,8 @@ __all__ = [
     "Receipt",
     "RecordReceipt",
     "ServiceBusy",
+    "SignatureRefused",
     "TransientDeliveryError",
+    "client_from_config",
     "parse_receipt",
 ]

@@ -58,6 +58,9 @@ class Settings:
     areas: tuple[int, ...] = tuple(a.number for a in AREAS)
     extra: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.home = Path(self.home)
+
     @classmethod
     def from_env(cls) -> Settings:
         home = Path(os.environ.get("AMS_HOME", REPO_ROOT / "var"))
@@ -259,23 +262,6 @@ def prepare_area(area_ref: int | str, *, run_id: str, period_end: date, settings
 # --- delivery -------------------------------------------------------------------------------------
 
 
-def _with_retries(call: Callable[[], object], settings: Settings, what: str):
-    """Transient faults are retried with exponential back-off and jitter; other errors go up at once."""
-    from delivery.client import TransientDeliveryError
-
-    for attempt in range(1, settings.delivery_attempts + 1):
-        try:
-            return call()
-        except TransientDeliveryError as exc:
-            if attempt == settings.delivery_attempts:
-                raise
-            pause = settings.backoff_seconds * 2 ** (attempt - 1) * (0.5 + random.random())
-            log.warning("%s: transient fault (%s); attempt %d of %d, retrying in %.1f s",
-                        what, exc, attempt, settings.delivery_attempts, pause)
-            time.sleep(pause)
-    raise AssertionError("unreachable")
-
-
 def _apply(state: StateStore, settings: Settings, vault: Vault, batch: dict, receipt, run_id: str) -> dict:
     """Store the receipt (ledger first), quarantine rejected records, then archive and unstage."""
     results = {r.record_id: (r.status, None if r.error_code is None else str(r.error_code), r.error_text)
@@ -318,47 +304,68 @@ def deliver_area(area_ref: int | str, *, run_id: str, settings: Settings, client
     vault = settings.vault()
     counts: Counter = Counter()
     receipts: list[str] = []
-    for batch in state.outstanding_batches(area.number):
-        label = f"area {area.number} batch {batch['batch_id']}"
-        if batch["status"] in ("sent", "unknown"):
-            # The process may have died after the POST: ask before sending anything again (principle 3).
-            receipt = _with_retries(lambda b=batch: client.get_batch_receipt(b["batch_id"]), settings, label)
-            if receipt is not None:
-                log.info("%s: receiver already had it; receipt %s recovered", label, receipt.message_id)
-                counts.update(_apply(state, settings, vault, batch, receipt, run_id))
-                counts["recovered"] += 1
-                receipts.append(receipt.message_id)
+    try:
+        for batch in state.outstanding_batches(area.number):
+            label = f"area {area.number} batch {batch['batch_id']}"
+            try:
+                receipt, recovered = _send(client, state, vault, batch, settings, label)
+            except AccessClosed as exc:
+                state.mark_batch(batch["batch_id"], "built", last_error=str(exc))
+                raise AreaDeliveryStopped(
+                    f"Area {area.number}: the agency has closed access (§ 48): {exc}. Nothing more is sent for "
+                    "this area. Contact the agency; when access is restored, clear this task in the Airflow UI."
+                ) from exc
+            except BusinessFault as exc:
+                # Schema or validation codes are not retried: the batch's records go to quarantine.
+                counts.update(_apply(state, settings, vault, batch, _rejected_receipt(state, batch, exc), run_id))
+                counts["batches_rejected"] += 1
                 continue
-        payload = vault.read(Path(batch["staged_path"]))
-        state.mark_sending(batch["batch_id"])
-        try:
-            receipt = _with_retries(lambda p=payload: client.submit(p), settings, label)
-        except AccessClosed as exc:
-            state.mark_batch(batch["batch_id"], "built", last_error=str(exc))
-            state.update_area_run(run_id, area.number, status="access_closed", message=str(exc), finished=True)
-            raise AreaDeliveryStopped(
-                f"Area {area.number}: the agency has closed access (§ 48): {exc}. Nothing more is sent for this "
-                "area. Contact the agency; when access is restored, clear this task in the Airflow UI.") from exc
-        except BusinessFault as exc:
-            # Schema or validation codes are not retried: the batch's records go to quarantine.
-            receipt = _rejected_receipt(state, batch, exc)
+            except TransientDeliveryError as exc:
+                state.mark_batch(batch["batch_id"], "unknown", last_error=str(exc))
+                raise AreaDeliveryStopped(
+                    f"Area {area.number}: batch {batch['batch_id']} could not be delivered after "
+                    f"{settings.delivery_attempts} attempts ({exc}). Clear this task to try again: the receiver "
+                    "is asked about the batch first, so nothing is sent twice.") from exc
             counts.update(_apply(state, settings, vault, batch, receipt, run_id))
-            counts["batches_rejected"] += 1
-            continue
-        except TransientDeliveryError as exc:
-            state.mark_batch(batch["batch_id"], "unknown", last_error=str(exc))
-            state.update_area_run(run_id, area.number, status="delivery_failed", message=str(exc), finished=True)
-            raise AreaDeliveryStopped(
-                f"Area {area.number}: batch {batch['batch_id']} could not be delivered after "
-                f"{settings.delivery_attempts} attempts ({exc}). Clear this task to try again: the receiver is "
-                "asked about the batch first, so nothing is sent twice.") from exc
-        counts.update(_apply(state, settings, vault, batch, receipt, run_id))
-        counts["batches_sent"] += 1
-        receipts.append(receipt.message_id)
+            counts["recovered" if recovered else "batches_sent"] += 1
+            receipts.append(receipt.message_id)
+    except AreaDeliveryStopped as exc:
+        state.update_area_run(run_id, area.number, status="delivery_failed", message=str(exc), finished=True)
+        raise
     summary = {k: int(v) for k, v in counts.items()}
-    state.update_area_run(run_id, area.number, status="delivered", counts={"delivery": summary,
-                                                                         "receipts": receipts}, finished=True)
+    state.update_area_run(run_id, area.number, status="delivered", message="", finished=True)
     return {"area": area.number, "receipts": receipts, **summary}
+
+
+def _send(client, state: StateStore, vault: Vault, batch: dict, settings: Settings, label: str):
+    """Send one batch; returns (receipt, recovered). Before any re-send, the receiver is asked first.
+
+    A batch is in doubt when an earlier try may have reached the receiver (status sent/unknown, or a
+    time-out or dropped reply in this call): GetBatchReceipt tells whether it arrived, so a batch is
+    never sent again once the receiver has it (DESIGN.md, principle 3).
+    """
+    from delivery.client import TransientDeliveryError
+
+    payload = vault.read(Path(batch["staged_path"]))
+    in_doubt = batch["status"] in ("sent", "unknown")
+    for attempt in range(1, settings.delivery_attempts + 1):
+        try:
+            if in_doubt:
+                receipt = client.get_batch_receipt(batch["batch_id"])
+                if receipt is not None:
+                    log.info("%s: the receiver already had it; receipt %s recovered", label, receipt.message_id)
+                    return receipt, True
+            state.mark_sending(batch["batch_id"])
+            in_doubt = True
+            return client.submit(payload), False
+        except TransientDeliveryError as exc:
+            if attempt == settings.delivery_attempts:
+                raise
+            pause = settings.backoff_seconds * 2 ** (attempt - 1) * (0.5 + random.random())
+            log.warning("%s: transient fault (%s); attempt %d of %d, retrying in %.1f s",
+                        label, exc, attempt, settings.delivery_attempts, pause)
+            time.sleep(pause)
+    raise AssertionError("unreachable")
 
 
 def _rejected_receipt(state: StateStore, batch: dict, fault):

@@ -21,12 +21,14 @@ from transforms.registry import get_area
 COLUMNS = ("extracted", "delivered", "annulled", "quarantined", "unchanged", "outstanding", "warnings")
 
 
-def area_row(row: dict) -> dict:
+def area_row(row: dict, acknowledged: list[dict]) -> dict:
+    """One area's counts. Delivery counts come from the batches acknowledged in the run (durable
+    state), so a delivery that was killed half-way and re-run still adds up."""
     counts = row["counts"]
-    delivery = counts.get("delivery", {})
-    accepted = delivery.get("accepted", 0)
-    annulled = delivery.get("annulled", 0)
-    rejected = delivery.get("rejected", 0)
+    mine = [b for b in acknowledged if b["area"] == row["area"]]
+    accepted = sum(b["accepted_count"] or 0 for b in mine)
+    annulled = sum(b["annulled_count"] or 0 for b in mine)
+    rejected = sum(b["rejected_count"] or 0 for b in mine)
     extracted = counts.get("extracted", 0)
     quarantined = counts.get("quarantined", 0) + rejected
     unchanged = counts.get("unchanged", 0)
@@ -45,7 +47,7 @@ def area_row(row: dict) -> dict:
         "warnings": counts.get("with_warnings", 0),
         "out_of_scope": counts.get("out_of_scope", 0),
         "rules": counts.get("rules", {}),
-        "receipts": counts.get("receipts", []),
+        "receipts": [b["receipt_message_id"] for b in mine if not str(b["receipt_message_id"]).startswith("fault-")],
         "message": row.get("message"),
         "data_docs": row.get("data_docs"),
     }
@@ -53,7 +55,8 @@ def area_row(row: dict) -> dict:
 
 def run_summary(run_id: str, settings: Settings) -> dict:
     state = settings.state()
-    rows = [area_row(r) for r in state.run_rows(run_id)]
+    acknowledged = state.batches_acknowledged_in(run_id)
+    rows = [area_row(r, acknowledged) for r in state.run_rows(run_id)]
     return {
         "run_id": run_id,
         "areas": rows,

@@ -59,7 +59,10 @@ batches = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("sent_at", sa.DateTime(timezone=True)),
     sa.Column("acknowledged_at", sa.DateTime(timezone=True)),
-    sa.Column("acknowledged_run_id", sa.String(250)),
+    sa.Column("acknowledged_run_id", sa.String(250), index=True),
+    sa.Column("accepted_count", sa.Integer),
+    sa.Column("rejected_count", sa.Integer),
+    sa.Column("annulled_count", sa.Integer),  # accepted annulments
 )
 
 batch_records = sa.Table(
@@ -330,13 +333,14 @@ class StateStore:
         members = self.batch_members(batch_id)
         batch = self.batch(batch_id)
         assert batch is not None
-        accepted = rejected = 0
+        accepted = rejected = annulled = 0
         with self.begin() as conn:
             for m in members.to_dict("records"):
                 status, code, text = record_results.get(m["record_id"], ("REJECTED", "missing", "no receipt line"))
                 values: dict = dict(record_id=m["record_id"], last_batch_id=batch_id, updated_at=now())
                 if status == "ACCEPTED":
                     accepted += 1
+                    annulled += m["action"] == "ANNUL"
                     values.update(status="annulled" if m["action"] == "ANNUL" else "accepted",
                                   accepted_hash=m["content_hash"], rejected_hash=None, error_code=None, error_text=None)
                 else:
@@ -348,7 +352,8 @@ class StateStore:
                     conn.execute(ledger.insert().values(area=batch["area"], record_key=m["record_key"], **values))
             conn.execute(batches.update().where(batches.c.batch_id == batch_id).values(
                 status=batch_status, receipt_message_id=message_id, receipt_event_date=event_date,
-                acknowledged_at=now(), acknowledged_run_id=run_id, last_error=None))
+                acknowledged_at=now(), acknowledged_run_id=run_id, last_error=None, accepted_count=accepted,
+                rejected_count=rejected, annulled_count=annulled))
         return accepted, rejected
 
     def batches_acknowledged_in(self, run_id: str) -> list[dict]:

@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -319,7 +320,7 @@ def prepare_frame(area: Area, records: pd.DataFrame, *, period_end: date) -> pd.
     def column(name: str) -> pd.Series:
         return records[name] if name in records.columns else pd.Series([None] * n, dtype=object)
 
-    out: dict[str, object] = {"record_key": _text(column("record_key"))}
+    out: dict[str, Any] = {"record_key": _text(column("record_key"))}
     digits_of: dict[str, np.ndarray] = {}
     days_of: dict[str, np.ndarray] = {}
     texts: dict[str, np.ndarray] = {}

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -28,7 +29,9 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 import great_expectations as gx  # noqa: E402
 from great_expectations.checkpoint import UpdateDataDocsAction  # noqa: E402
 from great_expectations.core.run_identifier import RunIdentifier  # noqa: E402
+from great_expectations.data_context import AbstractDataContext  # noqa: E402
 from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: E402
+from great_expectations.datasource.fluent import PandasDatasource  # noqa: E402
 
 from expectations.checks import LIST_SEP, Check, area_checks, prepare_frame  # noqa: E402
 from expectations.suites import build_suite, fingerprint, suite_name  # noqa: E402
@@ -79,6 +82,7 @@ class _Project:
         self.docs_dir = docs_dir
         self.lock = threading.RLock()
         self.targets: dict[str, tuple[tuple, gx.ValidationDefinition | gx.Checkpoint]] = {}
+        self.context: AbstractDataContext
         if docs_dir is None:
             self.context = gx.get_context(mode="ephemeral")
             self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
@@ -118,7 +122,7 @@ class _Project:
             return cached[1]
         ctx, name = self.context, suite_name(area)
         try:
-            source = ctx.data_sources.get(DATASOURCE)
+            source = cast(PandasDatasource, ctx.data_sources.get(DATASOURCE))
         except KeyError:
             source = ctx.data_sources.add_pandas(DATASOURCE)
         asset = source.get_asset(name) if name in source.get_asset_names() else source.add_dataframe_asset(name)
@@ -127,11 +131,12 @@ class _Project:
         except KeyError:
             batch = asset.add_batch_definition_whole_dataframe(BATCH)
         suite = ctx.suites.add_or_update(build_suite(area))
-        target: gx.ValidationDefinition | gx.Checkpoint = ctx.validation_definitions.add_or_update(
+        definition = ctx.validation_definitions.add_or_update(
             gx.ValidationDefinition(name=name, data=batch, suite=suite))
+        target: gx.ValidationDefinition | gx.Checkpoint = definition
         if self.docs_dir is not None:
             target = ctx.checkpoints.add_or_update(gx.Checkpoint(
-                name=name, validation_definitions=[target], result_format=RESULT_FORMAT,
+                name=name, validation_definitions=[definition], result_format=RESULT_FORMAT,
                 actions=[UpdateDataDocsAction(name="update_data_docs", site_names=[SITE])]))
         self.targets[area.code] = (current, target)
         return target
@@ -187,7 +192,7 @@ def _raised(info: dict | None) -> str | None:
 def _unexpected_keys(result: dict) -> list[str]:
     keys: list[str] = []
     for item in result.get("unexpected_index_list") or []:
-        value = item.get("record_key") if isinstance(item, dict) else item
+        value: Any = item.get("record_key") if isinstance(item, dict) else item
         keys.extend(value if isinstance(value, list) else [value])
     return keys
 

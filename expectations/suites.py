@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
@@ -35,7 +36,7 @@ def expectation(check: Check, area: Area) -> gxe.Expectation:
     """The GX expectation of one check, tagged with its rule."""
     level = severity(check.rule)
     rule = RULE_BY_ID[check.rule]
-    common = {
+    common: dict[str, Any] = {
         "column": check.column,
         "meta": {"area": area.code, "check": check.id, "rule": check.rule, "field": check.field,
                  "paragraph": check.paragraph, "severity": level},

@@ -12,10 +12,17 @@ Every request is validated against the XSD (fault 1014), SubmitBatch is idempote
 id (same content: the stored receipt again; other content: fault 1030), and a record whose CPR
 number has an impossible birth date is rejected with 1010 "Ukendt personnummer". The log has one
 line per request with batch id, area and counts, never payload content.
+
+WS-Security: with a `verify` hook (SignatureVerifier, `--trust-cert` on the command line) every
+request must carry an X.509 signature (BinarySecurityToken, RSA-SHA256 or ECDSA-SHA256, SHA-256
+digests) over its soap:Body by one of the trusted certificates; otherwise fault 1050 "Signature
+missing or invalid" with the reason. The receiver does not sign its answers.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import logging
@@ -24,11 +31,17 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import xmlsec
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
 from lxml import etree
 from werkzeug.datastructures import Headers
 from werkzeug.wrappers import Request, Response
@@ -43,6 +56,7 @@ from transforms.payload import (
     ERR_BUSY,
     ERR_RECORD_AREA,
     ERR_SCHEMA,
+    ERR_SIGNATURE,
     ERR_UNKNOWN_BATCH,
     ERR_UNKNOWN_CPR,
     ERR_UNKNOWN_RECORD,
@@ -87,6 +101,233 @@ class ReceiverFault(Exception):
         self.code = code
         self.text = text[:MAX_ERROR_TEXT]
         self.server_side = server_side
+
+
+# --------------------------------------------------------------------------------------------------
+# WS-Security signature verification
+# --------------------------------------------------------------------------------------------------
+
+WSSE_NS = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"
+WSU_NS = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-utility-1.0.xsd"
+DS_NS = "http://www.w3.org/2000/09/xmldsig#"
+X509_TOKEN = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-x509-token-profile-1.0#X509v3"
+BASE64_ENCODING = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-soap-message-security-1.0#Base64Binary"
+EXC_C14N = "http://www.w3.org/2001/10/xml-exc-c14n#"
+#: Accepted signature methods and digests: SHA-256 only (SHA-1 is refused).
+SIGNATURE_METHODS = {
+    "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256": "RSA-SHA256",
+    "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha256": "ECDSA-SHA256",
+}
+DIGEST_METHODS = {"http://www.w3.org/2001/04/xmlenc#sha256": "SHA-256"}
+_WSU_ID = f"{{{WSU_NS}}}Id"
+
+
+def _algorithm(node: etree._Element | None) -> str:
+    return (node.get("Algorithm") or "").strip() if node is not None else ""
+
+
+def _short(uri: str) -> str:
+    return (uri.rsplit("#", 1)[-1] or uri)[:80] if uri else "none"
+
+
+class _Invalid(Exception):
+    """Why a signature is refused (the text goes into fault 1050)."""
+
+
+class SignatureVerifier:
+    """The receiver's `verify` hook: a request must carry a WS-Security X.509 signature that
+
+    - is in the soap:Header's single wsse:Security element, one ds:Signature, exclusive C14N;
+    - uses RSA-SHA256 (or ECDSA-SHA256) and SHA-256 digests: SHA-1 is refused;
+    - covers the soap:Body by a `#wsu:Id` reference, the Id unique in the message (no signature
+      wrapping), with no transforms but exclusive C14N;
+    - names its certificate by a wsse:BinarySecurityToken (X509v3) reference, or ds:X509Data;
+    - was made with one of the trusted certificates (pinned: the same certificate, compared by its
+      SHA-256 fingerprint), valid now;
+    - verifies (xmlsec), which checks every reference's digest and the signature value;
+    - when a wsu:Timestamp is present (required with `require_timestamp`): it is signed and has not
+      expired, allowing `clock_skew` seconds.
+
+    Anything else is fault 1050 with a readable reason. Faults never contain payload content.
+    """
+
+    def __init__(self, trusted_cert_pem_paths: Iterable[str | Path], *, require_timestamp: bool = False,
+                 clock_skew: float = 300.0, clock: Callable[[], datetime] | None = None) -> None:
+        self.trusted: dict[bytes, x509.Certificate] = {}
+        for item in trusted_cert_pem_paths:
+            path = Path(item)
+            try:
+                data = path.read_bytes()
+                certs = x509.load_pem_x509_certificates(data)
+            except OSError as exc:
+                raise ValueError(f"trusted certificate {path}: {exc.strerror or type(exc).__name__}") from None
+            except ValueError:
+                raise ValueError(f"trusted certificate {path}: no PEM certificate in the file") from None
+            for cert in certs:
+                self.trusted[cert.fingerprint(hashes.SHA256())] = cert
+        if not self.trusted:
+            raise ValueError("SignatureVerifier needs at least one trusted certificate")
+        self.require_timestamp = require_timestamp
+        self.clock_skew = timedelta(seconds=clock_skew)
+        self.clock = clock or _now
+
+    def __call__(self, envelope: etree._Element, headers: Headers | None = None) -> None:
+        try:
+            self.check(envelope)
+        except _Invalid as exc:
+            log.warning("signature refused: %s", exc)
+            raise ReceiverFault(ERR_SIGNATURE, str(exc)) from None
+
+    # ---------------------------------------------------------------------------------------------
+    def check(self, envelope: etree._Element) -> x509.Certificate:
+        """Raises _Invalid with the reason; returns the signer's certificate."""
+        if envelope.getroottree().docinfo.doctype:
+            raise _Invalid("a signed message may not have a document type declaration")
+        header = envelope.find(f"{_SOAP}Header")
+        securities = header.findall(f"{{{WSSE_NS}}}Security") if header is not None else []
+        if not securities:
+            raise _Invalid("the request is not signed (no wsse:Security header)")
+        if len(securities) > 1:
+            raise _Invalid("more than one wsse:Security header")
+        security = securities[0]
+        signatures = security.findall(f"{{{DS_NS}}}Signature")
+        if len(signatures) != 1:
+            raise _Invalid("the request is not signed (no ds:Signature in the wsse:Security header)"
+                           if not signatures else "more than one ds:Signature in the wsse:Security header")
+        signature = signatures[0]
+        signed_info = signature.find(f"{{{DS_NS}}}SignedInfo")
+        if signed_info is None:
+            raise _Invalid("the ds:Signature has no SignedInfo")
+        c14n = _algorithm(signed_info.find(f"{{{DS_NS}}}CanonicalizationMethod"))
+        if c14n != EXC_C14N:
+            raise _Invalid(f"canonicalization {_short(c14n)} is not accepted: use exclusive C14N")
+        method = _algorithm(signed_info.find(f"{{{DS_NS}}}SignatureMethod"))
+        if method not in SIGNATURE_METHODS:
+            raise _Invalid(f"signature method {_short(method)} is not accepted: use RSA-SHA256")
+
+        ids = self._ids(envelope)
+        bodies = envelope.findall(f"{_SOAP}Body")
+        if len(bodies) != 1:
+            raise _Invalid("the envelope must have exactly one soap:Body")
+        body_id = bodies[0].get(_WSU_ID)
+        references = signed_info.findall(f"{{{DS_NS}}}Reference")
+        if not references:
+            raise _Invalid("the signature has no references")
+        signed: list[etree._Element] = []
+        for ref in references:
+            uri = ref.get("URI") or ""
+            if not uri.startswith("#") or len(uri) < 2:
+                raise _Invalid(f"reference URI {uri[:80]!r} is not accepted: refer to a wsu:Id (#id)")
+            digest = _algorithm(ref.find(f"{{{DS_NS}}}DigestMethod"))
+            if digest not in DIGEST_METHODS:
+                raise _Invalid(f"digest method {_short(digest)} is not accepted: use SHA-256")
+            for transform in ref.iterfind(f"{{{DS_NS}}}Transforms/{{{DS_NS}}}Transform"):
+                if _algorithm(transform) != EXC_C14N:
+                    raise _Invalid(f"reference transform {_short(_algorithm(transform))} is not accepted")
+            owners = ids.get(uri[1:], [])
+            if len(owners) != 1:
+                raise _Invalid(f"reference {uri[:80]} does not name exactly one element "
+                               f"({len(owners)} carry that id)")
+            node, attribute = owners[0]
+            if attribute != _WSU_ID:
+                raise _Invalid(f"reference {uri[:80]} must name a wsu:Id")
+            signed.append(node)
+        if not body_id or all(node is not bodies[0] for node in signed):
+            raise _Invalid("the signature does not cover the soap:Body")
+
+        cert = self._signer(signature, security, ids)
+        fingerprint = cert.fingerprint(hashes.SHA256())
+        if fingerprint not in self.trusted:
+            raise _Invalid(f"the signer's certificate ({_describe_cert(cert)}) is not trusted")
+        now = self.clock()
+        if not cert.not_valid_before_utc - self.clock_skew <= now <= cert.not_valid_after_utc + self.clock_skew:
+            raise _Invalid(f"the signer's certificate ({_describe_cert(cert)}) is not valid now (valid "
+                           f"{_iso(cert.not_valid_before_utc)} to {_iso(cert.not_valid_after_utc)})")
+        self._check_timestamp(security, signed, now)
+
+        try:
+            key = xmlsec.Key.from_memory(cert.public_bytes(Encoding.DER), xmlsec.KeyFormat.CERT_DER, None)
+            ctx = xmlsec.SignatureContext()
+            for node in signed:
+                ctx.register_id(node, "Id", WSU_NS)
+            ctx.key = key
+            ctx.verify(signature)
+        except xmlsec.Error:
+            raise _Invalid("the signature does not verify: the signed content was changed after signing, or "
+                           "it was signed with another key") from None
+        return cert
+
+    @staticmethod
+    def _ids(envelope: etree._Element) -> dict[str, list[tuple[etree._Element, str]]]:
+        """Every id-like attribute (wsu:Id, xml:id, Id, ID, id) by value, to refuse duplicates."""
+        found: dict[str, list[tuple[etree._Element, str]]] = {}
+        for attr in envelope.xpath("//@*[local-name()='Id' or local-name()='ID' or local-name()='id']"):
+            found.setdefault(str(attr).strip(), []).append((attr.getparent(), attr.attrname))
+        return found
+
+    @staticmethod
+    def _signer(signature: etree._Element, security: etree._Element,
+                ids: dict[str, list[tuple[etree._Element, str]]]) -> x509.Certificate:
+        key_info = signature.find(f"{{{DS_NS}}}KeyInfo")
+        if key_info is None:
+            raise _Invalid("the signature has no KeyInfo naming its certificate")
+        token_ref = key_info.find(f"{{{WSSE_NS}}}SecurityTokenReference")
+        ref = token_ref.find(f"{{{WSSE_NS}}}Reference") if token_ref is not None else None
+        encoded: str | None = None
+        if ref is not None:
+            uri = ref.get("URI") or ""
+            owners = ids.get(uri[1:], []) if uri.startswith("#") else []
+            if len(owners) != 1:
+                raise _Invalid("the signature's token reference does not name exactly one BinarySecurityToken")
+            token = owners[0][0]
+            if token.tag != f"{{{WSSE_NS}}}BinarySecurityToken" or token.getparent() is not security:
+                raise _Invalid("the signature's token reference does not name a BinarySecurityToken of the "
+                               "wsse:Security header")
+            if token.get("ValueType") != X509_TOKEN or token.get("EncodingType", BASE64_ENCODING) != BASE64_ENCODING:
+                raise _Invalid("the BinarySecurityToken is not a base64 X509v3 certificate")
+            encoded = token.text
+        else:
+            holder = token_ref if token_ref is not None else key_info
+            encoded = holder.findtext(f"{{{DS_NS}}}X509Data/{{{DS_NS}}}X509Certificate")
+        if not encoded or not encoded.strip():
+            raise _Invalid("the signature does not carry its certificate (expected a BinarySecurityToken)")
+        try:
+            return x509.load_der_x509_certificate(base64.b64decode("".join(encoded.split()), validate=True))
+        except (ValueError, binascii.Error):
+            raise _Invalid("the signer's certificate cannot be read") from None
+
+    def _check_timestamp(self, security: etree._Element, signed: list[etree._Element], now: datetime) -> None:
+        stamps = security.findall(f"{{{WSU_NS}}}Timestamp")
+        if not stamps:
+            if self.require_timestamp:
+                raise _Invalid("the request has no wsu:Timestamp")
+            return
+        if len(stamps) > 1:
+            raise _Invalid("more than one wsu:Timestamp")
+        stamp = stamps[0]
+        if all(node is not stamp for node in signed):
+            raise _Invalid("the wsu:Timestamp is not signed")
+        created, expires = (_parse_time(stamp.findtext(f"{{{WSU_NS}}}{name}")) for name in ("Created", "Expires"))
+        if created is not None and created - self.clock_skew > now:
+            raise _Invalid(f"the request was created in the future ({_iso(created)})")
+        if expires is not None and expires + self.clock_skew < now:
+            raise _Invalid(f"the signature has expired (wsu:Timestamp Expires {_iso(expires)})")
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    if not text or not text.strip():
+        return None
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise _Invalid("the wsu:Timestamp has an unreadable time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _describe_cert(cert: x509.Certificate) -> str:
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    name = str(names[0].value)[:80] if names else "no CN"
+    return f"CN={name}, SHA-256 {cert.fingerprint(hashes.SHA256()).hex(':').upper()[:23]}..."
 
 
 class _DropConnection(Exception):
@@ -198,8 +439,8 @@ def _batch_id_of(element: etree._Element | None) -> str:
 
 
 class ReceiverApp:
-    """The WSGI application. `verify` is the hook for WS-Security signature verification (not
-    implemented yet); `control` enables POST /_control."""
+    """The WSGI application. `verify` is the hook for WS-Security signature verification
+    (SignatureVerifier, or None: no verification); `control` enables POST /_control."""
 
     def __init__(self, store: ReceiverStore, *, verify: Verifier | None = None, control: bool = True) -> None:
         self.store = store
@@ -400,5 +641,5 @@ class ReceiverApp:
         return _renamed(stored.response_xml, "GetBatchReceiptResponse")
 
 
-__all__ = ["MODES", "Misbehaviour", "ReceiverApp", "ReceiverFault", "Verifier", "build_receipt",
-           "fault_envelope"]
+__all__ = ["MODES", "Misbehaviour", "ReceiverApp", "ReceiverFault", "SignatureVerifier", "Verifier",
+           "build_receipt", "fault_envelope"]

@@ -4,6 +4,14 @@ managed subprocess (ReceiverProcess, for tests and the demo).
     python -m receiver.server --host 127.0.0.1 --port 0 --db var/receiver.sqlite --port-file var/port
 
 Port 0 picks a free port; the actual port is written to --port-file once the socket listens.
+
+Security options (the same as keyword arguments of start_in_thread and ReceiverProcess):
+
+    --trust-cert PATH            (repeatable) require a WS-Security signature by one of these
+                                 certificates on every SOAP request (fault 1050 otherwise)
+    --tls-cert PATH --tls-key PATH   serve HTTPS (TLS 1.2+) with this certificate (chain) and key
+    --tls-client-ca PATH         with TLS: require a client certificate issued by this CA (mutual TLS;
+                                 start_in_thread and the command line only)
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import argparse
 import logging
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -19,13 +28,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Self
 
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
-from receiver.app import SOAP_PATH, ReceiverApp, Verifier
+from receiver.app import SOAP_PATH, ReceiverApp, SignatureVerifier, Verifier
 from receiver.store import ReceiverStore
 
 log = logging.getLogger("receiver")
@@ -39,17 +49,46 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
+def tls_context(cert: str | Path, key: str | Path, client_ca: str | Path | None = None) -> ssl.SSLContext:
+    """The server's TLS context: TLS 1.2 or later, the certificate (chain) and key from PEM files;
+    with `client_ca`, a client certificate issued by that CA is required (mutual TLS)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(cert), str(key))
+    if client_ca is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(cafile=str(client_ca))
+    return context
+
+
+def _verifier(verify: Verifier | None, trust_certs: Iterable[str | Path] | None) -> Verifier | None:
+    trusted = list(trust_certs or [])
+    if trusted and verify is not None:
+        raise ValueError("give either verify or trust_certs, not both")
+    return SignatureVerifier(trusted) if trusted else verify
+
+
 def create_server(db_path: str | Path, host: str = "127.0.0.1", port: int = 0, *,
-                  verify: Verifier | None = None, control: bool = True) -> tuple[BaseWSGIServer, ReceiverApp]:
-    """A threaded WSGI server bound (and listening) on host:port, not yet serving."""
-    app = ReceiverApp(ReceiverStore(db_path), verify=verify, control=control)
-    server = make_server(host, port, app, threaded=True, request_handler=_QuietHandler)
+                  verify: Verifier | None = None, control: bool = True,
+                  trust_certs: Iterable[str | Path] | None = None, tls_cert: str | Path | None = None,
+                  tls_key: str | Path | None = None,
+                  tls_client_ca: str | Path | None = None) -> tuple[BaseWSGIServer, ReceiverApp]:
+    """A threaded WSGI server bound (and listening) on host:port, not yet serving. `trust_certs`:
+    PEM files of the certificates whose signatures are accepted (a SignatureVerifier; unsigned
+    requests are refused). `tls_cert` + `tls_key`: serve HTTPS."""
+    if (tls_cert is None) != (tls_key is None):
+        raise ValueError("give both tls_cert and tls_key, or neither")
+    if tls_client_ca is not None and tls_cert is None:
+        raise ValueError("tls_client_ca needs tls_cert and tls_key")
+    context = tls_context(tls_cert, tls_key, tls_client_ca) if tls_cert and tls_key else None
+    app = ReceiverApp(ReceiverStore(db_path), verify=_verifier(verify, trust_certs), control=control)
+    server = make_server(host, port, app, threaded=True, request_handler=_QuietHandler, ssl_context=context)
     return server, app
 
 
-def _base_url(host: str, port: int) -> str:
+def _base_url(host: str, port: int, tls: bool = False) -> str:
     shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}"
+    return f"{'https' if tls else 'http'}://{shown}:{port}"
 
 
 class ReceiverHandle:
@@ -61,7 +100,8 @@ class ReceiverHandle:
         self.store = app.store
         self.db_path = app.store.path
         self.port = server.server_port
-        self.base_url = _base_url(host, self.port)
+        self.tls = server.ssl_context is not None
+        self.base_url = _base_url(host, self.port, self.tls)
         self.url = self.base_url + SOAP_PATH
         self.wsdl_url = self.url + "?wsdl"
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
@@ -82,9 +122,13 @@ class ReceiverHandle:
 
 
 def start_in_thread(db_path: str | Path, host: str = "127.0.0.1", port: int = 0, *,
-                    verify: Verifier | None = None, control: bool = True) -> ReceiverHandle:
-    """Start a receiver in a daemon thread; returns a handle with .url, .wsdl_url, .store, .stop()."""
-    server, app = create_server(db_path, host, port, verify=verify, control=control)
+                    verify: Verifier | None = None, control: bool = True,
+                    trust_certs: Iterable[str | Path] | None = None, tls_cert: str | Path | None = None,
+                    tls_key: str | Path | None = None, tls_client_ca: str | Path | None = None) -> ReceiverHandle:
+    """Start a receiver in a daemon thread; returns a handle with .url, .wsdl_url, .store, .stop().
+    Security options: see create_server."""
+    server, app = create_server(db_path, host, port, verify=verify, control=control, trust_certs=trust_certs,
+                                tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca)
     return ReceiverHandle(server, app, host)
 
 
@@ -97,8 +141,14 @@ class ReceiverProcess:
 
     def __init__(self, db_path: str | Path, host: str = "127.0.0.1", port: int = 0, *,
                  startup_timeout: float = 30.0, log_path: str | Path | None = None,
-                 python: str = sys.executable) -> None:
+                 python: str = sys.executable, trust_certs: Iterable[str | Path] | None = None,
+                 tls_cert: str | Path | None = None, tls_key: str | Path | None = None) -> None:
+        if (tls_cert is None) != (tls_key is None):
+            raise ValueError("give both tls_cert and tls_key, or neither")
         self.db_path = Path(db_path)
+        self.trust_certs = [Path(p).resolve() for p in trust_certs or []]
+        self.tls_cert = Path(tls_cert).resolve() if tls_cert else None
+        self.tls_key = Path(tls_key).resolve() if tls_key else None
         self.host = host
         self.requested_port = port
         self.startup_timeout = startup_timeout
@@ -113,7 +163,7 @@ class ReceiverProcess:
     def base_url(self) -> str:
         if self.port is None:
             raise RuntimeError("the receiver is not running")
-        return _base_url(self.host, self.port)
+        return _base_url(self.host, self.port, self.tls_cert is not None)
 
     @property
     def url(self) -> str:
@@ -135,6 +185,10 @@ class ReceiverProcess:
         env["PYTHONUNBUFFERED"] = "1"
         cmd = [self.python, "-m", "receiver.server", "--host", self.host, "--port", str(self.requested_port),
                "--db", str(self.db_path), "--port-file", str(self.port_file)]
+        for cert in self.trust_certs:
+            cmd += ["--trust-cert", str(cert)]
+        if self.tls_cert and self.tls_key:
+            cmd += ["--tls-cert", str(self.tls_cert), "--tls-key", str(self.tls_key)]
         with self.log_path.open("ab") as log_file:
             self.process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, cwd=REPO_ROOT, env=env)
@@ -148,6 +202,12 @@ class ReceiverProcess:
     def _wait_ready(self) -> None:
         assert self.process is not None
         deadline = time.monotonic() + self.startup_timeout
+        # A readiness probe on loopback: the server's certificate is not checked here (clients do).
+        probe_tls = None
+        if self.tls_cert:
+            probe_tls = ssl.create_default_context()
+            probe_tls.check_hostname = False
+            probe_tls.verify_mode = ssl.CERT_NONE
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the receiver exited with code {self.process.returncode}:\n{self.log_tail()}")
@@ -156,7 +216,7 @@ class ReceiverProcess:
                 self.port = int(text) if text.isdigit() else None
             if self.port is not None:
                 try:
-                    with urllib.request.urlopen(self.base_url + "/_health", timeout=2) as reply:
+                    with urllib.request.urlopen(self.base_url + "/_health", timeout=2, context=probe_tls) as reply:
                         if reply.status == 200:
                             return
                 except (urllib.error.URLError, OSError):
@@ -212,13 +272,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", required=True, help="SQLite database file")
     parser.add_argument("--port-file", help="write the port here once listening")
     parser.add_argument("--no-control", action="store_true", help="disable POST /_control (fault injection)")
+    parser.add_argument("--trust-cert", action="append", default=[], metavar="PATH",
+                        help="PEM certificate whose WS-Security signatures are accepted (repeatable); when "
+                             "given, unsigned requests are refused with fault 1050")
+    parser.add_argument("--tls-cert", metavar="PATH", help="serve HTTPS with this PEM certificate (chain)")
+    parser.add_argument("--tls-key", metavar="PATH", help="the PEM private key of --tls-cert")
+    parser.add_argument("--tls-client-ca", metavar="PATH",
+                        help="with TLS: require client certificates issued by this CA (mutual TLS)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    if args.tls_client_ca and not args.tls_cert:
+        parser.error("--tls-client-ca needs --tls-cert and --tls-key")
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
-    server, app = create_server(args.db, args.host, args.port, control=not args.no_control)
+    try:
+        server, app = create_server(args.db, args.host, args.port, control=not args.no_control,
+                                    trust_certs=args.trust_cert, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                                    tls_client_ca=args.tls_client_ca)
+    except (ValueError, ssl.SSLError, OSError) as exc:
+        if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError) and exc.filename is None:
+            raise  # e.g. the port is taken: the traceback says so
+        log.error("cannot start the receiver: %s", exc)
+        return 2
 
     def _terminate(signum: int, frame: FrameType | None) -> Any:
         raise KeyboardInterrupt  # serve_forever returns and closes the socket
@@ -226,8 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     if args.port_file:
         _write_port_file(Path(args.port_file), server.server_port)
-    log.info("AMS receiver listening on %s (db %s)", _base_url(args.host, server.server_port) + SOAP_PATH,
-             args.db)
+    log.info("AMS receiver listening on %s (db %s)%s%s",
+             _base_url(args.host, server.server_port, bool(args.tls_cert)) + SOAP_PATH, args.db,
+             f"; signatures required, {len(args.trust_cert)} trusted certificate(s)" if args.trust_cert else "",
+             "; mutual TLS" if args.tls_client_ca else "")
     try:
         server.serve_forever()
     finally:

@@ -77,6 +77,7 @@ ERR_UNKNOWN_BATCH = 1020
 ERR_BATCH_REUSED = 1030
 ERR_UNKNOWN_RECORD = 1040
 ERR_RECORD_AREA = 1041
+ERR_SIGNATURE = 1050
 ERR_ACCESS_CLOSED = 2001
 ERR_BUSY = 3001
 ERROR_TEXTS: dict[int, str] = {
@@ -86,6 +87,7 @@ ERROR_TEXTS: dict[int, str] = {
     ERR_BATCH_REUSED: "Batch identifier already used for a batch with different content",
     ERR_UNKNOWN_RECORD: "Unknown record identifier: nothing to annul",
     ERR_RECORD_AREA: "Record identifier already used in another data area",
+    ERR_SIGNATURE: "Signature missing or invalid",
     ERR_ACCESS_CLOSED: "Access closed by the agency",
     ERR_BUSY: "Service busy, try again later",
 }

@@ -400,7 +400,8 @@ class _Builder:
             })
 
         benefit_rows = []
-        if not (has_measures and rng.random() < 0.03):  # a few persons without any benefit record
+        unreconciled = has_measures and rng.random() < 0.03  # a few persons without benefits or payments
+        if not unreconciled:
             for start, end, seg_group, _ in person.segments:
                 code = BENEFIT_BY_GROUP.get(seg_group)
                 if code:
@@ -414,7 +415,7 @@ class _Builder:
             for b in benefit_rows:
                 self._payments(pid, b["benefit_code"], max(b["valid_from"], self.ws), b["valid_to"] or self.ref)
         if periods:
-            self._measures(person, periods, benefit_rows)
+            self._measures(person, periods, benefit_rows, pay_uncovered=not unreconciled)
         if followup:
             self._followups(person)
         if absence:
@@ -485,7 +486,9 @@ class _Builder:
         self.jobplans[key] = row
         return key
 
-    def _measures(self, person: _Person, periods: list[tuple[date, date]], benefit_rows: list[dict]) -> None:
+    def _measures(self, person: _Person, periods: list[tuple[date, date]], benefit_rows: list[dict[str, Any]],
+                  *, pay_uncovered: bool) -> None:
+        """The person's measures; with `pay_uncovered`, most measures no benefit covers get payments."""
         rng = self.rng
         course_types, company_types, state_types = self.course_types, self.company_types, self.state_types
         jobplan_id = self._jobplan(person, periods[0][0]) if rng.random() < 0.9 else None
@@ -544,9 +547,10 @@ class _Builder:
                     if rng.random() < 0.6:
                         row["provider_cvr"] = None
                     row["worksite_address"] = self.fake.address().replace("\n", ", ")
-                if wage and not any(b["valid_from"] <= start and (b["valid_to"] or self.ref) >= start
-                                    for b in benefit_rows):
-                    self._payments(person.pid, "12", start, end)  # the wage subsidy paid
+            if pay_uncovered and rng.random() < 0.9 and not any(
+                    start <= (b["valid_to"] or self.ref) and b["valid_from"] <= end for b in benefit_rows):
+                # no main benefit during the measure: the wage subsidy (12) or an allowance outside the list
+                self._payments(person.pid, "12" if not course and measure_type.startswith("LT") else None, start, end)
             row["updated_at"] = self._stamp(start)
             row["deleted_at"] = self._deleted(row["updated_at"]) if rng.random() < 0.05 else None
             full = {column: row.get(column) for column in SOURCE_TABLES["measures"]}
@@ -770,8 +774,9 @@ class _Builder:
             options.append(("required.missing", set_one([(c, c, None) for c in missing])))
 
         if area in (1, 2, 6, 7) and row["start_date"] and row["end_date"]:
-            options.append(("dates.start_after_end",
-                            setter("end_date", lambda: row["start_date"] - timedelta(days=rng.randint(1, 30)))))
+            options.append(("dates.start_after_end",  # the end moves; findings name the start date
+                            setter("end_date", lambda: row["start_date"] - timedelta(days=rng.randint(1, 30)),
+                                   "start_date")))
         if area in (1, 2, 6):
             options.append(("hours.out_of_range", setter("weekly_hours", lambda: rng.choice((65.0, 72.5, 80.0, 95.0)))))
         jobplan_id = row.get("jobplan_id")
@@ -783,8 +788,9 @@ class _Builder:
                 return "jobplan_revised_on"
             options.append(("jobplan.revised_before_created", revise_early))
         if area == 4:
-            if row["employer_cvr"] and not row["employer_se"]:
-                options.append(("employer.cvr_or_se", setter("employer_se", lambda: row["employer_cvr"])))
+            if row["employer_cvr"] and not row["employer_se"]:  # both given; findings name employer_cvr
+                both = setter("employer_se", lambda: row["employer_cvr"], "employer_cvr")
+                options.append(("employer.cvr_or_se", both))
             elif row["employer_se"] and not row["employer_cvr"]:
                 options.append(("employer.cvr_or_se", setter("employer_cvr", self._new_cvr)))
         if area == 7 and rec.category == "PERSON" and len(rec.persons) == 1 and self.spare_persons:
