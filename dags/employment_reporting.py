@@ -24,9 +24,9 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import dag, task, task_group
 
-from transforms.registry import AREAS
+from transforms.registry import enabled_areas
 
-AREA_NUMBERS = [a.number for a in AREAS]
+AREA_NUMBERS = [a.number for a in enabled_areas()]  # all eight, or AMS_AREAS
 
 
 def _alert(context) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import ssl
 import threading
 import time
 from collections.abc import Mapping
@@ -277,9 +278,9 @@ class AmsClient:
             status = exc.response.status_code if exc.response is not None else 0
             cls = TransientDeliveryError if status >= 500 else DeliveryError
             raise cls(f"could not load the WSDL from {wsdl}: HTTP {status}", http_status=status) from None
-        except requests.exceptions.SSLError as exc:
-            raise DeliveryError(f"could not load the WSDL from {wsdl}: {_tls_problem(exc)}") from None
         except requests.RequestException as exc:
+            if _certificate_refused(exc):
+                raise DeliveryError(f"could not load the WSDL from {wsdl}: {_tls_problem(exc)}") from None
             raise TransientDeliveryError(f"could not load the WSDL from {wsdl}: {_describe(exc)}") from None
         except (OSError, etree.XMLSyntaxError, ValueError, zeep_exceptions.Error) as exc:
             raise DeliveryError(f"could not load the WSDL from {wsdl}: {type(exc).__name__}: "
@@ -344,11 +345,13 @@ class AmsClient:
                 f"{where}: no answer within {self.timeout:g} s; the batch may have been received, ask for "
                 "its receipt before sending it again", operation=operation,
                 request_bytes=self.transport.last_request) from None
-        except requests.exceptions.SSLError as exc:
-            raise DeliveryError(f"{where}: {_tls_problem(exc)}", operation=operation,
-                                request_bytes=self.transport.last_request) from None
         except requests.ConnectionError as exc:
+            if _certificate_refused(exc):
+                raise DeliveryError(f"{where}: {_tls_problem(exc)}", operation=operation,
+                                    request_bytes=self.transport.last_request) from None
             reason = _describe(exc)
+            if isinstance(exc, requests.exceptions.SSLError):
+                reason += "; if the server requires a TLS client certificate, check client_cert"
             hint = ("nothing was sent" if "Refused" in reason or "NameResolution" in reason or "resolve" in reason
                     else "the batch may have been received, ask for its receipt before sending it again")
             raise TransientDeliveryError(f"{where}: connection failed ({reason}); {hint}", operation=operation,
@@ -446,12 +449,24 @@ class AmsClient:
         return BusinessFault(code, text, where=where, **context)
 
 
+def _certificate_refused(exc: BaseException) -> bool:
+    """The client refused the server's TLS certificate (unknown CA, wrong host name, expired): a
+    configuration problem that retrying does not fix; nothing was sent."""
+    if not isinstance(exc, requests.exceptions.SSLError):
+        return False
+    inner: BaseException | None = exc
+    for _ in range(10):
+        if inner is None:
+            break
+        if isinstance(inner, ssl.SSLCertVerificationError):
+            return True
+        inner = inner.__cause__ or inner.__context__
+    return "CERTIFICATE_VERIFY_FAILED" in str(exc)
+
+
 def _tls_problem(exc: BaseException) -> str:
-    reason = _describe(exc)
-    if "CERTIFICATE_VERIFY_FAILED" in reason or "certificate verify failed" in reason:
-        return (f"TLS: the server's certificate could not be verified ({reason}); nothing was sent. Check "
-                "verify_tls / ca_bundle (AMS_CA_BUNDLE) and the server's certificate")
-    return f"TLS handshake failed ({reason}); check the TLS settings (verify_tls, ca_bundle, client_cert)"
+    return (f"TLS: the server's certificate could not be verified ({_describe(exc)}); nothing was sent. "
+            "Check verify_tls / ca_bundle (AMS_CA_BUNDLE) and the server's certificate")
 
 
 def client_from_config(config: Mapping[str, Any], env: Mapping[str, str] | None = None, **kwargs: Any) -> AmsClient:

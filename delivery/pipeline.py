@@ -19,7 +19,6 @@ import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -31,7 +30,7 @@ from delivery.state import StateStore
 from transforms import mapping
 from transforms.contracts import FINDING_COLUMNS, check_contract
 from transforms.identifiers import mask_cpr
-from transforms.registry import AREAS, REPO_ROOT, Area, get_area
+from transforms.registry import AREAS, REPO_ROOT, Area, enabled_areas, get_area
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +63,6 @@ class Settings:
     @classmethod
     def from_env(cls) -> Settings:
         home = Path(os.environ.get("AMS_HOME", REPO_ROOT / "var"))
-        areas = os.environ.get("AMS_AREAS")
         return cls(
             home=home,
             source_url=os.environ.get("AMS_SOURCE_URL", f"sqlite:///{home / 'source' / 'demo.sqlite'}"),
@@ -75,7 +73,7 @@ class Settings:
             data_docs=os.environ.get("AMS_DATA_DOCS", "1") not in ("0", "false", "no"),
             delivery_attempts=int(os.environ.get("AMS_DELIVERY_ATTEMPTS", 4)),
             backoff_seconds=float(os.environ.get("AMS_BACKOFF_SECONDS", 1.0)),
-            areas=tuple(int(a) for a in areas.split(",")) if areas else tuple(a.number for a in AREAS),
+            areas=tuple(a.number for a in enabled_areas()),
         )
 
     @property

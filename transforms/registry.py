@@ -470,6 +470,16 @@ AREA_BY_NUMBER = {a.number: a for a in AREAS}
 AREA_BY_CODE = {a.code: a for a in AREAS}
 
 
+def enabled_areas() -> list[Area]:
+    """The areas this installation reports: all, or the numbers in AMS_AREAS (e.g. "1,2")."""
+    import os
+
+    wanted = os.environ.get("AMS_AREAS", "").strip()
+    if not wanted:
+        return list(AREAS)
+    return [get_area(int(n)) for n in wanted.split(",") if n.strip()]
+
+
 def get_area(ref: int | str) -> Area:
     """An area by number (1-8), code ('area1') or key ('insured_measures')."""
     if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):

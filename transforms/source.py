@@ -183,8 +183,10 @@ def dialect_name(dialect: str | Engine | sa.Connection) -> str:
 
 def db_value(value: Any, dialect: str | Engine | sa.Connection) -> Any:
     """A Python value as the contract stores it: SQLite keeps ISO text for dates and 0/1 for flags."""
-    if dialect_name(dialect) != "sqlite":
-        return value
+    return _sqlite_value(value) if dialect_name(dialect) == "sqlite" else value
+
+
+def _sqlite_value(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.replace(tzinfo=None).isoformat(sep=" ")
     if isinstance(value, date):
@@ -208,7 +210,10 @@ def insert_rows(conn: sa.Connection, table: str, rows: Sequence[Mapping[str, Any
         raise KeyError(f"{table} has no column(s) {', '.join(sorted(unknown))}")
     columns = [c for c in SOURCE_TABLES[table] if c in named]
     statement = sa.insert(sa.table(table, *(sa.column(c) for c in columns)))
-    values = [{c: db_value(row.get(c), conn) for c in columns} for row in rows]
+    if dialect_name(conn) == "sqlite":
+        values = [{c: _sqlite_value(row.get(c)) for c in columns} for row in rows]
+    else:
+        values = [{c: row.get(c) for c in columns} for row in rows]
     for i in range(0, len(values), batch):
         conn.execute(statement, values[i : i + batch])
     return len(values)

@@ -112,7 +112,13 @@ _GOALS = ("Job som {}", "Ordinær beskæftigelse som {}", "Uddannelse og derefte
 
 @dataclass(frozen=True)
 class PlantedDefect:
-    """One planted defect: the record (area + source key), the rule it breaks, the field changed."""
+    """One planted defect: the record (area + source key) and the rule it breaks.
+
+    `field` is the record field the finding names: the field that was changed, or for the rules
+    over two fields the one the check reports (`start_date` for dates.start_after_end, where the end
+    date was moved; `employer_cvr` for employer.cvr_or_se). CPR defects name `person_cpr`, or
+    `person_cprs` in area 7.
+    """
 
     area: int
     record_key: str
@@ -538,7 +544,8 @@ class _Builder:
                     "job_order_id": str(rng.randint(1_000_000, 9_999_999)) if rng.random() < 0.7 else None,
                     "job_order_type": self._code("job_order_types", start, {order_type: 1}),
                     "provider_cvr": company.cvr, "provider_pnr": pnr,
-                    "ministry_area": company.ministry if measure_type in state_types else None,
+                    "ministry_area": (self._code("ministry_areas", start, {company.ministry or "": 1})
+                                      if measure_type in state_types else None),
                     "job_title": self.fake.job(),
                     "location_code": self._code("location_codes", start, {location: 9, "62": 1}),
                 })
@@ -804,7 +811,8 @@ class _Builder:
             last_group = self.people[rec.persons[0] - 1].segments[-1][2]
             future = future if last_group in CV_SCOPE_GROUPS else ""
         if future and row[future]:
-            options.append(("dates.future", setter(future, lambda: self.ref + timedelta(days=rng.randint(10, 200)))))
+            # well past the reference date, so it is still future for a pipeline run some time after it
+            options.append(("dates.future", setter(future, lambda: self.ref + timedelta(days=rng.randint(400, 1100)))))
         return options
 
     def _unknown_cpr_ok(self, row: dict[str, Any]) -> bool:
