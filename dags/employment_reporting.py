@@ -73,7 +73,15 @@ def employment_reporting():
 
         return report_task()
 
+    @task(trigger_rule="one_failed", retries=0)
+    def watcher() -> None:
+        """Fails the run when any task failed: `report` runs regardless, so it cannot be the run's verdict."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException("A task of this run failed; see the red task's log and docs/operations.md.")
+
     cycles >> report()
+    cycles >> watcher()
 
 
 employment_reporting()

@@ -112,6 +112,10 @@ def write_run_report(run_id: str, settings: Settings) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
     (folder / "summary.md").write_text("```\n" + format_summary(summary) + "\n```\n")
+    from delivery.report_html import write_index, write_run_page  # the analysts' pages (imports this module)
+
+    write_run_page(run_id, settings)
+    write_index(settings)
     return {"run_id": run_id, **summary["totals"]}
 
 

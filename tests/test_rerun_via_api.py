@@ -68,6 +68,7 @@ def standalone(tmp_path):
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
         "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
         "PYTHONPATH": str(ROOT / "plugins"),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",  # standalone runs `airflow`
         "AMS_HOME": str(tmp_path / "var"),
         "AMS_SOURCE_URL": source,
         "AMS_STATE_URL": f"sqlite:///{tmp_path / 'state.sqlite'}",
@@ -119,12 +120,15 @@ def test_failed_delivery_is_cleared_through_the_rest_api(standalone):
     base, session, receiver, tmp_path = standalone
     _wait(lambda: session.get(f"{base}/api/v2/dags/{DAG_ID}", timeout=10).status_code == 200, 180,
           "the DAG to be parsed")
-    session.patch(f"{base}/api/v2/dags/{DAG_ID}", json={"is_paused": False}, timeout=10).raise_for_status()
     requests.post(f"{receiver.base_url}/_control", json={"mode": "error500", "count": 1000}, timeout=5)
+    session.patch(f"{base}/api/v2/dags/{DAG_ID}", json={"is_paused": False}, timeout=10).raise_for_status()
 
-    r = session.post(f"{base}/api/v2/dags/{DAG_ID}/dagRuns", json={"logical_date": None}, timeout=10)
-    r.raise_for_status()
-    run_id = r.json()["dag_run_id"]
+    # Unpausing schedules the latest interval (catchup is off): that is the run to follow.
+    def first_run():
+        runs = session.get(f"{base}/api/v2/dags/{DAG_ID}/dagRuns", timeout=10).json()["dag_runs"]
+        return runs[0]["dag_run_id"] if runs else None
+
+    run_id = _wait(first_run, 120, "the scheduled run")
 
     def finished():
         state = session.get(f"{base}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}", timeout=10).json()["state"]

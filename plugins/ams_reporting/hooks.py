@@ -3,10 +3,16 @@
 The source database and the agency's service are Airflow Connections (`ams_source`,
 `ams_receiver`), so production points them at the real systems without code changes; without a
 connection the AMS_* environment (and the embedded demo defaults) apply.
+
+The delivery channel of each area is `AMS_CHANNEL_AREA<N>` (`webservice`, the default, or `sftp`),
+checked against the channels the registry allows for the area: only areas 1 and 2 may use the file
+channel (§ 51); areas 3, 4 and 5 are web service only (§§ 17, 22, 28, stk. 2). The file channel
+uses the SFTP connection `ams_sftp` (extra `remote_dir`, default `inbox`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -14,6 +20,9 @@ from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 
 from delivery.pipeline import Settings
+from transforms.registry import AREAS, SFTP, WEBSERVICE, get_area
+
+log = logging.getLogger(__name__)
 
 
 def _connection(conn_id: str) -> Any | None:
@@ -85,3 +94,57 @@ def settings() -> Settings:
     result = Settings.from_env()
     result.source_url = AmsSourceHook().sqlalchemy_url(result.source_url)
     return result
+
+
+# --- delivery channel per area --------------------------------------------------------------------
+
+CHANNEL_ENV = "AMS_CHANNEL_AREA{number}"
+SFTP_CONN_ID = "ams_sftp"
+CHANNEL_NAMES = {WEBSERVICE: "web service", SFTP: "SFTP file (§ 51)"}
+#: Where the regulation says an area is delivered by web service only (REGULATION.md).
+WEB_SERVICE_ONLY = {3: "§ 17, stk. 2", 4: "§ 22, stk. 2", 5: "§ 28, stk. 2"}
+_ALIASES = {"webservice": WEBSERVICE, "web-service": WEBSERVICE, "web_service": WEBSERVICE, "sftp": SFTP}
+
+
+class ChannelNotAllowed(ValueError):
+    """The configured delivery channel is unknown, or the regulation does not allow it for the area."""
+
+
+def channel_for_area(area_number: int) -> str:
+    """The area's delivery channel: `AMS_CHANNEL_AREA<N>` (default web service), if the registry allows it."""
+    area = get_area(area_number)
+    variable = CHANNEL_ENV.format(number=area.number)
+    raw = os.environ.get(variable, "").strip()
+    channel = _ALIASES.get(raw.lower().replace(" ", ""), None) if raw else WEBSERVICE
+    if channel is None:
+        raise ChannelNotAllowed(f"{variable}={raw!r} is not a delivery channel; use 'webservice' or 'sftp'")
+    if channel not in area.channels:
+        allowed = " or ".join(CHANNEL_NAMES[c] for c in area.channels)
+        only = f"may only be delivered by {allowed}"
+        where = WEB_SERVICE_ONLY.get(area.number)
+        file_areas = " and ".join(str(a.number) for a in AREAS if SFTP in a.channels)
+        raise ChannelNotAllowed(
+            f"area {area.number} ({area.key}) {only}{f' ({where})' if where else ''}; {variable}={raw!r} is not "
+            f"allowed: the file channel (§ 51) is for areas {file_areas} only. Unset {variable} or set it to "
+            "'webservice'.")
+    return channel
+
+
+def client_for_area(area_number: int):
+    """The delivery client of an area's channel: AmsClient (web service) or SftpFileDropClient (§ 51)."""
+    channel = channel_for_area(area_number)
+    if channel == WEBSERVICE:
+        return AmsReceiverHook().get_client()
+    from ams_reporting.sftp import DEFAULT_REMOTE_DIR, SftpFileDropClient
+
+    conn = _connection(SFTP_CONN_ID)
+    if conn is None:
+        raise RuntimeError(
+            f"Area {area_number} is set to the file channel ({CHANNEL_ENV.format(number=area_number)}=sftp) but "
+            f"there is no Airflow connection '{SFTP_CONN_ID}'. Create it (conn type sftp: host, port, login, extra "
+            '{"key_file": ..., "host_key": ..., "remote_dir": "inbox"}) or switch the area back to webservice.')
+    extra = conn.extra_dejson
+    remote_dir = extra.get("remote_dir") or DEFAULT_REMOTE_DIR
+    log.info("area %s is delivered as files over SFTP (§ 51) to %s:%s/%s", area_number, conn.host, conn.port or 22,
+             remote_dir)
+    return SftpFileDropClient(SFTP_CONN_ID, remote_dir=remote_dir, timeout=float(extra.get("timeout", 30)))

@@ -33,7 +33,6 @@ import io
 import logging
 import posixpath
 import re
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -114,7 +113,8 @@ def _parse_batch(payload: bytes, where: str) -> tuple[str, list[str], str]:
 
 def _check_batch_id(batch_id: str, where: str) -> str:
     if not _GUID.fullmatch(batch_id or ""):
-        raise DeliveryError(f"{where}: the batch identifier is not a GUID; it cannot name a file", operation="SubmitBatch")
+        raise DeliveryError(f"{where}: the batch identifier is not a GUID; it cannot name a file",
+                            operation="SubmitBatch")
     return batch_id
 
 
@@ -154,14 +154,14 @@ class SftpFileDropClient:
     def submit(self, payload: bytes) -> Receipt:
         """Upload one SubmitBatchRequest as `<batch_id>.xml` (idempotent on the batch id); returns the receipt."""
         batch_id, record_ids, area = _parse_batch(payload, "SFTP upload")
-        where = f"SFTP upload of batch {batch_id} to {self._describe()}"
-        _check_batch_id(batch_id, where)
+        _check_batch_id(batch_id, "SFTP upload")
         try:
             validate_payload(payload)
         except PayloadError as exc:  # the file drop gives no answer: refuse here what the agency would refuse
-            raise BusinessFault(ERR_SCHEMA, f"the batch does not validate against the XSD; it was not uploaded: "
-                                f"{'; '.join(exc.args[1][:5]) if len(exc.args) > 1 else exc}", where=where,
+            raise BusinessFault(ERR_SCHEMA, "the batch does not validate against the XSD; it was not uploaded: "
+                                + ("; ".join(exc.problems[:5]) or str(exc)), where=f"SFTP upload of batch {batch_id}",
                                 operation="SubmitBatch") from None
+        where = f"SFTP upload of batch {batch_id} to {self._describe('SubmitBatch')}"
         digest = hashlib.sha256(payload).hexdigest()
         final, part = self._path(f"{batch_id}.xml"), self._path(f"{batch_id}.xml{PART_SUFFIX}")
         started = time.monotonic()
@@ -169,10 +169,7 @@ class SftpFileDropClient:
             existing = self._stat(sftp, final)
             if existing is not None:
                 return self._existing(sftp, final, batch_id, digest, where, payload, "already in the inbox")
-            try:
-                self._hook.store_file(part, io.BytesIO(payload), confirm=True)
-            except PermissionError:
-                raise
+            self._hook.store_file(part, io.BytesIO(payload), confirm=True)
             try:
                 sftp.rename(part, final)  # SFTP rename does not replace an existing file
             except PermissionError:
@@ -195,8 +192,8 @@ class SftpFileDropClient:
 
     def get_batch_receipt(self, batch_id: str) -> Receipt | None:
         """The receipt of a batch whose file is in the inbox, or None when it never arrived."""
-        where = f"SFTP lookup of batch {batch_id} at {self._describe()}"
-        _check_batch_id(batch_id, where)
+        _check_batch_id(batch_id, "SFTP lookup")
+        where = f"SFTP lookup of batch {batch_id} at {self._describe('GetBatchReceipt')}"
         final = self._path(f"{batch_id}.xml")
         with self._session("GetBatchReceipt", where, None) as sftp:
             attrs = self._stat(sftp, final)
@@ -243,20 +240,25 @@ class SftpFileDropClient:
     def _path(self, name: str) -> str:
         return posixpath.join(self.remote_dir, name) if self.remote_dir else name
 
-    def _describe(self) -> str:
-        hook = self._hook
-        if hook is None:
-            return f"connection {self.sftp_conn_id}:{self.remote_dir or '.'}"
-        return f"{hook.remote_host}:{hook.port}:{self.remote_dir or '.'}"
+    def _describe(self, operation: str) -> str:
+        hook = self._get_hook(operation)
+        return f"{hook.remote_host}:{hook.port}/{self.remote_dir or '.'}"
 
-    def _get_hook(self) -> Any:
+    def _get_hook(self, operation: str) -> Any:
+        """The provider's SFTPHook, built once (it reads the connection); a missing connection is a DeliveryError."""
         if self._hook is None:
+            from airflow.exceptions import AirflowException
             from airflow.providers.sftp.hooks.sftp import SFTPHook
 
-            # One connection attempt per call: retries belong to the pipeline, which asks before it re-sends.
-            hook = SFTPHook(ssh_conn_id=self.sftp_conn_id, conn_retry_attempts=1)
+            try:
+                # One connection attempt per call: the pipeline retries, and asks before it re-sends.
+                hook = SFTPHook(ssh_conn_id=self.sftp_conn_id, conn_retry_attempts=1)
+            except (AirflowException, ValueError) as exc:
+                raise DeliveryError(f"the SFTP connection '{self.sftp_conn_id}' is missing or not usable: "
+                                    f"{type(exc).__name__}: {_safe(exc)}; nothing was sent",
+                                    operation=operation) from None
             if hook.conn_timeout is None:
-                hook.conn_timeout = self.timeout
+                hook.conn_timeout = max(1, round(self.timeout))  # paramiko takes any number; typed int
             self._hook = hook
         return self._hook
 
@@ -287,8 +289,7 @@ class SftpFileDropClient:
 
         context: dict[str, Any] = {"operation": operation, "request_bytes": request}
         try:
-            hook = self._get_hook()
-            with hook.get_managed_conn() as sftp:
+            with self._get_hook(operation).get_managed_conn() as sftp:
                 channel = sftp.get_channel()
                 if channel is not None:
                     channel.settimeout(self.timeout)
@@ -309,13 +310,15 @@ class SftpFileDropClient:
             raise DeliveryError(f"{where}: the server refused our login ({_safe(exc)}); nothing was sent. Check "
                                 f"the login and key of connection '{self.sftp_conn_id}'; if they are right, the "
                                 "agency may have closed access (§ 48)", **context) from None
-        except (TimeoutError, socket.timeout) as exc:
+        except TimeoutError as exc:
             raise TransientDeliveryError(f"{where}: no answer within {self.timeout:g} s ({_safe(exc) or 'timeout'}); "
                                          "the file may have arrived, ask for its receipt before sending it again",
                                          **context) from None
         except (OSError, EOFError, paramiko.SSHException) as exc:
-            raise TransientDeliveryError(f"{where}: connection failed ({type(exc).__name__}: {_safe(exc)}); the "
-                                         "file may have arrived, ask for its receipt before sending it again",
+            refused = isinstance(exc, ConnectionRefusedError | paramiko.ssh_exception.NoValidConnectionsError)
+            hint = ("nothing was sent" if refused else
+                    "the file may have arrived, ask for its receipt before sending it again")
+            raise TransientDeliveryError(f"{where}: connection failed ({type(exc).__name__}: {_safe(exc)}); {hint}",
                                          **context) from None
         except AirflowException as exc:
             raise DeliveryError(f"{where}: the SFTP connection '{self.sftp_conn_id}' is not usable: {_safe(exc)}",

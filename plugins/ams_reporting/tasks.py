@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from airflow.sdk import get_current_context
 from airflow.sdk.exceptions import AirflowFailException
 
-from ams_reporting.hooks import AmsReceiverHook, settings
+from ams_reporting.hooks import client_for_area, settings
 from delivery import pipeline
 from transforms.registry import get_area
 
@@ -33,7 +33,7 @@ def prepare_task(area: int) -> dict:
 
 def deliver_task(area: int) -> dict:
     run_id = _label(area)
-    client = AmsReceiverHook().get_client()
+    client = client_for_area(area)  # web service, or SFTP files for areas 1 and 2 (§ 51)
     try:
         return pipeline.deliver_area(area, run_id=run_id, settings=settings(), client=client)
     except pipeline.AreaDeliveryStopped as exc:

@@ -1,0 +1,652 @@
+"""The analysts' pages: one self-contained HTML page per run, and an index of the runs.
+
+    var/reports/index.html                          the runs, newest first, with their counts and the trend
+    var/reports/runs/<safe run id>/index.html       one run: counts per area with the reconciliation check,
+                                                    findings per area and rule, the open quarantine with
+                                                    every failed rule, the Data Docs, the trend of 30 runs
+    var/reports/runs/<safe run id>/quarantine.csv   the whole open quarantine, one line per failed rule
+    var/reports/runs/<safe run id>/findings.csv     every finding of the run, errors and warnings
+
+Inline CSS and inline SVG, no JavaScript and no external asset: the pages open from the file system
+and inside the Airflow UI (plugins/ams_reporting/ui.py serves this folder read-only).
+
+Personal data: the state holds masked persons only (`DDMMYY-****`). As a second line of defence every
+text taken from the state passes `scrub`, which masks anything shaped like a CPR number.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import re
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import quote
+
+import sqlalchemy as sa
+from jinja2 import DictLoader, Environment, StrictUndefined
+from markupsafe import Markup, escape
+
+from delivery.pipeline import Settings
+from delivery.report import _safe, area_row
+from delivery.state import StateStore
+from delivery.state import quarantine as quarantine_table
+from transforms.registry import get_area
+from transforms.rules import RULE_BY_ID
+
+#: Rows of a list shown on a page; the CSV beside the page holds all of them.
+MAX_ROWS = 500
+#: Runs in the trend (up to and including the run of the page).
+TREND_RUNS = 30
+#: Runs listed on the index page.
+INDEX_RUNS = 400
+#: The agency's "required but unknown" (0000000000) is not a person: it stays readable.
+UNKNOWN_CPR = "0000000000"
+_CPR_LIKE = re.compile(r"(?<!\d)(\d{6})-?(\d{4})(?!\d)")
+_COUNTS = ("extracted", "delivered", "annulled", "quarantined", "unchanged", "outstanding", "warnings")
+_CSV_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+_NO_FINDING = {"rule": "", "title": "", "severity": "", "field": "", "paragraph": "", "message": "(no reason stored)"}
+
+
+# --- helpers ----------------------------------------------------------------------------------------
+
+
+def scrub(value: object) -> str:
+    """The text with anything shaped like a CPR number (10 digits, optionally DDMMYY-SSSS) masked."""
+    if value is None:
+        return ""
+    text = str(value)
+
+    def mask(m: re.Match) -> str:
+        return m.group(0) if m.group(1) + m.group(2) == UNKNOWN_CPR else f"{m.group(1)}-****"
+
+    return _CPR_LIKE.sub(mask, text)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _when(value: datetime | None) -> str:
+    value = _utc(value)
+    return value.strftime("%Y-%m-%d %H:%M UTC") if value else "-"
+
+
+def _rule_info(rule_id: str) -> dict:
+    rule = RULE_BY_ID.get(rule_id)
+    if rule is None:
+        return {"title": "(not in the rule catalogue)", "basis": "", "engine": ""}
+    return {"title": rule.title, "basis": rule.basis, "engine": rule.engine}
+
+
+def _area_title(number: int) -> str:
+    try:
+        return get_area(number).title
+    except KeyError:
+        return ""
+
+
+def _run_page_href(prefix: str, run_id: str, reports_dir: Path) -> str | None:
+    """Relative link to a run's page (or its summary.md when the run predates the pages)."""
+    folder = reports_dir / "runs" / _safe(run_id)
+    for name in ("index.html", "summary.md"):
+        if (folder / name).exists():
+            return f"{prefix}{quote(_safe(run_id))}/{name}"
+    return None
+
+
+def _bars(values: list[int | None], labels: list[str], *, color: str, what: str, step: int = 9,
+          height: int = 34) -> Markup:
+    """A small inline SVG bar chart, oldest left; each bar has a tooltip (<title>), no JavaScript."""
+    width = max(len(values), 1) * step
+    top = max((v for v in values if v), default=0) or 1
+    parts = [f'<svg class="spark" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+             f'role="img" aria-label="{escape(what)}, last {len(values)} runs">',
+             f'<line x1="0" y1="{height - 0.5}" x2="{width}" y2="{height - 0.5}" stroke="#b0b7c3" stroke-width="1"/>']
+    for i, (value, label) in enumerate(zip(values, labels, strict=True)):
+        if value is None:
+            continue
+        h = 0 if value == 0 else max(2, round(value / top * (height - 3)))
+        parts.append(f'<rect x="{i * step + 1}" y="{height - 1 - h}" width="{step - 2}" height="{h}" fill="{color}">'
+                     f"<title>{escape(label)}: {value} {escape(what)}</title></rect>")
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
+def _csv_cell(value: object) -> object:
+    """Neutralise spreadsheet formulas in text cells (CSV injection)."""
+    if isinstance(value, str) and value.startswith(_CSV_FORMULA) and not _is_number(value):
+        return "'" + value
+    return value
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _write_csv(path: Path, header: Iterable[str], rows: Iterable[Iterable[object]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="", encoding="utf-8-sig") as fh:  # BOM: spreadsheets read § and æøå right
+        writer = csv.writer(fh)
+        writer.writerow(list(header))
+        for row in rows:
+            writer.writerow([_csv_cell(v) for v in row])
+    tmp.replace(path)
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)  # readers (the UI) never see half a page
+
+
+# --- what a page shows ------------------------------------------------------------------------------
+
+
+def _areas_of_run(state: StateStore, run_id: str) -> list[dict]:
+    acknowledged = state.batches_acknowledged_in(run_id)
+    rows = []
+    for raw in state.run_rows(run_id):
+        row = area_row(raw, acknowledged)
+        accounted = row["delivered"] + row["annulled"] + row["quarantined"] + row["unchanged"] + row["outstanding"]
+        row["difference"] = row["extracted"] - accounted
+        row["started_at"], row["finished_at"] = raw["started_at"], raw["finished_at"]
+        row["message"] = scrub(row.get("message") or "")
+        rows.append(row)
+    return rows
+
+
+def _run_status(areas: list[dict]) -> str:
+    if not areas:
+        return "no areas"
+    failed = [str(a["area"]) for a in areas if "failed" in str(a["status"])]
+    if failed:
+        return f"delivery failed in area {', '.join(failed)}"
+    pending = [str(a["area"]) for a in areas if a["status"] != "delivered"]
+    if pending:
+        return f"not delivered yet: area {', '.join(pending)}"
+    if any(a["outstanding"] for a in areas):
+        return "delivered, with outstanding records"
+    return "delivered"
+
+
+def _totals(areas: list[dict]) -> dict:
+    totals = {c: sum(a[c] for a in areas) for c in _COUNTS}
+    totals["difference"] = sum(a["difference"] for a in areas)
+    return totals
+
+
+def _run_overview(state: StateStore, run_id: str) -> dict:
+    areas = _areas_of_run(state, run_id)
+    started = [_utc(a["started_at"]) for a in areas if a["started_at"] is not None]
+    finished = [_utc(a["finished_at"]) for a in areas if a["finished_at"] is not None]
+    return {
+        "run_id": run_id,
+        "safe": _safe(run_id),
+        "areas": areas,
+        "totals": _totals(areas),
+        "status": _run_status(areas),
+        "started": min(started) if started else None,
+        "finished": max(finished) if finished and len(finished) == len(areas) else None,
+    }
+
+
+def _findings_rows(state: StateStore, run_id: str) -> list[dict]:
+    frame = state.run_findings(run_id)
+    if frame.empty:
+        return []
+    frame = frame.sort_values(["area", "record_key", "severity", "rule"], kind="stable")
+    return [{"area": int(r["area"]), "record_key": str(r["record_key"]), "rule": str(r["rule"]),
+             "field": scrub(r["field"]), "paragraph": scrub(r["paragraph"]), "severity": str(r["severity"]),
+             "message": scrub(r["message"])} for r in frame.to_dict("records")]
+
+
+def _rule_counts(findings: list[dict]) -> list[dict]:
+    counts: dict[tuple[int, str], dict] = {}
+    for f in findings:
+        entry = counts.setdefault((f["area"], f["rule"]), {"errors": 0, "warnings": 0, "records": set()})
+        entry["errors" if f["severity"] == "error" else "warnings"] += 1
+        entry["records"].add(f["record_key"])
+    rows = []
+    for (area, rule), entry in counts.items():
+        rows.append({"area": area, "rule": rule, **_rule_info(rule), "errors": entry["errors"],
+                     "warnings": entry["warnings"], "records": len(entry["records"])})
+    rows.sort(key=lambda r: (r["area"], -r["errors"], -r["warnings"], r["rule"]))
+    return rows
+
+
+def _open_quarantine(state: StateStore) -> list[dict]:
+    entries = []
+    for q in state.open_quarantine():
+        failed = [{"rule": str(f.get("rule", "")), "title": _rule_info(str(f.get("rule", "")))["title"],
+                   "field": scrub(f.get("field")), "paragraph": scrub(f.get("paragraph")),
+                   "severity": str(f.get("severity", "")), "message": scrub(f.get("message"))}
+                  for f in q["findings"]]
+        entries.append({"area": int(q["area"]), "record_key": str(q["record_key"]),
+                        "person": scrub(q["masked_person"] or "(none)"), "findings": failed,
+                        "first_seen_run": str(q["first_seen_run"]), "last_seen_run": str(q["last_seen_run"])})
+    return entries
+
+
+def _released_in(state: StateStore, run_id: str) -> int:
+    with state.begin() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(quarantine_table).where(
+            quarantine_table.c.released_run == run_id)).scalar_one())
+
+
+def _trend(state: StateStore, run_id: str | None, reports_dir: Path, href_prefix: str) -> dict:
+    """The last TREND_RUNS runs up to `run_id` (or the newest): per run totals, per area the series."""
+    runs = state.recent_runs(limit=100_000)  # newest first
+    start = runs.index(run_id) if run_id in runs else 0
+    window = runs[start:start + TREND_RUNS]
+    overviews = [_run_overview(state, r) for r in window]  # newest first
+    for o in overviews:
+        o["href"] = _run_page_href(href_prefix, o["run_id"], reports_dir)
+        o["current"] = o["run_id"] == run_id
+    chronological = list(reversed(overviews))
+    labels = [f"{_when(o['started'])} ({o['run_id']})" for o in chronological]
+    numbers = sorted({a["area"] for o in overviews for a in o["areas"]})
+    series = []
+    for number in numbers:
+        per_run = [{a["area"]: a for a in o["areas"]}.get(number) for o in chronological]
+        quarantined = [a["quarantined"] if a else None for a in per_run]
+        delivered = [a["delivered"] if a else None for a in per_run]
+        series.append({
+            "area": number, "title": _area_title(number),
+            "quarantined": _bars(quarantined, labels, color="#c0392b", what="quarantined"),
+            "delivered": _bars(delivered, labels, color="#2e7d32", what="delivered"),
+            "q_last": quarantined[-1] if quarantined else None, "d_last": delivered[-1] if delivered else None,
+            "q_max": max((v for v in quarantined if v is not None), default=0),
+            "d_max": max((v for v in delivered if v is not None), default=0),
+        })
+    totals_q = [o["totals"]["quarantined"] for o in chronological]
+    totals_d = [o["totals"]["delivered"] for o in chronological]
+    return {"runs": overviews, "series": series, "count": len(overviews),
+            "total_quarantined": _bars(totals_q, labels, color="#c0392b", what="quarantined"),
+            "total_delivered": _bars(totals_d, labels, color="#2e7d32", what="delivered")}
+
+
+def _data_docs_links(run_id: str, reports_dir: Path) -> dict:
+    """The Data Docs index and, per area, this run's validation pages (one per chunk)."""
+    docs = reports_dir / "data_docs"
+    per_area: dict[int, list[dict]] = {}
+    pattern = str(docs / "validations" / "*" / f"{glob.escape(run_id)}-*-area*" / "*" / "*.html")
+    for name in sorted(glob.glob(pattern)):
+        path = Path(name)
+        folder = path.parent.parent.name  # <run_id>-<chunk>-area<N>
+        m = re.fullmatch(re.escape(run_id) + r"-(\d+)-area(\d+)", folder)
+        if not m:
+            continue
+        rel = path.relative_to(docs).as_posix()
+        per_area.setdefault(int(m.group(2)), []).append(
+            {"chunk": int(m.group(1)), "href": "../../data_docs/" + quote(rel, safe="/")})
+    for links in per_area.values():
+        links.sort(key=lambda link: link["chunk"])
+    return {"exists": (docs / "index.html").exists(), "index": "../../data_docs/index.html", "per_area": per_area}
+
+
+# --- templates --------------------------------------------------------------------------------------
+
+_CSS = """
+:root { --ink:#1d2430; --muted:#5b6576; --line:#d5dae1; --band:#f4f6f9; --err:#b3261e; --err-bg:#fde8e7;
+  --warn:#8a5a00; --warn-bg:#fff4d6; --ok:#1e6b30; --ok-bg:#e3f4e7; --link:#0b57d0; }
+* { box-sizing: border-box; }
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
+  color: var(--ink); margin: 0; padding: 20px 28px 40px; background: #fff; }
+h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 28px 0 8px; padding-top: 8px;
+  border-top: 2px solid var(--line); } h3 { font-size: 14px; margin: 16px 0 6px; }
+a { color: var(--link); } .muted { color: var(--muted); } .small { font-size: 12px; }
+nav.links { margin: 8px 0 4px; } nav.links a { margin-right: 14px; }
+.meta { display: flex; flex-wrap: wrap; gap: 6px 24px; margin: 6px 0 2px; }
+.meta div span { color: var(--muted); margin-right: 4px; }
+table { border-collapse: collapse; margin: 6px 0 10px; font-variant-numeric: tabular-nums; }
+th, td { border: 1px solid var(--line); padding: 4px 8px; vertical-align: top; text-align: left; }
+th { background: var(--band); font-weight: 600; position: sticky; top: 0; }
+td.n, th.n { text-align: right; white-space: nowrap; }
+tbody tr:nth-child(even) td { background: #fafbfc; }
+tr.total td { font-weight: 600; background: var(--band); border-top: 2px solid #9aa3b1; }
+tr.current td { background: #eef4ff !important; }
+td.mono, td.key { white-space: nowrap; }
+code, .mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 12.5px; }
+.badge { display: inline-block; padding: 0 6px; border-radius: 9px; font-size: 12px; font-weight: 600;
+  white-space: nowrap; }
+.b-error { color: var(--err); background: var(--err-bg); }
+.b-warning { color: var(--warn); background: var(--warn-bg); }
+.b-ok { color: var(--ok); background: var(--ok-bg); } .b-new { color: #0b57d0; background: #e3ecff; }
+.zero { color: #a0a8b5; }
+ul.failed { margin: 0; padding-left: 16px; } ul.failed li { margin: 1px 0; }
+.note { background: var(--warn-bg); border-left: 4px solid #e0a800; padding: 6px 10px; margin: 8px 0; }
+.info { background: var(--band); border-left: 4px solid #9aa3b1; padding: 6px 10px; margin: 8px 0; }
+svg.spark { vertical-align: middle; }
+details > summary { cursor: pointer; font-weight: 600; margin: 8px 0; }
+.run-id { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 12px;
+  word-break: break-all; }
+@media print { th { position: static; } body { padding: 0; } }
+"""
+
+_LAYOUT = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="referrer" content="no-referrer">
+<title>{% block title %}{% endblock %}</title>
+<style>{{ css }}</style>
+</head>
+<body>
+{% block body %}{% endblock %}
+<p class="muted small">Written {{ generated }}. Persons are shown as DDMMYY-****: no CPR number appears in this
+report. Use the record key to find the row in the case system.</p>
+</body>
+</html>
+"""
+
+_RUN = """{% extends "layout" %}
+{% block title %}AMS data quality - run {{ run.run_id }}{% endblock %}
+{% block body %}
+<h1>AMS data quality: run <span class="run-id">{{ run.run_id }}</span></h1>
+<div class="meta">
+  <div><span>started</span>{{ when(run.started) }}</div>
+  <div><span>finished</span>{{ when(run.finished) }}</div>
+  <div><span>status</span><strong>{{ run.status }}</strong></div>
+  <div><span>open quarantine</span><strong>{{ quarantine|length }}</strong></div>
+  <div><span>released from quarantine in this run</span>{{ released }}</div>
+</div>
+<nav class="links">
+  <a href="../../index.html">All runs</a>
+  <a href="quarantine.csv">Open quarantine (CSV)</a>
+  <a href="findings.csv">All findings of this run (CSV)</a>
+  <a href="summary.md">Run summary</a>
+  {% if docs.exists %}<a href="{{ docs.index }}">Great Expectations Data Docs</a>
+  {% else %}<span class="muted">Data Docs were not built (AMS_DATA_DOCS=0)</span>{% endif %}
+</nav>
+
+<h2 id="counts">Counts per data area</h2>
+<table>
+<thead><tr><th>area</th><th>what</th><th class="n">extracted</th><th class="n">delivered</th><th class="n">annulled</th>
+<th class="n">quarantined</th><th class="n">unchanged</th><th class="n">outstanding</th><th class="n">warnings</th>
+<th>check</th><th>status</th></tr></thead>
+<tbody>
+{% for a in run.areas %}
+<tr><td class="n">{{ a.area }}</td><td>{{ a.title }}</td>
+{% for c in ["extracted", "delivered", "annulled", "quarantined", "unchanged", "outstanding", "warnings"] %}
+<td class="n{% if not a[c] %} zero{% endif %}">{{ a[c] }}</td>{% endfor %}
+<td>{{ check(a.difference) }}</td>
+<td>{{ a.status }}{% if a.message %}<div class="small">{{ a.message }}</div>{% endif %}</td></tr>
+{% endfor %}
+</tbody>
+<tbody><tr class="total"><td colspan="2">all areas</td>
+{% for c in ["extracted", "delivered", "annulled", "quarantined", "unchanged", "outstanding", "warnings"] %}
+<td class="n">{{ run.totals[c] }}</td>{% endfor %}<td>{{ check(run.totals.difference) }}</td><td></td></tr></tbody>
+</table>
+<p class="muted small">Check: extracted = delivered + annulled + quarantined + unchanged + outstanding, per area.
+<b>warnings</b> counts records delivered with at least one warning. <b>outstanding</b> is staged or in doubt,
+not yet acknowledged by the agency (0 after a good run).</p>
+
+<h2 id="rules">Findings per area and rule</h2>
+{% if rules %}
+<table>
+<thead><tr><th>area</th><th>rule</th><th>what the rule demands</th><th>basis</th><th class="n">errors</th>
+<th class="n">warnings</th><th class="n">records</th></tr></thead>
+<tbody>
+{% for r in rules %}
+<tr><td class="n">{{ r.area }}</td><td><code>{{ r.rule }}</code></td><td>{{ r.title }}</td><td>{{ r.basis }}</td>
+<td class="n">{{ count_badge(r.errors, "error") }}</td><td class="n">{{ count_badge(r.warnings, "warning") }}</td>
+<td class="n">{{ r.records }}</td></tr>
+{% endfor %}
+</tbody>
+</table>
+<p class="muted small">An <b>error</b> holds the record back (quarantine) until it is fixed at the source; a
+<b>warning</b> lets it through and is reported. A record can break several rules.</p>
+{% else %}
+<p class="info">No findings in this run.</p>
+{% endif %}
+
+<h2 id="quarantine">Open quarantine ({{ quarantine|length }})</h2>
+<p class="muted small">Records held back until they are fixed at the source, with every rule they fail. The list is
+the state after this run{% if quarantine_shown < quarantine|length %}; the first {{ quarantine_shown }} of
+{{ quarantine|length }} are shown{% endif %}. A fixed record leaves the list in the next run and is delivered.</p>
+{% if quarantine_shown < quarantine|length %}
+<p class="note">Showing {{ quarantine_shown }} of {{ quarantine|length }} open entries.
+The full list is in <a href="quarantine.csv">quarantine.csv</a>.</p>
+{% endif %}
+{% if quarantine %}
+<table>
+<thead><tr><th>area</th><th>record key</th><th>person</th><th>failed rules (paragraph: message)</th>
+<th class="n">first seen</th><th class="n">last seen</th></tr></thead>
+<tbody>
+{% for q in quarantine[:quarantine_shown] %}
+<tr><td class="n">{{ q.area }}</td><td class="key"><code>{{ q.record_key }}</code>
+{% if q.first_seen_run == run.run_id %} <span class="badge b-new">new</span>{% endif %}</td>
+<td class="mono">{{ q.person }}</td>
+<td><ul class="failed">{% for f in q.findings %}
+<li><code>{{ f.rule }}</code> <span class="muted">{{ f.paragraph }}</span>: {{ f.message }}</li>{% endfor %}</ul></td>
+<td>{{ run_ref(q.first_seen_run) }}</td><td>{{ run_ref(q.last_seen_run) }}</td></tr>
+{% endfor %}
+</tbody>
+</table>
+{% else %}
+<p class="info">Nothing is in quarantine.</p>
+{% endif %}
+
+<details>
+<summary>Warnings in this run ({{ warnings|length }} findings{% if warnings_shown < warnings|length %}, first
+{{ warnings_shown }} shown{% endif %})</summary>
+<p class="muted small">Records delivered with a warning: information, nothing is held back. All of them are in
+<a href="findings.csv">findings.csv</a>.</p>
+{% if warnings %}
+<table>
+<thead><tr><th>area</th><th>record key</th><th>rule</th><th>paragraph</th><th>message</th></tr></thead>
+<tbody>
+{% for f in warnings[:warnings_shown] %}
+<tr><td class="n">{{ f.area }}</td><td><code>{{ f.record_key }}</code></td><td><code>{{ f.rule }}</code></td>
+<td>{{ f.paragraph }}</td><td>{{ f.message }}</td></tr>
+{% endfor %}
+</tbody>
+</table>
+{% endif %}
+</details>
+
+<h2 id="data-docs">Great Expectations Data Docs</h2>
+{% if docs.exists %}
+<p>The data-quality suite's results for every run, area and chunk: <a href="{{ docs.index }}">Data Docs index</a>.
+Each expectation names the rule, the field and the paragraph; the suite runs on a masked copy.</p>
+{% if docs.per_area %}
+<p>This run's validations:
+{% for area, links in docs.per_area|dictsort %}
+<span>area {{ area }}: {% for link in links %}<a href="{{ link.href }}">chunk {{ link.chunk }}</a>
+{%- if not loop.last %}, {% endif %}{% endfor %}</span>{% if not loop.last %}; {% endif %}
+{% endfor %}</p>
+{% endif %}
+{% else %}
+<p class="info">No Data Docs were built for this installation (AMS_DATA_DOCS=0).</p>
+{% endif %}
+
+<h2 id="trend">Trend: the last {{ trend.count }} run{{ "s" if trend.count != 1 else "" }}</h2>
+<table>
+<thead><tr><th>area</th><th>what</th><th>quarantined (oldest left)</th><th class="n">now</th><th class="n">max</th>
+<th>delivered (oldest left)</th><th class="n">now</th><th class="n">max</th></tr></thead>
+<tbody>
+{% for s in trend.series %}
+<tr><td class="n">{{ s.area }}</td><td>{{ s.title }}</td><td>{{ s.quarantined }}</td>
+<td class="n">{{ s.q_last if s.q_last is not none else "-" }}</td><td class="n">{{ s.q_max }}</td>
+<td>{{ s.delivered }}</td><td class="n">{{ s.d_last if s.d_last is not none else "-" }}</td>
+<td class="n">{{ s.d_max }}</td></tr>
+{% endfor %}
+<tr class="total"><td colspan="2">all areas</td><td>{{ trend.total_quarantined }}</td><td></td><td></td>
+<td>{{ trend.total_delivered }}</td><td></td><td></td></tr>
+</tbody>
+</table>
+{{ runs_table(trend.runs) }}
+{% endblock %}
+"""
+
+_RUNS_TABLE = """{% macro runs_table(runs) %}
+<table>
+<thead><tr><th>run</th><th>started</th><th class="n">extracted</th><th class="n">delivered</th>
+<th class="n">annulled</th><th class="n">quarantined</th><th class="n">warnings</th><th>check</th><th>status</th>
+</tr></thead>
+<tbody>
+{% for o in runs %}
+<tr{% if o.current %} class="current"{% endif %}>
+<td class="run-id">{% if o.href %}<a href="{{ o.href }}">{{ o.run_id }}</a>{% else %}{{ o.run_id }}{% endif %}</td>
+<td>{{ when(o.started) }}</td>
+<td class="n">{{ o.totals.extracted }}</td><td class="n">{{ o.totals.delivered }}</td>
+<td class="n">{{ o.totals.annulled }}</td>
+<td class="n">{{ o.totals.quarantined }}</td><td class="n">{{ o.totals.warnings }}</td>
+<td>{{ check(o.totals.difference) }}</td><td>{{ o.status }}</td></tr>
+{% endfor %}
+</tbody>
+</table>
+{% endmacro %}
+"""
+
+_INDEX = """{% extends "layout" %}
+{% block title %}AMS data quality - runs{% endblock %}
+{% block body %}
+<h1>AMS data quality</h1>
+<p class="muted">Employment-area reporting to the labour market agency: one page per run of the DAG
+<code>employment_reporting</code>, newest first.</p>
+{% if latest %}
+<div class="meta">
+  <div><span>latest run</span>{% if latest.href %}<a class="run-id" href="{{ latest.href }}">{{ latest.run_id }}</a>
+  {% else %}<span class="run-id">{{ latest.run_id }}</span>{% endif %}</div>
+  <div><span>started</span>{{ when(latest.started) }}</div>
+  <div><span>status</span><strong>{{ latest.status }}</strong></div>
+  <div><span>open quarantine</span><strong>{{ open_quarantine }}</strong></div>
+</div>
+{% endif %}
+<nav class="links">{% if latest and latest.href %}<a href="{{ latest.href }}">Latest run</a>{% endif %}
+{% if docs_exists %}<a href="data_docs/index.html">Great Expectations Data Docs</a>{% endif %}</nav>
+
+{% if runs %}
+<h2>Trend: the last {{ trend.count }} run{{ "s" if trend.count != 1 else "" }}, all areas</h2>
+<table><thead><tr><th>quarantined (oldest left)</th><th>delivered (oldest left)</th></tr></thead>
+<tbody><tr><td>{{ trend.total_quarantined }}</td><td>{{ trend.total_delivered }}</td></tr></tbody></table>
+<h2>Runs</h2>
+{% if more %}
+<p class="note">The {{ runs|length }} newest runs are listed; older ones are in the runs/ folder.</p>
+{% endif %}
+{{ runs_table(runs) }}
+{% else %}
+<p class="info">No run yet: run the DAG <code>employment_reporting</code> first.</p>
+{% endif %}
+{% endblock %}
+"""
+
+
+def _env() -> Environment:
+    env = Environment(loader=DictLoader({"layout": _LAYOUT, "run": _RUN, "index": _INDEX, "runs_table": _RUNS_TABLE}),
+                      autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.globals["when"] = _when
+    env.globals["css"] = Markup(_CSS)
+    env.globals["check"] = _check
+    env.globals["count_badge"] = _count_badge
+    macros = env.get_template("runs_table").module
+    env.globals["runs_table"] = macros.runs_table  # type: ignore[attr-defined]
+    return env
+
+
+def _count_badge(count: int, severity: str) -> Markup:
+    if not count:
+        return Markup('<span class="zero">0</span>')
+    return Markup('<span class="badge b-{}">{}</span>').format(severity, count)
+
+
+def _check(difference: int) -> Markup:
+    if difference == 0:
+        return Markup('<span class="badge b-ok">&#10003; adds up</span>')
+    word = "missing" if difference > 0 else "too many"
+    return Markup('<span class="badge b-error">&#10007; {} {}</span>').format(abs(difference), word)
+
+
+# --- the pages --------------------------------------------------------------------------------------
+
+
+def _run_context(run_id: str, settings: Settings, state: StateStore) -> dict:
+    run = _run_overview(state, run_id)
+    if not run["areas"]:
+        raise LookupError(f"run {run_id!r} is not in the state database")
+    reports_dir = settings.reports_dir
+    findings = _findings_rows(state, run_id)
+    quarantine = _open_quarantine(state)
+    warnings = [f for f in findings if f["severity"] != "error"]
+
+    def run_ref(other: str) -> Markup:
+        if other == run_id:
+            return Markup('<span class="muted">this run</span>')
+        href = _run_page_href("../", other, reports_dir)
+        text = Markup('<span class="run-id">{}</span>').format(other)
+        return Markup('<a href="{}">{}</a>').format(href, text) if href else text
+
+    return {
+        "run": run,
+        "rules": _rule_counts(findings),
+        "findings": findings,
+        "warnings": warnings,
+        "warnings_shown": min(len(warnings), MAX_ROWS),
+        "quarantine": quarantine,
+        "quarantine_shown": min(len(quarantine), MAX_ROWS),
+        "released": _released_in(state, run_id),
+        "docs": _data_docs_links(run_id, reports_dir),
+        "trend": _trend(state, run_id, reports_dir, "../"),
+        "run_ref": run_ref,
+        "generated": _when(datetime.now(UTC)),
+    }
+
+
+def render_run_page(run_id: str, settings: Settings) -> str:
+    """The run's page as HTML (self-contained; links are relative to runs/<safe run id>/)."""
+    state = settings.state()
+    return _env().get_template("run").render(**_run_context(run_id, settings, state))
+
+
+def write_run_page(run_id: str, settings: Settings) -> Path:
+    """Write runs/<safe run id>/index.html with quarantine.csv and findings.csv beside it."""
+    state = settings.state()
+    context = _run_context(run_id, settings, state)
+    folder = settings.reports_dir / "runs" / _safe(run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_csv(folder / "quarantine.csv",
+               ("area", "record_key", "person", "rule", "rule_title", "severity", "field", "paragraph", "message",
+                "first_seen_run", "last_seen_run"),
+               ((q["area"], q["record_key"], q["person"], f["rule"], f["title"], f["severity"], f["field"],
+                 f["paragraph"], f["message"], q["first_seen_run"], q["last_seen_run"])
+                for q in context["quarantine"] for f in (q["findings"] or [_NO_FINDING])))
+    _write_csv(folder / "findings.csv",
+               ("area", "record_key", "rule", "rule_title", "severity", "field", "paragraph", "message"),
+               ((f["area"], f["record_key"], f["rule"], _rule_info(f["rule"])["title"], f["severity"], f["field"],
+                 f["paragraph"], f["message"]) for f in context["findings"]))
+    page = folder / "index.html"
+    _write_text(page, _env().get_template("run").render(**context))
+    return page
+
+
+def render_index(settings: Settings) -> str:
+    state = settings.state()
+    reports_dir = settings.reports_dir
+    runs = state.recent_runs(limit=INDEX_RUNS + 1)
+    listed = [_run_overview(state, r) for r in runs[:INDEX_RUNS]]
+    for o in listed:
+        o["href"] = _run_page_href("runs/", o["run_id"], reports_dir)
+        o["current"] = False
+    trend = _trend(state, runs[0] if runs else None, reports_dir, "runs/")
+    return _env().get_template("index").render(
+        runs=listed, more=len(runs) > INDEX_RUNS, latest=listed[0] if listed else None,
+        open_quarantine=len(state.open_quarantine()), trend=trend,
+        docs_exists=(reports_dir / "data_docs" / "index.html").exists(), generated=_when(datetime.now(UTC)))
+
+
+def write_index(settings: Settings) -> Path:
+    """Write var/reports/index.html: every run (newest first) with a link to its page."""
+    path = settings.reports_dir / "index.html"
+    _write_text(path, render_index(settings))
+    return path

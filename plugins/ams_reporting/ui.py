@@ -1,0 +1,218 @@
+"""The analysts' data-quality pages inside the Airflow UI: a small read-only FastAPI app.
+
+`plugins/ams_reporting_plugin.py` registers it with Airflow 3.3: the API server mounts the app at
+`/ams-reports`, and the nav link "AMS data quality" (an external view) shows it inside the UI, at
+`/plugin/ams-data-quality`. The app serves the reports folder (`Settings.from_env().reports_dir`,
+written by delivery.report / delivery.report_html) and nothing else:
+
+    /                                  index.html: every run, newest first
+    /runs/<safe run id>/               that run's page
+    /runs/<safe run id>/<file>         quarantine.csv, findings.csv, summary.md, summary.json
+    /data_docs/...                     the Great Expectations Data Docs (the site only, not data_docs/gx)
+
+Any other path, or one that would leave the folder, is a 404. Requests need an Airflow login, checked
+by Airflow's own auth manager (the UI's session cookie or a bearer token), as for Airflow's REST API.
+
+Import is cheap and has no side effect: no database, no file, no Airflow core import; the reports
+folder is looked up per request.
+"""
+
+from __future__ import annotations
+
+import html
+import mimetypes
+import re
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+URL_PREFIX = "/ams-reports"
+APP_NAME = "AMS reports"
+NAV_NAME = "AMS data quality"
+NAV_ROUTE = "ams-data-quality"
+
+#: A run folder's name as delivery.report._safe writes it.
+_RUN_FOLDER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,250}")
+#: The files of a run folder that are served, with their media type and whether they download.
+RUN_FILES: dict[str, tuple[str, bool]] = {
+    "index.html": ("text/html; charset=utf-8", False),
+    "quarantine.csv": ("text/csv; charset=utf-8", True),
+    "findings.csv": ("text/csv; charset=utf-8", True),
+    "summary.md": ("text/plain; charset=utf-8", False),
+    "summary.json": ("application/json", False),
+}
+#: The Data Docs site: its index and these folders (data_docs/gx, the GX project, is not served).
+DOCS_FOLDERS = ("static", "expectations", "validations")
+_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "SAMEORIGIN",
+}
+#: Our own pages need nothing but inline CSS and inline SVG.
+_OWN_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'self'; "
+            "base-uri 'none'; form-action 'none'")
+
+
+def external_view() -> dict:
+    """The nav entry: "AMS data quality", the app shown in an iframe inside the Airflow UI.
+
+    `href` has no leading slash: the UI resolves it against its <base href>, so it also works when
+    Airflow is served under a sub-path ([api] base_url).
+    """
+    return {"name": NAV_NAME, "href": URL_PREFIX.lstrip("/") + "/", "destination": "nav", "url_route": NAV_ROUTE}
+
+
+def default_reports_dir() -> Path:
+    from delivery.pipeline import Settings  # per request: AMS_HOME is read when a page is asked for
+
+    return Settings.from_env().reports_dir
+
+
+async def _require_login(request: Request) -> None:
+    """Airflow's authentication: the UI's JWT cookie or an `Authorization: Bearer` token."""
+    if not request.app.state.require_login:
+        return
+    from airflow.api_fastapi.core_api.security import bearer_scheme, get_user
+
+    try:
+        await get_user(request, None, await bearer_scheme(request))
+    except RuntimeError as exc:  # no auth manager: the app is not running inside Airflow's API server
+        raise HTTPException(503, "Airflow's auth manager is not running: open this page through Airflow.") from exc
+
+
+def _page(status: int, title: str, text: str, link: tuple[str, str] | None = None, *,
+          top: bool = False) -> HTMLResponse:
+    target = ' target="_top"' if top else ""
+    more = f'<p><a href="{html.escape(link[0])}"{target}>{html.escape(link[1])}</a></p>' if link else ""
+    body = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            '<style>body{font:15px/1.5 system-ui,sans-serif;color:#1d2430;margin:40px}h1{font-size:20px}'
+            'code{background:#f4f6f9;padding:1px 4px}</style></head><body>'
+            f"<h1>{html.escape(title)}</h1><p>{text}</p>{more}</body></html>")
+    return HTMLResponse(body, status_code=status, headers={**_HEADERS, "Content-Security-Policy": _OWN_CSP})
+
+
+def _serve(path: Path, media_type: str, *, own_page: bool, download: str | None = None) -> FileResponse:
+    headers = dict(_HEADERS)
+    if own_page:
+        headers["Content-Security-Policy"] = _OWN_CSP
+    if download:
+        headers["Content-Disposition"] = f'attachment; filename="{download}"'
+    return FileResponse(path, media_type=media_type, headers=headers)
+
+
+def _inside(base: Path, relative: str) -> Path | None:
+    """`base/relative` if it is a file inside `base` (no '..', no hidden part, no symlink out), else None."""
+    if not relative or "\x00" in relative or "\\" in relative:
+        return None
+    pure = PurePosixPath(relative)
+    if pure.is_absolute() or any(part in ("", ".", "..") or part.startswith(".") for part in pure.parts):
+        return None
+    try:
+        root = base.resolve(strict=True)
+        target = (root / pure).resolve(strict=True)
+    except (FileNotFoundError, NotADirectoryError, RuntimeError, OSError):
+        return None
+    if not target.is_relative_to(root) or not target.is_file():
+        return None
+    return target
+
+
+def create_app(*, reports_dir: Path | Callable[[], Path] | None = None, require_login: bool = True) -> FastAPI:
+    """The app. `reports_dir` (a folder, or a function giving it) defaults to the AMS settings."""
+    where: Callable[[], Path]
+    if reports_dir is None:
+        where = default_reports_dir
+    elif callable(reports_dir):
+        where = reports_dir
+    else:
+        fixed = Path(reports_dir)
+
+        def where() -> Path:
+            return fixed
+
+    app = FastAPI(title=APP_NAME, docs_url=None, redoc_url=None, openapi_url=None,
+                  dependencies=[Depends(_require_login)])
+    app.state.require_login = require_login
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _error(request: Request, exc: StarletteHTTPException) -> Response:
+        root = str(request.scope.get("root_path", ""))  # the mount point, e.g. /ams-reports
+        home = root + "/"
+        if exc.status_code == 401:
+            return _page(401, "Please sign in to Airflow", "These pages need an Airflow login.",
+                         (root.removesuffix(URL_PREFIX) + "/", "Airflow"), top=True)
+        if exc.status_code == 403:
+            return _page(403, "Not allowed", html.escape(str(exc.detail)))
+        if exc.status_code == 404:
+            return _page(404, "Not found", "There is no such report page.", (home, "All runs"))
+        return _page(exc.status_code, "Error", html.escape(str(exc.detail)))
+
+    def no_run_yet() -> HTMLResponse:
+        return _page(404, "No data-quality report yet",
+                     "No run has written a report yet: run the DAG <code>employment_reporting</code> first "
+                     "(in Airflow: Dags &rarr; employment_reporting &rarr; Trigger). Its last task writes the "
+                     "pages shown here.")
+
+    @app.api_route("/", methods=["GET", "HEAD"], response_model=None)
+    @app.api_route("/index.html", methods=["GET", "HEAD"], response_model=None)
+    def index() -> Response:
+        path = where() / "index.html"
+        if not path.is_file():
+            return no_run_yet()
+        return _serve(path, RUN_FILES["index.html"][0], own_page=True)
+
+    @app.api_route("/runs", methods=["GET", "HEAD"], response_model=None)
+    def runs() -> Response:
+        return RedirectResponse("./", status_code=307)  # relative: right under any mount point
+
+    @app.api_route("/runs/", methods=["GET", "HEAD"], response_model=None)
+    def runs_slash() -> Response:
+        return RedirectResponse("../", status_code=307)
+
+    @app.api_route("/runs/{run}", methods=["GET", "HEAD"], response_model=None)
+    def run_without_slash(run: str) -> Response:
+        if not _RUN_FOLDER.fullmatch(run):
+            raise HTTPException(404)
+        return RedirectResponse(f"{run}/", status_code=307)  # relative links on the page need the slash
+
+    @app.api_route("/runs/{run}/", methods=["GET", "HEAD"], response_model=None)
+    def run_page(run: str) -> Response:
+        return run_file(run, "index.html")
+
+    @app.api_route("/runs/{run}/{name}", methods=["GET", "HEAD"], response_model=None)
+    def run_file(run: str, name: str) -> Response:
+        if not _RUN_FOLDER.fullmatch(run) or name not in RUN_FILES:
+            raise HTTPException(404)
+        base = where()
+        path = _inside(base, f"runs/{run}/{name}")
+        if path is None:
+            if not (base / "index.html").is_file():
+                return no_run_yet()
+            raise HTTPException(404)
+        media_type, download = RUN_FILES[name]
+        return _serve(path, media_type, own_page=name == "index.html", download=f"{run}-{name}" if download else None)
+
+    @app.api_route("/data_docs/{relative:path}", methods=["GET", "HEAD"], response_model=None)
+    def data_docs(relative: str) -> Response:
+        relative = relative or "index.html"
+        first = PurePosixPath(relative).parts[0] if relative else ""
+        if relative != "index.html" and first not in DOCS_FOLDERS:
+            raise HTTPException(404)
+        docs = where() / "data_docs"
+        path = _inside(docs, relative)
+        if path is None:
+            if relative == "index.html":
+                return _page(404, "No Data Docs yet", "The Great Expectations Data Docs are built by the first "
+                             "run of the DAG <code>employment_reporting</code> (unless AMS_DATA_DOCS=0).")
+            raise HTTPException(404)
+        # Data Docs are GX's own HTML (scripts, CDN styles): served as is, without our strict CSP.
+        media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        if media_type.startswith("text/") or media_type in ("application/javascript", "application/json"):
+            media_type += "; charset=utf-8"
+        return _serve(path, media_type, own_page=False)
+
+    return app
