@@ -186,8 +186,8 @@ def _totals(areas: list[dict]) -> dict:
 
 def _run_overview(state: StateStore, run_id: str) -> dict:
     areas = _areas_of_run(state, run_id)
-    started = [_utc(a["started_at"]) for a in areas if a["started_at"] is not None]
-    finished = [_utc(a["finished_at"]) for a in areas if a["finished_at"] is not None]
+    started = [t for t in (_utc(a["started_at"]) for a in areas) if t is not None]
+    finished = [t for t in (_utc(a["finished_at"]) for a in areas) if t is not None]
     return {
         "run_id": run_id,
         "safe": _safe(run_id),
@@ -376,7 +376,7 @@ _RUN = """{% extends "layout" %}
 <th>check</th><th>status</th></tr></thead>
 <tbody>
 {% for a in run.areas %}
-<tr><td class="n">{{ a.area }}</td><td>{{ a.title }}</td>
+<tr data-counts-area="{{ a.area }}"><td class="n">{{ a.area }}</td><td>{{ a.title }}</td>
 {% for c in ["extracted", "delivered", "annulled", "quarantined", "unchanged", "outstanding", "warnings"] %}
 <td class="n{% if not a[c] %} zero{% endif %}">{{ a[c] }}</td>{% endfor %}
 <td>{{ check(a.difference) }}</td>
@@ -398,8 +398,10 @@ not yet acknowledged by the agency (0 after a good run).</p>
 <th class="n">warnings</th><th class="n">records</th></tr></thead>
 <tbody>
 {% for r in rules %}
-<tr><td class="n">{{ r.area }}</td><td><code>{{ r.rule }}</code></td><td>{{ r.title }}</td><td>{{ r.basis }}</td>
-<td class="n">{{ count_badge(r.errors, "error") }}</td><td class="n">{{ count_badge(r.warnings, "warning") }}</td>
+<tr data-area="{{ r.area }}" data-rule="{{ r.rule }}"><td class="n">{{ r.area }}</td><td><code>{{ r.rule }}</code></td>
+<td>{{ r.title }}</td><td>{{ r.basis }}</td>
+<td class="n" data-errors="{{ r.errors }}">{{ count_badge(r.errors, "error") }}</td>
+<td class="n" data-warnings="{{ r.warnings }}">{{ count_badge(r.warnings, "warning") }}</td>
 <td class="n">{{ r.records }}</td></tr>
 {% endfor %}
 </tbody>
@@ -424,7 +426,8 @@ The full list is in <a href="quarantine.csv">quarantine.csv</a>.</p>
 <th class="n">first seen</th><th class="n">last seen</th></tr></thead>
 <tbody>
 {% for q in quarantine[:quarantine_shown] %}
-<tr><td class="n">{{ q.area }}</td><td class="key"><code>{{ q.record_key }}</code>
+<tr data-quarantine-area="{{ q.area }}" data-key="{{ q.record_key }}"><td class="n">{{ q.area }}</td>
+<td class="key"><code>{{ q.record_key }}</code>
 {% if q.first_seen_run == run.run_id %} <span class="badge b-new">new</span>{% endif %}</td>
 <td class="mono">{{ q.person }}</td>
 <td><ul class="failed">{% for f in q.findings %}

@@ -173,7 +173,7 @@ def _fix_at_source(engine, data, area: int, key: str) -> None:
         "hours.out_of_range": "weekly_hours = 30",
         "cvr.bad_checksum": "provider_cvr = '13748136'",
         "format.pnr": "provider_pnr = '1003456789'",
-        "dates.future": "start_date = '2025-01-06', end_date = '2025-02-06'",
+        "dates.future": "end_date = start_date",
     }
     with engine.begin() as conn:
         if rule in fixes and fixes[rule]:

@@ -83,7 +83,7 @@ EXPECTED_FINDINGS: dict[int, list[tuple[str, str, str, str, str]]] = {
     5: [],
     6: [],
     7: [  # the registry's § 37 numbering; the Danish text has granted hours as nr. 7 (reported)
-        ("G7-02", "field.not_applicable", "granted_hours", "§ 37 nr. 5 (§ 37 nr. 3 and 5)", "warning"),
+        ("G7-02", "field.not_applicable", "granted_hours", "§ 37 nr. 7 (§ 37 nr. 3, 4 and 7)", "warning"),
     ],
     8: [],
 }
@@ -97,23 +97,10 @@ EXPECTED_OUT_OF_SCOPE: dict[int, list[tuple[str, str]]] = {
     5: [("G5-03", _OUT_OF_CV_GROUPS), ("G5-04", _OUT_OF_CV_GROUPS)],
 }
 
-#: KNOWN MAPPING DEFECT (reported, not fixed here: transforms/ is not this test's to change).
-#: Under pandas 3, `Series.map` in map_records infers a dtype for each mapped column: a text column
-#: that mixes values and None in one chunk becomes `str` dtype, so its missing cells come back as
-#: NaN, not None; a count column that mixes ints and None becomes float64 (3 -> 3.0), which also
-#: changes the content hash ("3.00" instead of "3"). The golden JSON holds what docs/architecture.md
-#: requires (null, int); these are the cells where the records frame deviates today, pinned exactly.
-#: When the mapping is fixed, empty these sets and regenerate area 7 (G7-02's content_hash changes).
-KNOWN_MAPPING_DEFECTS: dict[int, set[tuple[str, str, str]]] = {
-    1: {("G1-03", "job_order_id", "NaN"), ("G1-05", "job_order_id", "NaN")},
-    2: {("G2-01", "worksite_address", "NaN"), ("G2-03", "provider_pnr", "NaN"), ("G2-05", "worksite_address", "NaN")},
-    3: set(),
-    4: {("G4-01", "employer_se", "NaN"), ("G4-02", "employer_cvr", "NaN")},
-    5: set(),
-    6: set(),
-    7: {("G7-02", "persons_paid", "float")},
-    8: {("G8-01", "company_cvr", "NaN")},
-}
+#: Cells where the records frame may deviate from the golden JSON: none. (Under pandas 3, letting
+#: `Series.map` infer dtypes once turned None into NaN and 3 into 3.0, depending on a chunk's other
+#: rows; map_records now builds object columns, and this stays as the place to pin any regression.)
+KNOWN_MAPPING_DEFECTS: dict[int, set[tuple[str, str, str]]] = {n: set() for n in range(1, 9)}
 
 #: The Python type of a present value, by field kind (docs/architecture.md, "Records frame").
 KIND_TYPES: dict[str, type] = {
@@ -322,8 +309,6 @@ def test_golden_measures_of_areas_1_and_2_together_land_in_exactly_one_area(engi
     assert {"G1-06"} <= in_two and {"G2-06"} <= in_one  # the cross-over measures
 
 
-@pytest.mark.xfail(strict=True, reason="KNOWN_MAPPING_DEFECTS: map_records' output depends on the chunk "
-                   "(pandas 3 dtype inference in Series.map); remove this marker once fixed")
 @pytest.mark.parametrize("number", [1, 7], ids=["area1", "area7"])
 def test_golden_records_do_not_depend_on_the_chunk_size(engine: sa.Engine, number: int) -> None:
     """The same source gives the same records frame, value for value and type for type, however it is chunked."""

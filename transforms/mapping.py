@@ -221,7 +221,12 @@ def _derive_measures(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _derive_uninsured(frame: pd.DataFrame) -> pd.DataFrame:
     frame = _derive_measures(frame)
-    frame["main_benefit"] = frame["main_benefit"].map(lambda v: SELF_SUPPORTING if _is_missing(v) else v)
+    frame["main_benefit"] = pd.Series(
+        [SELF_SUPPORTING if _is_missing(v) else v for v in frame["main_benefit"].tolist()], index=frame.index,
+        dtype=object)
+    if "reconciles" in frame:
+        # A self-supporting person has no benefit by definition: nothing to reconcile against (§ 10).
+        frame.loc[frame["main_benefit"] == SELF_SUPPORTING, "reconciles"] = 1
     jobplan_from = os.environ.get("AMS_AREA2_JOBPLAN_FROM")  # § 50, stk. 2
     if jobplan_from:
         before = frame["start_date"].map(lambda d: isinstance(d, date) and d < date.fromisoformat(jobplan_from))
@@ -254,7 +259,10 @@ def map_records(area: Area, source: pd.DataFrame) -> MappedChunk:
     for f in area.fields:
         if f.name not in frame.columns:
             frame[f.name] = None
-        frame[f.name] = frame[f.name].astype(object).map(_NORMALISE[f.kind]).astype(object)
+        # Built as an object Series on purpose: letting pandas infer would turn None into NaN and 3 into
+        # 3.0 depending on a chunk's other rows, and the content hash must not depend on neighbours.
+        frame[f.name] = pd.Series([_NORMALISE[f.kind](v) for v in frame[f.name].tolist()], index=frame.index,
+                                  dtype=object)
     for extra in ("target_group", "target_group_at_end"):
         if extra in frame.columns:
             frame[extra] = frame[extra].astype(object).map(_text)
@@ -293,8 +301,10 @@ def strip_not_applicable(area: Area, records: pd.DataFrame) -> pd.DataFrame:
     records = records.copy()
     for f in area.fields:
         if f.only_when and len(records):
-            blank = ~records[condition_column(f.only_when)].astype(bool)
-            records[f.name] = records[f.name].astype(object).where(~blank, None)
+            keep = records[condition_column(f.only_when)].astype(bool).tolist()
+            records[f.name] = pd.Series([v if k else None for v, k in zip(records[f.name].tolist(), keep,
+                                                                            strict=True)],
+                                        index=records.index, dtype=object)
     return records
 
 

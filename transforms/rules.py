@@ -69,7 +69,7 @@ RULES: tuple[Rule, ...] = (
          "Another measure of the same type for the same person overlaps this one", "§ 3 nr. 5, § 9 nr. 3"),
     Rule("employer.cvr_or_se", "quality", ERROR, "Give exactly one of CVR number and SE number", "§ 19 nr. 2"),
     Rule("mentor.persons", "quality", ERROR,
-         "Mentor grant per person must name exactly one person; per slot at least one", "§ 37 nr. 8"),
+         "Mentor grant per person must name exactly one person; per slot at least one", "§ 37 nr. 10"),
     Rule("reconcile.no_benefit_or_payment", "quality", WARNING,
          "No benefit or payment for the person in the record's period", "§§ 4, 10, 15, 20, 26, 32, 38, 43"),
     # From the receiver (delivery): the agency's business faults.
