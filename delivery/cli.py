@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -62,7 +63,7 @@ def ensure_demo_source(settings: Settings, persons: int) -> bool:
     return True
 
 
-def run_cycle(settings: Settings, receiver_url: str, *, log_path: Path) -> str:
+def run_cycle(settings: Settings, receiver_url: str, *, log_path: Path, connection_extra: dict | None = None) -> str:
     """Run the DAG once through `airflow dags test`; return the run id."""
     env = _airflow_env(settings)
     airflow_home = Path(env["AIRFLOW_HOME"])
@@ -72,8 +73,10 @@ def run_cycle(settings: Settings, receiver_url: str, *, log_path: Path) -> str:
             raise SystemExit(f"airflow db migrate failed; see {log_path}")
     host_port = receiver_url.split("://", 1)[1].split("/", 1)[0]
     host, port = host_port.rsplit(":", 1)
-    env["AIRFLOW_CONN_AMS_RECEIVER"] = (
-        f'{{"conn_type": "http", "host": "{host}", "port": {port}, "schema": "ams", "extra": {{"timeout": 30}}}}')
+    scheme = receiver_url.split("://", 1)[0]
+    extra = {"timeout": 30, "scheme": scheme, **(connection_extra or {})}
+    env["AIRFLOW_CONN_AMS_RECEIVER"] = json.dumps(
+        {"conn_type": "http", "host": host, "port": int(port), "schema": "ams", "extra": extra})
     before = set(settings.state().recent_runs(1000))
     print("Running one reporting cycle through Airflow (airflow dags test) ...")
     code = _airflow(["dags", "test", DAG_ID], env, log_path)
@@ -94,6 +97,7 @@ def _print_summary(settings: Settings, run_id: str) -> None:
 
 
 def demo(args: argparse.Namespace) -> int:
+    from delivery.security import generate_test_pki
     from receiver.server import ReceiverProcess
 
     settings = Settings.from_env()
@@ -101,9 +105,14 @@ def demo(args: argparse.Namespace) -> int:
     log_path = settings.home / "logs" / "demo.log"
     receiver_db = settings.home / "receiver" / "receiver.sqlite"
     receiver_db.parent.mkdir(parents=True, exist_ok=True)
-    with ReceiverProcess(receiver_db) as receiver:
-        print(f"Local AMS receiver listening on {receiver.url}")
-        run_id = run_cycle(settings, receiver.url, log_path=log_path)
+    # As in production: TLS to the receiver and a WS-Security signature on every request. The demo's
+    # throw-away PKI is made anew on each run under var/keys (never in the repository).
+    pki = generate_test_pki(settings.home / "keys" / "demo-pki", name="AMS demo")
+    extra = {"ca_bundle": str(pki.ca_cert), "signing_key": str(pki.client_key), "signing_cert": str(pki.client_cert)}
+    with ReceiverProcess(receiver_db, trust_certs=[pki.client_cert], tls_cert=pki.server_cert,
+                         tls_key=pki.server_key) as receiver:
+        print(f"Local AMS receiver listening on {receiver.url} (TLS; requests must be signed)")
+        run_id = run_cycle(settings, receiver.url, log_path=log_path, connection_extra=extra)
     print("Local AMS receiver stopped.\n")
     _print_summary(settings, run_id)
     print(f"Airflow log of this run: {log_path}")

@@ -295,7 +295,7 @@ def _apply(state: StateStore, settings: Settings, vault: Vault, batch: dict, rec
 
 def deliver_area(area_ref: int | str, *, run_id: str, settings: Settings, client) -> dict:
     """Send every outstanding batch of one area; in-doubt batches are looked up at the receiver first."""
-    from delivery.client import AccessClosed, BusinessFault, TransientDeliveryError
+    from delivery.client import AccessClosed, BusinessFault, SignatureRefused, TransientDeliveryError
 
     area = get_area(area_ref)
     state = settings.state()
@@ -313,6 +313,13 @@ def deliver_area(area_ref: int | str, *, run_id: str, settings: Settings, client
                     f"Area {area.number}: the agency has closed access (§ 48): {exc}. Nothing more is sent for "
                     "this area. Contact the agency; when access is restored, clear this task in the Airflow UI."
                 ) from exc
+            except SignatureRefused as exc:
+                # Our signing key or certificate is wrong: the records are fine, so keep the batch.
+                state.mark_batch(batch["batch_id"], "built", last_error=str(exc))
+                raise AreaDeliveryStopped(
+                    f"Area {area.number}: the receiver refused our WS-Security signature: {exc}. Check the signing "
+                    "key and certificate (AMS_SIGNING_KEY / AMS_SIGNING_CERT or the connection's extras), then "
+                    "clear this task.") from exc
             except BusinessFault as exc:
                 # Schema or validation codes are not retried: the batch's records go to quarantine.
                 counts.update(_apply(state, settings, vault, batch, _rejected_receipt(state, batch, exc), run_id))

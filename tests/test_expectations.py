@@ -279,7 +279,7 @@ def test_area7_mentor_persons_hours_and_listed_cprs():
     }
     messages = result.findings.set_index(["record_key", "rule"])["message"]
     assert messages[("bad-in-list", "cpr.bad_date")] == (
-        "person_cprs 310290-****: impossible birth date or century (cpr.bad_date, § 37 nr. 8)")
+        "person_cprs 310290-****: impossible birth date or century (cpr.bad_date, § 37 nr. 10)")
     assert "basis PERSON names 2 person(s)" in messages[("person-two", "mentor.persons")]
     assert "outside 0-2000 hours" in messages[("granted", "hours.out_of_range")]
 

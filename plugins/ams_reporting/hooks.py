@@ -71,7 +71,13 @@ class AmsReceiverHook(BaseHook):
         self.conn_id = conn_id
 
     def get_client(self):
-        from delivery.client import AmsClient
+        """A zeep client with the connection's WSDL, endpoint, time-out, TLS trust and signing key.
+
+        Extras (all optional): wsdl, endpoint, timeout, scheme ("https"), ca_bundle, verify_tls,
+        signing_key, signing_cert, signing_key_password, client_cert, client_key. Keys and certificates
+        are paths or PEM text; AMS_SIGNING_KEY / AMS_SIGNING_CERT / AMS_CA_BUNDLE fill what is missing.
+        """
+        from delivery.client import client_from_config
 
         conn = _connection(self.conn_id)
         if conn is None:
@@ -80,13 +86,15 @@ class AmsReceiverHook(BaseHook):
                 raise RuntimeError(
                     f"No Airflow connection '{self.conn_id}' and no AMS_WSDL_URL: the pipeline does not know "
                     "where to deliver. Create the connection (docs/operations.md, 'Configuration').")
-            return AmsClient(wsdl, endpoint=os.environ.get("AMS_ENDPOINT_URL"),
-                             timeout=float(os.environ.get("AMS_TIMEOUT", 30)))
-        extra = conn.extra_dejson
-        scheme = extra.get("scheme", "https" if extra.get("tls") else "http")
+            return client_from_config({"wsdl": wsdl, "endpoint": os.environ.get("AMS_ENDPOINT_URL"),
+                                       "timeout": os.environ.get("AMS_TIMEOUT", 30)})
+        extra = dict(conn.extra_dejson)
+        scheme = extra.pop("scheme", "https" if extra.get("tls") else "http")
         base = f"{scheme}://{conn.host}{f':{conn.port}' if conn.port else ''}/{conn.schema or 'ams'}"
-        return AmsClient(extra.get("wsdl", f"{base}?wsdl"), endpoint=extra.get("endpoint", base),
-                         timeout=float(extra.get("timeout", 30)))
+        extra.setdefault("wsdl", f"{base}?wsdl")
+        extra.setdefault("endpoint", base)
+        extra.pop("tls", None)
+        return client_from_config(extra)
 
 
 def settings() -> Settings:

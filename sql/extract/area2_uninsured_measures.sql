@@ -13,7 +13,6 @@
 SELECT
     p.cpr                    AS person_cpr,
     m.municipality_code      AS municipality_code,
-    m.measure_id             AS measure_id,
     m.measure_type           AS measure_type,
     m.start_date             AS start_date,
     m.end_date               AS end_date,
