@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from delivery.archive import Vault, archive_batch, load_key, sha256
+from delivery.archive import Vault, apply_retention, archive_batch, load_key, sha256
 from delivery.state import StateStore
 from transforms import mapping
 from transforms.contracts import FINDING_COLUMNS, check_contract
@@ -52,6 +52,7 @@ class Settings:
     chunksize: int = 50_000
     sender_municipality: str = "101"
     data_docs: bool = True
+    archive_retention_days: int | None = None  # None: keep everything
     delivery_attempts: int = 4
     backoff_seconds: float = 1.0
     areas: tuple[int, ...] = tuple(a.number for a in AREAS)
@@ -71,6 +72,8 @@ class Settings:
             chunksize=int(os.environ.get("AMS_CHUNK_SIZE", 50_000)),
             sender_municipality=os.environ.get("AMS_SENDER_MUNICIPALITY", "101"),
             data_docs=os.environ.get("AMS_DATA_DOCS", "1") not in ("0", "false", "no"),
+            archive_retention_days=int(os.environ["AMS_ARCHIVE_RETENTION_DAYS"])
+            if os.environ.get("AMS_ARCHIVE_RETENTION_DAYS") else None,
             delivery_attempts=int(os.environ.get("AMS_DELIVERY_ATTEMPTS", 4)),
             backoff_seconds=float(os.environ.get("AMS_BACKOFF_SECONDS", 1.0)),
             areas=tuple(a.number for a in enabled_areas()),
@@ -371,6 +374,16 @@ def _send(client, state: StateStore, vault: Vault, batch: dict, settings: Settin
                         label, exc, attempt, settings.delivery_attempts, pause)
             time.sleep(pause)
     raise AssertionError("unreachable")
+
+
+def apply_archive_retention(settings: Settings) -> list[Path]:
+    """Delete archived day folders older than AMS_ARCHIVE_RETENTION_DAYS (unset: keep everything)."""
+    if settings.archive_retention_days is None or not settings.archive_dir.exists():
+        return []
+    removed = apply_retention(settings.archive_dir, settings.archive_retention_days)
+    for folder in removed:
+        log.info("archive retention: removed %s (older than %d days)", folder, settings.archive_retention_days)
+    return removed
 
 
 def _rejected_receipt(state: StateStore, batch: dict, fault):

@@ -63,3 +63,13 @@ def test_key_from_environment_or_created_file(tmp_path, monkeypatch):
     assert key_file.stat().st_mode & 0o777 == 0o600 and load_key(key_file) == key
     monkeypatch.setenv("AMS_ARCHIVE_KEY", Fernet.generate_key().decode())
     assert load_key(key_file) != key
+
+
+def test_retention_setting_is_applied_by_the_pipeline(vault, tmp_path, monkeypatch):
+    from delivery.pipeline import Settings, apply_archive_retention
+
+    monkeypatch.setenv("AMS_ARCHIVE_DIR", str(tmp_path / "archive"))
+    old = tmp_path / "archive" / "area1" / "2020-01-01" / "b-0"
+    old.mkdir(parents=True)
+    assert apply_archive_retention(Settings(home=tmp_path)) == []  # unset: keep everything
+    assert apply_archive_retention(Settings(home=tmp_path, archive_retention_days=365)) == [old.parent]

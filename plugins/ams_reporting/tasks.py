@@ -41,7 +41,10 @@ def deliver_task(area: int) -> dict:
 
 
 def report_task() -> dict:
+    from delivery.pipeline import apply_archive_retention
     from delivery.report import write_run_report
 
     run_id = get_current_context()["run_id"]
-    return write_run_report(run_id, settings())
+    config = settings()
+    apply_archive_retention(config)
+    return write_run_report(run_id, config)
