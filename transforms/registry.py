@@ -11,7 +11,7 @@ No Airflow import: this module is plain Python.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
 
@@ -160,6 +160,38 @@ def _municipality(paragraph: str, source: str) -> Field:
     )
 
 
+# The fields areas 1 and 2 share: § 3 and § 9 list them in the same words under other numbers, so
+# they are declared once here and each area names them with its own paragraph.
+_MEASURE_FIELDS = {f.name: f for f in (
+    Field("measure_type", "MeasureTypeCode", "", "measures.measure_type", "code", codelist="measure_types"),
+    Field("start_date", "StartDate", "", "measures.start_date", "date"),
+    Field("end_date", "EndDate", "", "measures.end_date", "date"),
+    Field("weekly_hours", "HoursPerWeek", "", "measures.weekly_hours", "hours",
+          description="Gennemsnitligt ugentligt timetal"),
+    Field("jobplan_id", "JobPlanIdentifier", "", "jobplans.jobplan_id", "key", required="jobplan", only_when="jobplan"),
+    Field("jobplan_created_on", "JobPlanCreatedDate", "", "jobplans.created_on", "date", required="jobplan",
+          only_when="jobplan"),
+    Field("jobplan_revised_on", "JobPlanRevisedDate", "", "jobplans.revised_on", "date", required=False,
+          only_when="jobplan", description="Reported once the plan is revised"),
+    Field("employment_goal", "EmploymentGoalText", "", "jobplans.employment_goal", "text", required="jobplan",
+          only_when="jobplan"),
+    Field("provider_cvr", "ProviderCVRnumberIdentifier", "", "measures.provider_cvr", "cvr",
+          required="has_provider", only_when="has_provider"),
+    Field("provider_pnr", "ProviderProductionUnitIdentifier", "", "measures.provider_pnr", "pnr",
+          required="has_provider", only_when="has_provider"),
+    Field("ministry_area", "MinistryAreaCode", "", "measures.ministry_area", "code", codelist="ministry_areas",
+          required="state_wage_subsidy", only_when="state_wage_subsidy"),
+    Field("job_title", "JobTitleText", "", "measures.job_title", "text", required="company_directed",
+          only_when="company_directed", description="Stillingsbetegnelse"),
+    Field("team_id", "TeamIdentifier", "", "measures.team_id", "key", required="course", only_when="course",
+          description="Hold-ID"),
+)}
+
+
+def _measure(name: str, paragraph: str, **changes: object) -> Field:
+    return replace(_MEASURE_FIELDS[name], paragraph=paragraph, **changes)  # type: ignore[arg-type]
+
+
 AREAS: tuple[Area, ...] = (
     Area(
         number=1,
@@ -168,7 +200,7 @@ AREAS: tuple[Area, ...] = (
         chapter="Kapitel 1",
         paragraph="§ 3",
         record_element="InsuredMeasure",
-        query="extract/area1_insured_measures.sql",
+        query="extract/measures.sql",
         key_column="measure_id",
         phase_in=date(2010, 1, 4),
         phase_in_paragraph="§ 50, stk. 1",
@@ -188,41 +220,30 @@ AREAS: tuple[Area, ...] = (
                   "measures.registering_jobcenter", "jobcentre", description="Registrerende jobcenter"),
             Field("measure_id", "MeasureIdentifier", "§ 3 nr. 5", "measures.measure_id", "key",
                   description="Unik nøgle for den enkelte foranstaltning"),
-            Field("measure_type", "MeasureTypeCode", "§ 3 nr. 5", "measures.measure_type", "code",
-                  codelist="measure_types",
+            _measure("measure_type", "§ 3 nr. 5",
                   description="Kind of measure (course, internship, wage subsidy): what § 3's 'for ...' "
                   "clauses refer to"),
-            Field("start_date", "StartDate", "§ 3 nr. 6", "measures.start_date", "date"),
-            Field("end_date", "EndDate", "§ 3 nr. 7", "measures.end_date", "date"),
-            Field("weekly_hours", "HoursPerWeek", "§ 3 nr. 8", "measures.weekly_hours", "hours",
-                  description="Gennemsnitligt ugentligt timetal"),
+            _measure("start_date", "§ 3 nr. 6"),
+            _measure("end_date", "§ 3 nr. 7"),
+            _measure("weekly_hours", "§ 3 nr. 8"),
             Field("activation_type", "ActivationTypeIdentifier", "§ 3 nr. 9", "measures.activation_type",
                   "code", codelist="activation_types", description="Aktiveringstype (økonomisk ramme m.v.)"),
-            Field("jobplan_id", "JobPlanIdentifier", "§ 3 nr. 10", "jobplans.jobplan_id", "key",
-                  required="jobplan", only_when="jobplan"),
-            Field("jobplan_created_on", "JobPlanCreatedDate", "§ 3 nr. 11", "jobplans.created_on", "date",
-                  required="jobplan", only_when="jobplan"),
-            Field("jobplan_revised_on", "JobPlanRevisedDate", "§ 3 nr. 12", "jobplans.revised_on", "date",
-                  required=False, only_when="jobplan", description="Reported once the plan is revised"),
-            Field("employment_goal", "EmploymentGoalText", "§ 3 nr. 13", "jobplans.employment_goal", "text",
-                  required="jobplan", only_when="jobplan"),
+            _measure("jobplan_id", "§ 3 nr. 10"),
+            _measure("jobplan_created_on", "§ 3 nr. 11"),
+            _measure("jobplan_revised_on", "§ 3 nr. 12"),
+            _measure("employment_goal", "§ 3 nr. 13"),
             Field("job_order_id", "JobOrderIdentifier", "§ 3 nr. 14", "measures.job_order_id", "key",
                   required=False, only_when="company_directed", description="Jobnet ordrenummer, hvor det findes"),
             Field("job_order_type", "JobOrderTypeCode", "§ 3 nr. 15", "measures.job_order_type", "code",
                   codelist="job_order_types", required="company_directed", only_when="company_directed"),
-            Field("provider_cvr", "ProviderCVRnumberIdentifier", "§ 3 nr. 16 and 20", "measures.provider_cvr",
-                  "cvr", required="has_provider", only_when="has_provider"),
-            Field("provider_pnr", "ProviderProductionUnitIdentifier", "§ 3 nr. 16 and 20",
-                  "measures.provider_pnr", "pnr", required="has_provider", only_when="has_provider"),
-            Field("ministry_area", "MinistryAreaCode", "§ 3 nr. 17", "measures.ministry_area", "code",
-                  codelist="ministry_areas", required="state_wage_subsidy", only_when="state_wage_subsidy"),
-            Field("job_title", "JobTitleText", "§ 3 nr. 18", "measures.job_title", "text",
-                  required="company_directed", only_when="company_directed"),
+            _measure("provider_cvr", "§ 3 nr. 16 and 20"),
+            _measure("provider_pnr", "§ 3 nr. 16 and 20"),
+            _measure("ministry_area", "§ 3 nr. 17"),
+            _measure("job_title", "§ 3 nr. 18"),
             Field("course_type", "CourseTypeCode", "§ 3 nr. 19", "measures.course_type", "code",
                   codelist="course_types", required="course", only_when="course",
                   description="Afholdelseskategori"),
-            Field("team_id", "TeamIdentifier", "§ 3 nr. 21", "measures.team_id", "key",
-                  required="course", only_when="course", description="Hold-ID"),
+            _measure("team_id", "§ 3 nr. 21"),
         ),
     ),
     Area(
@@ -232,7 +253,7 @@ AREAS: tuple[Area, ...] = (
         chapter="Kapitel 2",
         paragraph="§ 9",
         record_element="UninsuredMeasure",
-        query="extract/area2_uninsured_measures.sql",
+        query="extract/measures.sql",
         key_column="measure_id",
         phase_in=date(2010, 1, 4),
         phase_in_paragraph="§ 50, stk. 1 (job-plan fields: stk. 2)",
@@ -246,41 +267,31 @@ AREAS: tuple[Area, ...] = (
         fields=(
             _cpr("§ 9 nr. 1"),
             _municipality("§ 9 nr. 2", "measures.municipality_code"),
-            Field("measure_type", "MeasureTypeCode", "§ 9 nr. 3", "measures.measure_type", "code",
-                  codelist="measure_types", description="Foranstaltningstype med underkategorier"),
-            Field("start_date", "StartDate", "§ 9 nr. 4", "measures.start_date", "date"),
-            Field("end_date", "EndDate", "§ 9 nr. 5", "measures.end_date", "date"),
-            Field("weekly_hours", "HoursPerWeek", "§ 9 nr. 6", "measures.weekly_hours", "hours"),
+            _measure("measure_type", "§ 9 nr. 3", description="Foranstaltningstype med underkategorier"),
+            _measure("start_date", "§ 9 nr. 4"),
+            _measure("end_date", "§ 9 nr. 5"),
+            _measure("weekly_hours", "§ 9 nr. 6"),
             Field("main_benefit", "MainBenefitCode", "§ 9 nr. 7", "benefits.benefit_code", "code",
                   codelist="benefit_types",
                   description="Hovedydelse on the start date; self-supporting is recorded as such (99)"),
             Field("open_offer", "OpenOfferIndicator", "§ 9 nr. 8", "measures.open_offer", "bool",
                   description="Åbent tilbud: paid only for hours attended"),
-            Field("jobplan_id", "JobPlanIdentifier", "§ 9 nr. 9", "jobplans.jobplan_id", "key",
-                  required="jobplan", only_when="jobplan"),
-            Field("jobplan_created_on", "JobPlanCreatedDate", "§ 9 nr. 10", "jobplans.created_on", "date",
-                  required="jobplan", only_when="jobplan"),
-            Field("jobplan_revised_on", "JobPlanRevisedDate", "§ 9 nr. 11", "jobplans.revised_on", "date",
-                  required=False, only_when="jobplan"),
-            Field("employment_goal", "EmploymentGoalText", "§ 9 nr. 12", "jobplans.employment_goal", "text",
-                  required="jobplan", only_when="jobplan"),
+            _measure("jobplan_id", "§ 9 nr. 9"),
+            _measure("jobplan_created_on", "§ 9 nr. 10"),
+            _measure("jobplan_revised_on", "§ 9 nr. 11"),
+            _measure("employment_goal", "§ 9 nr. 12"),
             Field("location_code", "LocationCode", "§ 9 nr. 13", "measures.location_code", "code",
                   codelist="location_codes", required="company_directed", only_when="company_directed",
                   description="Stedkode"),
-            Field("provider_cvr", "ProviderCVRnumberIdentifier", "§ 9 nr. 14 and 18", "measures.provider_cvr",
-                  "cvr", required="course", only_when="has_provider",
-                  description="Required for courses (nr. 18); on a company-directed measure a missing CVR "
-                  "requires the worksite address instead (nr. 15)"),
-            Field("provider_pnr", "ProviderProductionUnitIdentifier", "§ 9 nr. 14 and 18",
-                  "measures.provider_pnr", "pnr", required="course", only_when="has_provider"),
+            _measure("provider_cvr", "§ 9 nr. 14 and 18", required="course",
+                     description="Required for courses (nr. 18); on a company-directed measure a missing CVR "
+                     "requires the worksite address instead (nr. 15)"),
+            _measure("provider_pnr", "§ 9 nr. 14 and 18", required="course"),
             Field("worksite_address", "WorksiteAddressText", "§ 9 nr. 15", "measures.worksite_address", "text",
                   required="address_needed", only_when="address_needed"),
-            Field("ministry_area", "MinistryAreaCode", "§ 9 nr. 16", "measures.ministry_area", "code",
-                  codelist="ministry_areas", required="state_wage_subsidy", only_when="state_wage_subsidy"),
-            Field("job_title", "JobTitleText", "§ 9 nr. 17", "measures.job_title", "text",
-                  required="company_directed", only_when="company_directed"),
-            Field("team_id", "TeamIdentifier", "§ 9 nr. 19", "measures.team_id", "key",
-                  required="course", only_when="course"),
+            _measure("ministry_area", "§ 9 nr. 16"),
+            _measure("job_title", "§ 9 nr. 17"),
+            _measure("team_id", "§ 9 nr. 19"),
         ),
         notes=("§ 9 nr. 9-12 (job plan) are reported from the date set by `AMS_AREA2_JOBPLAN_FROM` "
                "(§ 50, stk. 2: 'when the technical solution is updated'); before it they are left out.",),

@@ -32,7 +32,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from transforms.registry import REPO_ROOT, SQL_DIR, Area, get_area
+from transforms.registry import AREAS, REPO_ROOT, SQL_DIR, Area, get_area
 
 DDL_DIR = SQL_DIR / "ddl"
 SOURCE_URL_ENV = "AMS_SOURCE_URL"
@@ -306,8 +306,11 @@ def expected_columns(area: Area | int | str) -> list[str]:
     """The source frame's columns: the fields (less the derived ones), the derivation inputs, then
     `record_key`, `updated_at`, `deleted_at`."""
     a = _area(area)
-    derived = set(derived_fields(a))
-    fields = [name for name in a.field_names if name not in derived]
+    fields: list[str] = []
+    # Areas that share a query (1 and 2 read every measure) get the fields of all of them, in order.
+    for sharing in (b for b in AREAS if b.query == a.query):
+        derived = set(derived_fields(sharing))
+        fields += [n for n in sharing.field_names if n not in derived and n not in fields]
     return [*fields, *EXTRA_COLUMNS[a.number], *TRAILING_COLUMNS]
 
 

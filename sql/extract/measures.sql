@@ -1,13 +1,15 @@
--- Area 1 (Kapitel 1, § 3): measures for unemployment-insurance recipients and employed persons.
+-- Areas 1 and 2 (Kapitel 1, § 3 and Kapitel 2, § 9): every measure, with the fields of both areas.
 --
+-- One query for both areas: a measure belongs to area 1 or 2 by the person's target group and a-kasse
+-- membership on its start date (§ 2, § 8, reference/target_groups.csv), which the mapping decides;
+-- each area keeps only its own fields, so the payload carries nothing the other area's paragraph asks.
 -- One row per measure, soft-deleted ones included (the pipeline annuls what was delivered).
--- This query and area 2's read every measure with the same shape: the mapping places a measure in
--- area 1 or 2 from target_group and insured on the start date (§ 2, § 8), per
--- reference/target_groups.csv.
 -- Derivation inputs beyond the fields:
+--   main_benefit (a field, § 9 nr. 7)   the benefit spell valid on start_date; NULL when none:
+--                                       the mapping records self-supporting as code 99
 --   target_group, insured              the person's group and a-kasse membership on start_date
 --   target_group_at_end, insured_at_end the same on end_date (status changes during the measure)
---   reconciles                          1 when a benefit spell or a payment overlaps the measure (§ 4)
+--   reconciles                          1 when a benefit spell or a payment overlaps the measure (§§ 4, 10)
 -- As-of rule: valid_from <= day and (valid_to is null or valid_to >= day); the latest valid_from wins.
 SELECT
     p.cpr                    AS person_cpr,
@@ -32,6 +34,14 @@ SELECT
     m.job_title              AS job_title,
     m.course_type            AS course_type,
     m.team_id                AS team_id,
+    (SELECT b.benefit_code
+       FROM benefits b
+      WHERE b.person_id = m.person_id AND b.deleted_at IS NULL
+        AND b.valid_from <= m.start_date AND (b.valid_to IS NULL OR b.valid_to >= m.start_date)
+      ORDER BY b.valid_from DESC LIMIT 1) AS main_benefit,
+    m.open_offer             AS open_offer,
+    m.location_code          AS location_code,
+    m.worksite_address       AS worksite_address,
     (SELECT tg.target_group
        FROM person_target_groups tg
       WHERE tg.person_id = m.person_id AND tg.deleted_at IS NULL
