@@ -20,7 +20,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -154,8 +154,8 @@ class _BatchWriter:
         self.pending = [rest] if len(rest) else []
         self.pending_rows = len(rest)
         batch_id = _batch_id(self.area, batch)
-        payload = build_batch(self.area, batch, batch_id=batch_id, sender_municipality=self.settings.sender_municipality,
-                              run_id=self.run_id)
+        payload = build_batch(self.area, batch, batch_id=batch_id,
+                              sender_municipality=self.settings.sender_municipality, run_id=self.run_id)
         validate_payload(payload)  # nothing leaves that the XSD does not accept
         path = self.settings.staging_dir / self.area.code / f"{batch_id}.xml.gz.enc"
         self.vault.write(path, payload)
@@ -392,7 +392,8 @@ def _rejected_receipt(state: StateStore, batch: dict, fault):
 
     members = state.batch_members(batch["batch_id"])
     return Receipt(
-        message_id=f"fault-{fault.code}", event_date="", batch_id=batch["batch_id"], batch_status="REJECTED",
+        message_id=f"fault-{fault.code}", event_date=datetime.now(UTC), batch_id=batch["batch_id"],
+        batch_status="REJECTED",
         records=[RecordReceipt(rid, "REJECTED", fault.code, fault.text) for rid in members["record_id"]],
-        request_bytes=getattr(fault, "request_bytes", b"") or b"", response_bytes=getattr(fault, "response_bytes", b"")
-        or b"")
+        request_bytes=getattr(fault, "request_bytes", b"") or b"",
+        response_bytes=getattr(fault, "response_bytes", b"") or b"")

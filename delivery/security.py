@@ -103,14 +103,14 @@ def load_certificate(value: PemSource, what: str = "certificate") -> x509.Certif
         return x509.load_pem_x509_certificate(data)
     except ValueError:
         raise SecurityConfigError(f"{what}: no readable X.509 certificate in the PEM"
-                                  f"{'' if is_pem_text(value) else f' file {value}'}") from None
+                                  f"{'' if is_pem_text(value) else f' file {value!s}'}") from None
 
 
 def load_private_key(value: PemSource, password: bytes | str | None = None,
                      what: str = "signing key") -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
     data = load_pem(value, what)
     secret = password.encode() if isinstance(password, str) else password
-    where = "" if is_pem_text(value) else f" in {value}"
+    where = "" if is_pem_text(value) else f" in {value!s}"
     try:
         key = serialization.load_pem_private_key(data, password=secret)
     except TypeError:  # encrypted without a password, or a password for an unencrypted key
