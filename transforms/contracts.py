@@ -41,35 +41,43 @@ def _empty(value: object) -> bool:
     return value is None or value == () or (isinstance(value, float) and value != value)
 
 
+def _missing(values: pd.Series) -> pd.Series:
+    """Vectorised `_empty` (None, NaN, or an empty person list): a check runs on every row."""
+    missing = values.isna()
+    if values.dtype == object and len(values) and isinstance(values.iloc[0], tuple):
+        missing |= values.map(len) == 0
+    return missing
+
+
 def _element_check(f: Field) -> pa.Check | None:
     """The format rule of a field's kind, as an element-wise check that passes on empty values."""
     if f.kind in _FORMATS:
         rule, pattern = _FORMATS[f.kind]
         return pa.Check(
             lambda s, p=pattern: s.isna() | s.astype("string").str.fullmatch(p).fillna(False).astype(bool),
-            name=f"{rule}|{f.name}",
+            name=f"{rule}|{f.name}", ignore_na=False,
         )
     if f.kind == "date":
         return pa.Check(lambda s: s.map(lambda v: _empty(v) or isinstance(v, date)).astype(bool),
-                        name=f"format.date|{f.name}")
+                        name=f"format.date|{f.name}", ignore_na=False)
     if f.kind in ("hours", "count"):
         return pa.Check(
             lambda s: s.map(lambda v: _empty(v) or (isinstance(v, (int, float)) and not isinstance(v, bool)))
             .astype(bool),
-            name=f"format.number|{f.name}",
+            name=f"format.number|{f.name}", ignore_na=False,
         )
     if f.kind in ("text", "key", "code"):
         limit = _MAX_TEXT if f.kind == "text" else _MAX_KEY
         return pa.Check(lambda s, n=limit: s.map(lambda v: _empty(v) or len(str(v)) <= n).astype(bool),
-                        name=f"format.text|{f.name}")
+                        name=f"format.text|{f.name}", ignore_na=False)
     if f.kind == "bool":
         return pa.Check(lambda s: s.map(lambda v: _empty(v) or isinstance(v, bool)).astype(bool),
-                        name=f"format.number|{f.name}")
+                        name=f"format.number|{f.name}", ignore_na=False)
     if f.kind == "cpr_list":
         return pa.Check(
             lambda s: s.map(lambda v: all(isinstance(x, str) and len(x) == 10 and x.isdigit() for x in v))
             .astype(bool),
-            name=f"format.cpr|{f.name}",
+            name=f"format.cpr|{f.name}", ignore_na=False,
         )
     return None
 
@@ -77,20 +85,20 @@ def _element_check(f: Field) -> pa.Check | None:
 def _required_check(f: Field) -> pa.Check:
     """§ ...: the field is required (always, or when its condition holds)."""
     if f.required is True:
-        return pa.Check(lambda df, n=f.name: ~df[n].map(_empty).astype(bool), name=f"required.missing|{f.name}")
+        return pa.Check(lambda df, n=f.name: ~_missing(df[n]), name=f"required.missing|{f.name}", ignore_na=False)
     cond = condition_column(str(f.required))
-    return pa.Check(lambda df, n=f.name, c=cond: ~(df[c].astype(bool) & df[n].map(_empty).astype(bool)),
-                    name=f"required.missing|{f.name}")
+    return pa.Check(lambda df, n=f.name, c=cond: ~(df[c].astype(bool) & _missing(df[n])),
+                    name=f"required.missing|{f.name}", ignore_na=False)
 
 
 def _not_applicable_check(f: Field) -> pa.Check:
     cond = condition_column(str(f.only_when))
-    return pa.Check(lambda df, n=f.name, c=cond: df[c].astype(bool) | df[n].map(_empty).astype(bool),
-                    name=f"field.not_applicable|{f.name}")
+    return pa.Check(lambda df, n=f.name, c=cond: df[c].astype(bool) | _missing(df[n]),
+                    name=f"field.not_applicable|{f.name}", ignore_na=False)
 
 
 def _flag_check(column: str, rule_id: str, field: str) -> pa.Check:
-    return pa.Check(lambda df: ~df[column].fillna(False).astype(bool), name=f"{rule_id}|{field}")
+    return pa.Check(lambda df: ~df[column].fillna(False).astype(bool), name=f"{rule_id}|{field}", ignore_na=False)
 
 
 @lru_cache(maxsize=16)
