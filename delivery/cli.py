@@ -4,6 +4,7 @@
     ams-report summary [RUN]   the summary of a run (default: the latest)
     ams-report docs            regenerate the XSD and docs/fields.md from the registry
     ams-report verify-archive  check every archived batch against its manifest
+    ams-report requeue --area N  re-send records the receiver refused, once its fault is fixed
 """
 
 from __future__ import annotations
@@ -151,6 +152,13 @@ def verify(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def requeue(args: argparse.Namespace) -> int:
+    state = Settings.from_env().state()
+    count = state.requeue_rejected(args.area)
+    print(f"Area {args.area}: {count} record(s) the receiver refused will be sent again by the next run.")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ams-report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -163,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=summary)
     sub.add_parser("docs", help="regenerate the XSD and docs/fields.md").set_defaults(func=docs)
     sub.add_parser("verify-archive", help="check the archive against its manifests").set_defaults(func=verify)
+    p = sub.add_parser("requeue", help="send an area's records the receiver refused again on the next run")
+    p.add_argument("--area", type=int, required=True)
+    p.set_defaults(func=requeue)
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
 

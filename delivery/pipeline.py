@@ -110,11 +110,14 @@ def _quality(area: Area, records: pd.DataFrame, period_end: date, run_id: str, d
     return run_quality(area, records, period_end=period_end, run_id=run_id, data_docs_dir=docs_dir)
 
 
-def _batch_id(area: Area, members: pd.DataFrame) -> str:
-    """Deterministic: the same records with the same content give the same batch id on every try."""
+def _batch_id(area: Area, run_id: str, members: pd.DataFrame) -> str:
+    """Deterministic within a run: the same records with the same content give the same batch id on
+    every try of the run (a cleared task rebuilds the same batches). A later run that sends records
+    again (e.g. after `ams-report requeue`) gets new ids, which the receiver does not confuse with the
+    batch it answered before."""
     digest = sha256("\n".join(f"{k}:{h}" for k, h in zip(members["record_key"], members["content_hash"],
                                                           strict=True)).encode())
-    return str(uuid.uuid5(BATCH_NAMESPACE, f"{area.code}:{digest}"))
+    return str(uuid.uuid5(BATCH_NAMESPACE, f"{area.code}:{run_id}:{digest}"))
 
 
 def _masked_persons(area: Area, records: pd.DataFrame) -> pd.Series:
@@ -153,7 +156,7 @@ class _BatchWriter:
         batch, rest = frame.iloc[:size], frame.iloc[size:]
         self.pending = [rest] if len(rest) else []
         self.pending_rows = len(rest)
-        batch_id = _batch_id(self.area, batch)
+        batch_id = _batch_id(self.area, self.run_id, batch)
         payload = build_batch(self.area, batch, batch_id=batch_id,
                               sender_municipality=self.settings.sender_municipality, run_id=self.run_id)
         validate_payload(payload)  # nothing leaves that the XSD does not accept

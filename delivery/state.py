@@ -270,6 +270,15 @@ class StateStore:
                 out.update(r.record_key for r in conn.execute(q))
         return out
 
+    def requeue_rejected(self, area: int) -> int:
+        """Forget the receiver's refusals of an area, so the next run sends those records again
+        (after a fault on the receiving side, e.g. a schema version mismatch, has been fixed)."""
+        with self.begin() as conn:
+            result = conn.execute(ledger.update().where(
+                ledger.c.area == area, ledger.c.status == "rejected", ledger.c.rejected_hash.is_not(None))
+                .values(rejected_hash=None, updated_at=now()))
+        return int(result.rowcount or 0)
+
     def ledger_rows(self, area: int) -> pd.DataFrame:
         with self.begin() as conn:
             return pd.read_sql(sa.select(ledger).where(ledger.c.area == area), conn)

@@ -113,6 +113,13 @@ def test_schema_fault_is_not_retried_and_quarantines_the_batch(world):
     deliver_area(AREA, run_id="run-2", settings=settings, client=client(receiver))
     row = next(r for r in run_summary("run-2", settings)["areas"] if r["area"] == AREA)
     assert row["delivered"] == 0 and row["quarantined"] >= settings.batch_size
+    # Once the receiving side is fixed, operations requeue them (`ams-report requeue`): sent, then released.
+    assert state.requeue_rejected(AREA) == settings.batch_size
+    prepare_area(AREA, run_id="run-3", period_end=PERIOD_END, settings=settings)
+    deliver_area(AREA, run_id="run-3", settings=settings, client=client(receiver))
+    row = next(r for r in run_summary("run-3", settings)["areas"] if r["area"] == AREA)
+    assert row["delivered"] == settings.batch_size
+    assert not [q for q in state.open_quarantine(AREA) if any(f["rule"] == "receiver.rejected" for f in q["findings"])]
 
 
 def test_access_closed_stops_the_area_with_a_clear_message(world):
