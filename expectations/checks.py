@@ -118,8 +118,9 @@ def area_checks(area: Area) -> tuple[Check, ...]:
             checks.append(Check("hours.out_of_range", f.name, f.paragraph, f.name, "between", (low, high),
                                 f"outside {low:g}-{high:g} hours"))
         elif f.kind == "date":
-            checks.append(Check("dates.future", f.name, f.paragraph, col + "not_future", "true",
-                                problem="after the end of the reporting period ({period_end})"))
+            if f.name != "end_date":  # a planned end after the period is normal for a running measure or grant
+                checks.append(Check("dates.future", f.name, f.paragraph, col + "not_future", "true",
+                                    problem="after the end of the reporting period ({period_end})"))
             if f.name == area.date_field:
                 checks.append(Check("dates.before_phase_in", f.name, area.phase_in_paragraph,
                                     col + "not_before_phase_in", "true",

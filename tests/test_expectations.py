@@ -76,7 +76,7 @@ def area1_frame() -> pd.DataFrame:
         "code": {"person_cpr": P[4], "activation_type": "ZZ"},
         "cvr": {"person_cpr": P[5], "provider_cvr": BAD_CVR},
         "start-after-end": {"person_cpr": P[6], "start_date": date(2011, 7, 1)},
-        "future": {"person_cpr": P[7], "end_date": date(2012, 1, 15)},
+        "future": {"person_cpr": P[7], "jobplan_revised_on": date(2012, 1, 15)},
         "phase-in": {"person_cpr": P[8], "start_date": date(2009, 12, 1), "jobplan_created_on": date(2009, 11, 1),
                      "jobplan_revised_on": None},
         "hours": {"person_cpr": P[9], "weekly_hours": 61.0},
@@ -172,7 +172,8 @@ def test_area1_findings_are_exact():
     assert by_key.loc[("code", "code.invalid"), "message"] == (
         "activation_type ZZ: not in the code list 'activation_types' valid on the record's start_date "
         "(2011-03-01) (code.invalid, § 3 nr. 9)")
-    assert by_key.loc[("future", "dates.future"), "message"].startswith("end_date 2012-01-15: after the end")
+    assert by_key.loc[("future", "dates.future"), "message"].startswith(
+        "jobplan_revised_on 2012-01-15: after the end")
     assert result.error_keys == {k for k, r in AREA1_EXPECTED} - {"no-mod11", "unknown", "reconcile"}
     stats = result.statistics.set_index(["rule", "field"])
     assert stats.loc[("measure.overlap", "measure_type"), "unexpected"] == 2
@@ -206,10 +207,10 @@ def test_area2_findings_are_exact():
         ("benefit", "code.invalid"), ("location", "code.invalid"), ("hours", "hours.out_of_range"),
         ("cvr", "cvr.bad_checksum"), ("overlap-a", "measure.overlap"), ("overlap-b", "measure.overlap"),
         ("unknown-a", "cpr.unknown"), ("unknown-b", "cpr.unknown"),
-        ("future", "dates.future"),  # start_date and end_date: one finding per field
+        ("future", "dates.future"),  # the start date; a planned end after the period is normal
     }
-    assert (result.findings["rule"] == "dates.future").sum() == 2
-    assert set(result.findings.loc[result.findings["record_key"] == "future", "field"]) == {"start_date", "end_date"}
+    assert (result.findings["rule"] == "dates.future").sum() == 1
+    assert set(result.findings.loc[result.findings["record_key"] == "future", "field"]) == {"start_date"}
 
 
 def test_area3_code_lists_follow_the_record_date():

@@ -113,7 +113,7 @@ def _problems(area: Area, row: dict, reference_date: date) -> set[str]:
             found.add("code.invalid")
         elif f.kind == "hours" and not 0 <= value <= (60 if f.name == "weekly_hours" else 99.99):
             found.add("hours.out_of_range")
-        elif f.kind == "date" and date.fromisoformat(value) > reference_date:
+        elif f.kind == "date" and f.name != "end_date" and date.fromisoformat(value) > reference_date:
             found.add("dates.future")
     if row.get("start_date") and row.get("end_date") and row["start_date"] > row["end_date"]:
         found.add("dates.start_after_end")

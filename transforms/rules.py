@@ -62,7 +62,7 @@ RULES: tuple[Rule, ...] = (
          "Job-centre code does not start with a municipality code", "STAR SubJobcenter"),
     Rule("code.invalid", "quality", ERROR, "Value is not in the code list valid on the record's date", "reference/"),
     Rule("dates.start_after_end", "quality", ERROR, "Start date is after the end date", "the area's paragraph"),
-    Rule("dates.future", "quality", ERROR, "Date lies after the end of the reporting period",
+    Rule("dates.future", "quality", ERROR, "Date (other than a planned end date) lies after the reporting period",
          "§ 4 (continuous registration)"),
     Rule("dates.before_phase_in", "quality", ERROR, "Dated before the area's phase-in date", "§ 50"),
     Rule("hours.out_of_range", "quality", ERROR, "Weekly hours outside 0-60 (or granted hours outside 0-2000)",
@@ -108,7 +108,7 @@ _KIND_RULES = {
     "key": ("format.text",),
     "text": ("format.text",),
     "code": ("format.text", "code.invalid"),
-    "date": ("format.date", "dates.future"),
+    "date": ("format.date", "dates.future"),  # not on end_date: see field_rules
     "hours": ("format.number", "hours.out_of_range"),
     "count": ("format.number",),
     "bool": ("format.number",),
@@ -125,6 +125,8 @@ _NAME_RULES = {
 
 def field_rules(area, f) -> list[str]:  # (Area, Field) -> rule ids; untyped to keep this module import-free
     found = list(_KIND_RULES[f.kind]) + list(_NAME_RULES.get(f.name, ()))
+    if f.name == "end_date":
+        found.remove("dates.future")  # a planned end after the period is normal
     if f.required:
         found.insert(0, "required.missing")
     if f.only_when:

@@ -694,6 +694,14 @@ class _Builder:
                 ranked = sorted(options, key=lambda o: (self.planted[(o[0], rec.area)], self.planted[o[0]],
                                                         self.rng.random()))
                 self._apply(rec, *ranked[0])
+        for area in sorted({rec.area for rec in self.recs}):  # every area at least one defect
+            if any(key[1] == area for key in self.planted if isinstance(key, tuple)):
+                continue
+            candidates = [rec for rec in self.recs if rec.area == area and self._plantable(rec) and self._options(rec)]
+            if candidates:
+                rec = self.rng.choice(candidates)
+                options = self._options(rec)
+                self._apply(rec, *min(options, key=lambda o: (self.planted[o[0]], self.rng.random())))
         for rule in DEFECT_KINDS:  # every kind at least once, where a record allows it
             if self.planted[rule]:
                 continue
@@ -803,16 +811,29 @@ class _Builder:
         if area == 7 and rec.category == "PERSON" and len(rec.persons) == 1 and self.spare_persons:
             options.append(("mentor.persons", lambda: self._add_mentor_person(rec)))
 
-        future = {1: "end_date", 2: "end_date", 3: "held_on", 4: "held_on", 5: "held_on", 6: "end_date",
-                  7: "end_date", 8: "approved_on"}[area]
+        # A planned end date after the period is normal; a start (or an interview, an approval) is not.
+        future = {1: "start_date", 2: "start_date", 3: "held_on", 4: "held_on", 5: "held_on", 6: "start_date",
+                  7: "start_date", 8: "approved_on"}[area]
         if area in (1, 2) and not rec.last_of_type:
             future = ""  # a later measure of the same type would overlap
+        if area in (1, 2) and future:
+            # A later start must keep the person's status, or the measure would change area (§ 2, § 8).
+            person = self.people[rec.persons[0] - 1]
+            if person.group_on(row["start_date"]) != tuple(person.segments[-1][2:4]):
+                future = ""
         if area == 5:
             last_group = self.people[rec.persons[0] - 1].segments[-1][2]
             future = future if last_group in CV_SCOPE_GROUPS else ""
         if future and row[future]:
             # well past the reference date, so it is still future for a pipeline run some time after it
-            options.append(("dates.future", setter(future, lambda: self.ref + timedelta(days=rng.randint(400, 1100)))))
+            def move_to_future() -> str:
+                start = self.ref + timedelta(days=rng.randint(400, 1100))
+                if row.get("end_date") and future == "start_date":
+                    row["end_date"] = start + (row["end_date"] - row["start_date"])  # keeps start <= end
+                row[future] = start
+                return future
+
+            options.append(("dates.future", move_to_future))
         return options
 
     def _unknown_cpr_ok(self, row: dict[str, Any]) -> bool:
