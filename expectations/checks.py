@@ -380,7 +380,11 @@ def prepare_frame(area: Area, records: pd.DataFrame, *, period_end: date) -> pd.
     if _has(area, "jobplan_created_on", "jobplan_revised_on"):
         c, r = days_of["jobplan_created_on"], days_of["jobplan_revised_on"]
         out["jobplan_revised_on__not_before_created"] = _flag(r >= c, ~np.isnan(c) & ~np.isnan(r))
-    if area.person_field and _has(area, "measure_type", "start_date", "end_date"):
+    if "overlaps_with" in records.columns:
+        # From the source query: overlaps across the whole table, whatever chunk the other row is in.
+        out["measure_type__overlaps_with"] = np.array(
+            [None if pd.isna(v) else str(v) for v in records["overlaps_with"].tolist()], dtype=object)
+    elif area.person_field and _has(area, "measure_type", "start_date", "end_date"):
         out["measure_type__overlaps_with"] = _overlaps(
             out["record_key"], digits_of[area.person_field], texts["measure_type"],
             days_of["start_date"], days_of["end_date"])

@@ -249,7 +249,7 @@ DERIVATIONS: dict[int, Callable[[pd.DataFrame], pd.DataFrame]] = {
 }
 
 #: Columns the mapping keeps beside the fields, for the checks (never sent).
-CHECK_INPUTS = ("reconciles", "status_changed", "no_target_group")
+CHECK_INPUTS = ("reconciles", "status_changed", "no_target_group", "overlaps_with")
 
 
 def map_records(area: Area, source: pd.DataFrame) -> MappedChunk:

@@ -103,7 +103,8 @@ SOURCE_KEYS: dict[str, tuple[str, ...]] = {
     "aid_grants": ("grant_id",),
 }
 
-_MEASURE_EXTRAS = ("target_group", "insured", "target_group_at_end", "insured_at_end", "reconciles")
+_MEASURE_EXTRAS = ("target_group", "insured", "target_group_at_end", "insured_at_end", "reconciles",
+                   "overlaps_with")
 
 #: Derivation inputs each area's query returns beyond the area's fields (architecture.md).
 EXTRA_COLUMNS: dict[int, tuple[str, ...]] = {
@@ -127,6 +128,7 @@ _EXTRA_KINDS = {
     "insured": "flag",
     "insured_at_end": "flag",
     "reconciles": "flag",
+    "overlaps_with": "key",
     "record_key": "key",
     "updated_at": "timestamp",
     "deleted_at": "timestamp",

@@ -10,6 +10,8 @@
 --   target_group, insured              the person's group and a-kasse membership on start_date
 --   target_group_at_end, insured_at_end the same on end_date (status changes during the measure)
 --   reconciles                          1 when a benefit spell or a payment overlaps the measure (§§ 4, 10)
+--   overlaps_with                       another live measure of the same person and type that overlaps
+--                                       this one (measure.overlap), across the whole table, not a chunk
 -- As-of rule: valid_from <= day and (valid_to is null or valid_to >= day); the latest valid_from wins.
 SELECT
     p.cpr                    AS person_cpr,
@@ -71,6 +73,11 @@ SELECT
                          AND (m.end_date IS NULL OR pay.period_from <= m.end_date)
                          AND pay.period_to >= m.start_date)
          THEN 1 ELSE 0 END AS reconciles,
+    (SELECT CAST(MIN(m2.measure_id) AS TEXT)
+       FROM measures m2
+      WHERE m2.person_id = m.person_id AND m2.measure_type = m.measure_type
+        AND m2.measure_id <> m.measure_id AND m2.deleted_at IS NULL
+        AND m2.start_date <= m.end_date AND m.start_date <= m2.end_date) AS overlaps_with,
     CAST(m.measure_id AS TEXT) AS record_key,
     m.updated_at             AS updated_at,
     m.deleted_at             AS deleted_at
