@@ -19,7 +19,7 @@ import random
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from delivery.state import StateStore
 from transforms import mapping
 from transforms.contracts import FINDING_COLUMNS, check_contract
 from transforms.identifiers import mask_cpr
-from transforms.registry import AREAS, REPO_ROOT, Area, enabled_areas, get_area
+from transforms.registry import REPO_ROOT, Area, get_area
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,6 @@ class Settings:
     archive_retention_days: int | None = None  # None: keep everything
     delivery_attempts: int = 4
     backoff_seconds: float = 1.0
-    areas: tuple[int, ...] = tuple(a.number for a in AREAS)
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.home = Path(self.home)
@@ -76,7 +74,6 @@ class Settings:
             if os.environ.get("AMS_ARCHIVE_RETENTION_DAYS") else None,
             delivery_attempts=int(os.environ.get("AMS_DELIVERY_ATTEMPTS", 4)),
             backoff_seconds=float(os.environ.get("AMS_BACKOFF_SECONDS", 1.0)),
-            areas=tuple(a.number for a in enabled_areas()),
         )
 
     @property

@@ -113,7 +113,6 @@ run_areas = sa.Table(
     sa.Column("data_docs", sa.Text),
 )
 
-IN_FLIGHT = ("sent", "unknown")
 OUTSTANDING = ("built", "sent", "unknown")
 _CHUNK = 500  # keys per IN (...) list: well under every dialect's bind-parameter limit
 

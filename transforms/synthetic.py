@@ -697,9 +697,9 @@ class _Builder:
         for area in sorted({rec.area for rec in self.recs}):  # every area at least one defect
             if any(key[1] == area for key in self.planted if isinstance(key, tuple)):
                 continue
-            candidates = [rec for rec in self.recs if rec.area == area and self._plantable(rec) and self._options(rec)]
-            if candidates:
-                rec = self.rng.choice(candidates)
+            plantable = [rec for rec in self.recs if rec.area == area and self._plantable(rec) and self._options(rec)]
+            if plantable:
+                rec = self.rng.choice(plantable)
                 options = self._options(rec)
                 self._apply(rec, *min(options, key=lambda o: (self.planted[o[0]], self.rng.random())))
         for rule in DEFECT_KINDS:  # every kind at least once, where a record allows it
