@@ -1,0 +1,54 @@
+"""The README's main command, as a user runs it: `ams-report demo` (what `make run` calls), twice,
+then the archive check and the summary, in a fresh AMS_HOME."""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _cli(args: list[str], home: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "AMS_"))}
+    env.update({"AMS_HOME": str(home), "AIRFLOW_HOME": str(home / "airflow")})
+    return subprocess.run([str(Path(sys.executable).with_name("ams-report")), *args], env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_demo_twice_then_verify_and_summary(tmp_path):
+    home = tmp_path / "var"
+    first = _cli(["demo", "--persons", "300"], home)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    out = first.stdout
+    assert "Created the demo source database" in out and "TLS; requests must be signed" in out
+    rows = re.findall(r"^([1-8])\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+delivered$", out, re.M)
+    assert [r[0] for r in rows] == [str(n) for n in range(1, 9)]  # one row per area
+    for _, extracted, delivered, annulled, quarantined, unchanged, outstanding, _ in rows:
+        assert int(extracted) == int(delivered) + int(annulled) + int(quarantined) + int(unchanged)
+        assert int(outstanding) == 0
+    assert sum(int(r[2]) for r in rows) > 0 and "Receipts (ServiceReceipt.MessageIdentifier):" in out
+    assert (home / "reports" / "index.html").exists()
+
+    second = _cli(["demo"], home)
+    assert second.returncode == 0, second.stdout[-3000:]
+    assert "Nothing new to send" in second.stdout
+
+    with sqlite3.connect(home / "source" / "demo.sqlite") as conn:
+        cprs = {r[0] for r in conn.execute("SELECT cpr FROM persons") if r[0] != "0000000000"}
+    for result in (first, second):
+        assert not [c for c in cprs if c in result.stdout or c in result.stderr]
+
+    assert _cli(["verify-archive"], home).returncode == 0
+    summary = _cli(["summary"], home)
+    assert summary.returncode == 0 and "Nothing new to send" in summary.stdout
+    payload = next((home / "archive").rglob("payload.xml.gz.enc"))
+    payload.write_bytes(payload.read_bytes()[:-2] + b"==")
+    tampered = _cli(["verify-archive"], home)
+    assert tampered.returncode == 1 and "was changed after archiving" in tampered.stdout
