@@ -43,7 +43,7 @@ def render() -> str:
             "",
             f"- Reported from {area.phase_in.isoformat()} ({area.phase_in_paragraph}); "
             f"records are placed in time by `{area.date_field}`.",
-            f"- Channels: {channels}.",
+            f"- Channels: {channels} ({area.channels_paragraph}).",
         ]
         if area.scope:
             out.append(f"- Who ({area.scope_paragraph}): {area.scope}.")

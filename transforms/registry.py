@@ -89,6 +89,8 @@ class Area:
     phase_in: date  # § 50: nothing dated before this is reported
     phase_in_paragraph: str
     channels: tuple[str, ...]
+    #: Where the regulation limits the channels (e.g. "§ 17, stk. 2": web service only).
+    channels_paragraph: str
     date_field: str  # the date that places a record in time (phase-in, code-list validity)
     conditions: tuple[Condition, ...] = ()
     #: The person group the area covers (§ 2, § 8, § 24 ...): rows outside it are not reported.
@@ -205,6 +207,7 @@ AREAS: tuple[Area, ...] = (
         phase_in=date(2010, 1, 4),
         phase_in_paragraph="§ 50, stk. 1",
         channels=(WEBSERVICE, SFTP),
+        channels_paragraph="§ 6, § 51",
         date_field="start_date",
         scope="LAB § 2 nr. 1; LAB § 2 nr. 8 who are a-kasse members; training agreements with adults; "
         "employed persons (target group and a-kasse membership on the measure's start date)",
@@ -258,6 +261,7 @@ AREAS: tuple[Area, ...] = (
         phase_in=date(2010, 1, 4),
         phase_in_paragraph="§ 50, stk. 1 (job-plan fields: stk. 2)",
         channels=(WEBSERVICE, SFTP),
+        channels_paragraph="§ 12, § 51",
         date_field="start_date",
         scope="LAB § 2 nr. 2-7, 9 and 10; LAB § 2 nr. 8 who are not a-kasse members; introduction "
         "allowance and self-supporting persons under the integration act (on the measure's start date)",
@@ -308,6 +312,7 @@ AREAS: tuple[Area, ...] = (
         phase_in=date(2009, 10, 5),
         phase_in_paragraph="§ 50, stk. 3",
         channels=(WEBSERVICE,),
+        channels_paragraph="§ 17, stk. 2",
         date_field="held_on",
         reconciliation_paragraph="§ 15",
         fields=(
@@ -337,6 +342,7 @@ AREAS: tuple[Area, ...] = (
         phase_in=date(2010, 1, 4),
         phase_in_paragraph="§ 50, stk. 4 (from release; the order's date is used)",
         channels=(WEBSERVICE,),
+        channels_paragraph="§ 22, stk. 2",
         date_field="held_on",
         reconciliation_paragraph="§ 20",
         conditions=(Condition("no_cvr", "the company reports by SE number", "§ 19 nr. 2"),),
@@ -361,6 +367,7 @@ AREAS: tuple[Area, ...] = (
         phase_in=date(2009, 8, 1),
         phase_in_paragraph="§ 50, stk. 5",
         channels=(WEBSERVICE,),
+        channels_paragraph="§ 28, stk. 2",
         date_field="held_on",
         scope="recipients of kontanthjælp/starthjælp solely because of unemployment (LAB § 2 nr. 2) or of "
         "integration benefit solely because of unemployment, on the interview date",
@@ -386,6 +393,7 @@ AREAS: tuple[Area, ...] = (
         phase_in=date(2009, 8, 1),
         phase_in_paragraph="§ 50, stk. 6",
         channels=(WEBSERVICE,),
+        channels_paragraph="§ 34",
         date_field="start_date",
         reconciliation_paragraph="§ 32",
         fields=(
@@ -415,6 +423,7 @@ AREAS: tuple[Area, ...] = (
         phase_in=date(2011, 1, 1),
         phase_in_paragraph="§ 50, stk. 7 (at the latest)",
         channels=(WEBSERVICE,),
+        channels_paragraph="§ 40",
         date_field="start_date",
         reconciliation_paragraph="§ 38",
         person_field=None,
@@ -457,6 +466,7 @@ AREAS: tuple[Area, ...] = (
         phase_in=date(2011, 1, 1),
         phase_in_paragraph="§ 50, stk. 7 (at the latest)",
         channels=(WEBSERVICE,),
+        channels_paragraph="§ 45",
         date_field="approved_on",
         reconciliation_paragraph="§ 43",
         conditions=(Condition("company_receives", "the company receives the subsidy", "§ 42, stk. 2, nr. 2"),),

@@ -110,7 +110,6 @@ CHANNEL_ENV = "AMS_CHANNEL_AREA{number}"
 SFTP_CONN_ID = "ams_sftp"
 CHANNEL_NAMES = {WEBSERVICE: "web service", SFTP: "SFTP file (§ 51)"}
 #: Where the regulation says an area is delivered by web service only (REGULATION.md).
-WEB_SERVICE_ONLY = {3: "§ 17, stk. 2", 4: "§ 22, stk. 2", 5: "§ 28, stk. 2"}
 _ALIASES = {"webservice": WEBSERVICE, "web-service": WEBSERVICE, "web_service": WEBSERVICE, "sftp": SFTP}
 
 
@@ -129,7 +128,7 @@ def channel_for_area(area_number: int) -> str:
     if channel not in area.channels:
         allowed = " or ".join(CHANNEL_NAMES[c] for c in area.channels)
         only = f"may only be delivered by {allowed}"
-        where = WEB_SERVICE_ONLY.get(area.number)
+        where = area.channels_paragraph
         file_areas = " and ".join(str(a.number) for a in AREAS if SFTP in a.channels)
         raise ChannelNotAllowed(
             f"area {area.number} ({area.key}) {only}{f' ({where})' if where else ''}; {variable}={raw!r} is not "
