@@ -49,6 +49,7 @@ def test_demo_twice_then_verify_and_summary(tmp_path):
     summary = _cli(["summary"], home)
     assert summary.returncode == 0 and "Nothing new to send" in summary.stdout
     payload = next((home / "archive").rglob("payload.xml.gz.enc"))
-    payload.write_bytes(payload.read_bytes()[:-2] + b"==")
+    blob = payload.read_bytes()
+    payload.write_bytes(blob[:20] + (b"A" if blob[20:21] != b"A" else b"B") + blob[21:])  # always a change
     tampered = _cli(["verify-archive"], home)
     assert tampered.returncode == 1 and "was changed after archiving" in tampered.stdout
