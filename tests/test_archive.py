@@ -34,7 +34,8 @@ def test_archive_is_encrypted_and_verifiable(vault, tmp_path):
 def test_verify_detects_tampering_and_a_wrong_key(vault, tmp_path):
     folder = _archive(vault, tmp_path)
     path = folder / "receipt.xml.gz.enc"
-    path.write_bytes(path.read_bytes()[:-1] + b"A")
+    blob = path.read_bytes()
+    path.write_bytes(blob[:20] + (b"A" if blob[20:21] != b"A" else b"B") + blob[21:])  # always a change
     problems = verify_archive(vault, tmp_path)
     assert len(problems) == 1 and "receipt.xml.gz.enc was changed" in problems[0]
     other = verify_archive(Vault(Fernet.generate_key()), tmp_path)
