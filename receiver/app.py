@@ -6,7 +6,7 @@ GET  /ams-reporting-v1.xsd   the XSD the WSDL imports
 GET  /_health                200 when serving
 GET  /_records?area=N        JSON: the stored records (no content), for tests and the demo
 GET  /_batches               JSON: the stored batches (no content)
-POST /_control               JSON {"mode": ..., "count": N, "delay": s}: misbehave on purpose (tests)
+POST /_control               JSON {"mode": ..., "count": N, "delay": s, "operation": "SubmitBatch" | "GetBatchReceipt" | "any", "reset": bool}: misbehave on purpose (tests)
 
 Every request is validated against the XSD (fault 1014), SubmitBatch is idempotent on the batch
 id (same content: the stored receipt again; other content: fault 1030), and a record whose CPR
@@ -83,7 +83,9 @@ _GUID = re.compile(GUID_PATTERN)
 MAX_ERROR_TEXT = 3900
 
 #: Misbehaviour modes of POST /_control (fault injection for tests).
-MODES = ("ok", "error500", "timeout", "drop_reply", "schema_fault", "access_closed", "busy")
+MODES = ("ok", "error500", "timeout", "drop_reply", "schema_fault", "access_closed", "busy", "signature_refused")
+#: The operations a misbehaviour can target ("any": both).
+TARGETS = ("SubmitBatch", "GetBatchReceipt", "any")
 
 #: Signature verification hook: called with the parsed envelope and the HTTP headers before the
 #: body is processed; it rejects a message by raising ReceiverFault. None: no verification.
@@ -336,18 +338,23 @@ class _DropConnection(Exception):
 
 @dataclass
 class Misbehaviour:
-    """What the next SubmitBatch calls do wrong; access_closed holds for every call until reset."""
+    """What the next calls of `operation` (SubmitBatch by default) do wrong; access_closed holds for
+    every call until reset. `drop_reply` processes the call, then closes the connection unanswered."""
 
     mode: str = "ok"
     count: int = 0
     delay: float = 30.0
+    operation: str = "SubmitBatch"
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def set(self, mode: str, count: int = 1, delay: float = 30.0) -> None:
+    def set(self, mode: str, count: int = 1, delay: float = 30.0, operation: str = "SubmitBatch") -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
+        if operation not in TARGETS:
+            raise ValueError(f"unknown operation {operation!r}; known: {', '.join(TARGETS)}")
         with self._lock:
             self.mode, self.count, self.delay = mode, max(int(count), 0), float(delay)
+            self.operation = operation
             if mode == "access_closed":
                 self.count = 0  # holds for every call until reset: no count
             elif mode == "ok" or self.count == 0:
@@ -358,7 +365,7 @@ class Misbehaviour:
         with self._lock:
             if self.mode == "access_closed":
                 return self.mode
-            if self.mode == "ok" or operation != "SubmitBatch":
+            if self.mode == "ok" or self.operation not in (operation, "any"):
                 return None
             mode = self.mode
             self.count -= 1
@@ -368,7 +375,7 @@ class Misbehaviour:
 
     def state(self) -> dict[str, Any]:
         with self._lock:
-            return {"mode": self.mode, "count": self.count, "delay": self.delay}
+            return {"mode": self.mode, "count": self.count, "delay": self.delay, "operation": self.operation}
 
 
 def _now() -> datetime:
@@ -505,8 +512,10 @@ class ReceiverApp:
     def control(self, request: Request) -> Response:
         try:
             data = json.loads(request.get_data() or b"{}")
+            if data.get("reset"):  # tests: forget every batch and record (a fresh receiver)
+                self.store.reset()
             self.misbehaviour.set(str(data.get("mode", "ok")), int(data.get("count", 1)),
-                                  float(data.get("delay", 30.0)))
+                                  float(data.get("delay", 30.0)), str(data.get("operation", "SubmitBatch")))
         except (ValueError, TypeError, AttributeError) as exc:
             return self._json({"error": str(exc)}, status=400)
         log.info("control: %s", self.misbehaviour.state())
@@ -569,13 +578,16 @@ class ReceiverApp:
             raise ReceiverFault(ERR_BUSY, server_side=True)
         if mode == "schema_fault":
             raise ReceiverFault(ERR_SCHEMA, "injected by the receiver's fault injection")
+        if mode == "signature_refused":
+            raise ReceiverFault(ERR_SIGNATURE, "injected by the receiver's fault injection")
         if mode == "error500":
             return Response("Internal Server Error\n", status=500, content_type="text/plain")
         if mode == "timeout":
             self.stopping.wait(self.misbehaviour.delay)
             raise _DropConnection()
         if mode == "drop_reply":
-            self.submit_batch(element, started)
+            if operation == "SubmitBatch":
+                self.submit_batch(element, started)
             raise _DropConnection()
         return None
 

@@ -207,6 +207,12 @@ class ReceiverStore:
             params.append(status)
         return [_record(r) for r in self._query(sql + " ORDER BY rowid", tuple(params))]
 
+    def reset(self) -> None:
+        """Forget every batch and record (tests: a fresh receiver without a restart)."""
+        with self.transaction() as tx:
+            tx._conn.execute("DELETE FROM records")
+            tx._conn.execute("DELETE FROM batches")
+
     def counts(self) -> dict[str, int]:
         """How many batches and records are stored (for tests and the demo)."""
         rows = self._query("SELECT (SELECT COUNT(*) FROM batches), (SELECT COUNT(*) FROM records)")

@@ -178,12 +178,19 @@ def test_control_endpoint(receiver: ReceiverHandle) -> None:
     control = receiver.base_url + "/_control"
     assert requests.post(control, json={"mode": "nonsense"}, timeout=5).status_code == 400
     state = requests.post(control, json={"mode": "busy", "count": 2}, timeout=5).json()
-    assert state == {"mode": "busy", "count": 2, "delay": 30.0}
+    assert state == {"mode": "busy", "count": 2, "delay": 30.0, "operation": "SubmitBatch"}
     _, body = cv_batch([(str(uuid.uuid4()), "CREATE_OR_UPDATE", CPR_OK)])
     assert fault_of(post(receiver, body))[0] == 3001
     assert requests.get(control, timeout=5).json()["count"] == 1
     requests.post(control, json={"mode": "ok"}, timeout=5)
     assert post(receiver, body).status_code == 200
+    assert receiver.store.counts()["batches"] == 1
+    # A misbehaviour can target the lookup instead; a reset forgets every batch.
+    assert requests.post(control, json={"mode": "nonsense", "operation": "Other"}, timeout=5).status_code == 400
+    state = requests.post(control, json={"mode": "signature_refused", "operation": "GetBatchReceipt",
+                                         "reset": True}, timeout=5).json()
+    assert state["operation"] == "GetBatchReceipt" and receiver.store.counts() == {"batches": 0, "records": 0}
+    assert post(receiver, body).status_code == 200  # SubmitBatch is not targeted
 
 
 def test_verify_hook_can_refuse_a_message(tmp_path: Path) -> None:
