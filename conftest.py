@@ -20,6 +20,8 @@ os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
 os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_HOME / 'airflow.db'}"
 os.environ["GX_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("NO_PROXY", "*")
+# The tests make throw-away archive keys; outside the demo and the tests a missing key is an error.
+os.environ.setdefault("AMS_CREATE_ARCHIVE_KEY", "1")
 for path in (ROOT / "plugins", ROOT / "dags"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))

@@ -1,11 +1,15 @@
 """The reporting cycle of one data area, as plain functions the DAG's tasks call.
 
 prepare_area: extract (in chunks) -> map -> contract -> data quality -> quarantine -> ledger diff
-              -> payload batches, staged encrypted. Safe to re-run: unsent batches are rebuilt with the
-              same deterministic ids.
-deliver_area: in-doubt batches are looked up at the receiver first; then every staged batch is sent,
-              its receipt stored in the ledger, and the exact bytes archived.
+              -> payload batches, staged encrypted. Safe to re-run: batches never sent are rebuilt
+              (same ids, byte-identical); a batch that may have reached the receiver is never rebuilt.
+deliver_area: finishes the archive of batches acknowledged before; looks up every in-doubt batch at
+              the receiver before anything is sent again; sends the rest; stores each receipt (staged,
+              then in the ledger) before archiving the exact bytes.
 write_report: the run summary for operations and analysts.
+
+Both take the area's lock (delivery.state.area_lock): two runs of one area never interleave.
+The protocol's states are described in delivery.state and, for operators, docs/operations.md.
 
 No Airflow import here; configuration arrives as `Settings`.
 """
@@ -16,17 +20,30 @@ import json
 import logging
 import os
 import random
+import shutil
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from delivery.archive import Vault, apply_retention, archive_batch, load_key, sha256
-from delivery.state import StateStore
+from delivery import failpoints
+from delivery.archive import (
+    LOOKUP_REQUEST_FILE,
+    PAYLOAD_FILE,
+    RECEIPT_FILE,
+    Vault,
+    apply_retention,
+    archive_batch,
+    load_keys,
+    sha256,
+)
+from delivery.state import ACKNOWLEDGED, OUTSTANDING, AreaBusy, StateStore
 from transforms import mapping
 from transforms.contracts import FINDING_COLUMNS, check_contract
 from transforms.identifiers import mask_cpr
@@ -55,6 +72,7 @@ class Settings:
     archive_retention_days: int | None = None  # None: keep everything
     delivery_attempts: int = 4
     backoff_seconds: float = 1.0
+    lock_wait_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         self.home = Path(self.home)
@@ -74,6 +92,7 @@ class Settings:
             if os.environ.get("AMS_ARCHIVE_RETENTION_DAYS") else None,
             delivery_attempts=int(os.environ.get("AMS_DELIVERY_ATTEMPTS", 4)),
             backoff_seconds=float(os.environ.get("AMS_BACKOFF_SECONDS", 1.0)),
+            lock_wait_seconds=float(os.environ.get("AMS_LOCK_WAIT_SECONDS", 60)),
         )
 
     @property
@@ -89,7 +108,11 @@ class Settings:
         return self.home / "reports"
 
     def vault(self) -> Vault:
-        return Vault(load_key(self.home / "keys" / "archive.key"))
+        return Vault(load_keys(self.home / "keys" / "archive.key"))
+
+    def batch_staging(self, area: Area, batch_id: str) -> Path:
+        """The staging folder of one batch: its payload, then its receipt (and lookup), until archived."""
+        return self.staging_dir / area.code / batch_id
 
     def state(self) -> StateStore:
         if self.state_url.startswith("sqlite:///"):
@@ -107,14 +130,19 @@ def _quality(area: Area, records: pd.DataFrame, period_end: date, run_id: str, d
     return run_quality(area, records, period_end=period_end, run_id=run_id, data_docs_dir=docs_dir)
 
 
-def _batch_id(area: Area, run_id: str, members: pd.DataFrame) -> str:
+def _batch_id(area: Area, run_id: str, members: pd.DataFrame, taken: Callable[[str], bool]) -> str:
     """Deterministic within a run: the same records with the same content give the same batch id on
-    every try of the run (a cleared task rebuilds the same batches). A later run that sends records
-    again (e.g. after `ams-report requeue`) gets new ids, which the receiver does not confuse with the
-    batch it answered before."""
+    every try of the run, so a cleared `prepare` rebuilds a never-sent batch under its old id (and,
+    with its stored creation time, byte-identically). An id the state store already holds for a batch
+    that was sent (`taken`) is never reused: a suffix gives the next one. A later run gets new ids."""
     digest = sha256("\n".join(f"{k}:{h}" for k, h in zip(members["record_key"], members["content_hash"],
                                                           strict=True)).encode())
-    return str(uuid.uuid5(BATCH_NAMESPACE, f"{area.code}:{run_id}:{digest}"))
+    n = 0
+    while True:
+        batch_id = str(uuid.uuid5(BATCH_NAMESPACE, f"{area.code}:{run_id}:{digest}" + (f":{n}" if n else "")))
+        if not taken(batch_id):
+            return batch_id
+        n += 1
 
 
 def _masked_persons(area: Area, records: pd.DataFrame) -> pd.Series:
@@ -127,8 +155,10 @@ def _masked_persons(area: Area, records: pd.DataFrame) -> pd.Series:
 class _BatchWriter:
     """Collects records to send and stages them as XSD-valid, encrypted payload batches."""
 
-    def __init__(self, area: Area, run_id: str, settings: Settings, state: StateStore, vault: Vault):
+    def __init__(self, area: Area, run_id: str, settings: Settings, state: StateStore, vault: Vault,
+                 created: dict[str, str]):
         self.area, self.run_id, self.settings, self.state, self.vault = area, run_id, settings, state, vault
+        self.created = created  # batch id -> CreatedDateTime of a discarded, never-sent build
         self.pending: list[pd.DataFrame] = []
         self.pending_rows = 0
         self.batch_ids: list[str] = []
@@ -153,16 +183,18 @@ class _BatchWriter:
         batch, rest = frame.iloc[:size], frame.iloc[size:]
         self.pending = [rest] if len(rest) else []
         self.pending_rows = len(rest)
-        batch_id = _batch_id(self.area, self.run_id, batch)
-        payload = build_batch(self.area, batch, batch_id=batch_id,
+        batch_id = _batch_id(self.area, self.run_id, batch, lambda b: self.state.batch(b) is not None)
+        created = datetime.fromisoformat(self.created[batch_id]) if batch_id in self.created else datetime.now(UTC)
+        payload = build_batch(self.area, batch, batch_id=batch_id, created=created,
                               sender_municipality=self.settings.sender_municipality, run_id=self.run_id)
         validate_payload(payload)  # nothing leaves that the XSD does not accept
-        path = self.settings.staging_dir / self.area.code / f"{batch_id}.xml.gz.enc"
+        path = self.settings.batch_staging(self.area, batch_id) / PAYLOAD_FILE
         self.vault.write(path, payload)
+        failpoints.point("prepare.staged")
         members = batch[["record_key", "record_id", "content_hash", "action"]].assign(
             masked_person=_masked_persons(self.area, batch).to_numpy())
         self.state.add_batch(batch_id=batch_id, area=self.area.number, run_id=self.run_id, staged_path=str(path),
-                             payload_sha256=sha256(payload), members=members)
+                             payload_sha256=sha256(payload), payload_created=created.isoformat(), members=members)
         self.batch_ids.append(batch_id)
 
 
@@ -181,10 +213,12 @@ def _classify(state: StateStore, area: Area, records: pd.DataFrame) -> tuple[pd.
             send.append(False)
         elif row.action == mapping.ANNUL:
             # § 4 / principle 4: a record deleted at the source after delivery is annulled at the receiver.
-            delivered = entry is not None and entry["status"] == "accepted"
+            # What the receiver holds follows the last *accepted* action: a refused update after an
+            # accepted version leaves that version live, so it must be annulled too.
+            delivered = entry is not None and entry["receiver_state"] == "active"
             counts["to_annul" if delivered else "unchanged"] += 1
             send.append(delivered)
-        elif entry is not None and entry["accepted_hash"] == row.content_hash and entry["status"] == "accepted":
+        elif entry is not None and entry["accepted_hash"] == row.content_hash and entry["receiver_state"] == "active":
             counts["unchanged"] += 1
             send.append(False)
         elif entry is not None and entry["rejected_hash"] == row.content_hash:
@@ -199,16 +233,40 @@ def _classify(state: StateStore, area: Area, records: pd.DataFrame) -> tuple[pd.
 
 def prepare_area(area_ref: int | str, *, run_id: str, period_end: date, settings: Settings) -> dict:
     """Extract, check and stage one area's batches. Returns small counts (fit for XCom)."""
-    from transforms.source import create_engine_from_url, extract_chunks
 
     area = get_area(area_ref)
     state = settings.state()
+    vault = settings.vault()  # fails here, before any work, when the archive key is missing
+    try:
+        with state.area_lock(area.number, f"prepare {run_id}", settings.lock_wait_seconds):
+            return _prepare(area, run_id=run_id, period_end=period_end, settings=settings, state=state, vault=vault)
+    except AreaBusy as exc:
+        raise AreaDeliveryStopped(f"Area {area.number}: {exc}") from None
+
+
+def _remove_stale_staging(settings: Settings, state: StateStore, area: Area) -> None:
+    """Staging folders that no open batch owns (a crash between staging and recording the batch, or
+    after archiving): they hold CPR payloads with no retention, so they go."""
+    root = settings.staging_dir / area.code
+    if not root.exists():
+        return
+    keep = {b["batch_id"] for b in state.batches_in(area.number, (*OUTSTANDING, ACKNOWLEDGED))}
+    for folder in root.iterdir():
+        if folder.name not in keep:
+            shutil.rmtree(folder) if folder.is_dir() else folder.unlink()
+
+
+def _prepare(area: Area, *, run_id: str, period_end: date, settings: Settings, state: StateStore,
+             vault: Vault) -> dict:
+    from transforms.source import create_engine_from_url, extract_chunks
+
     state.start_area_run(run_id, area.number)
+    # Batches never sent are rebuilt from the source; their ids and creation times are kept, so a
+    # rebuild with the same records is byte-identical.
     discarded = state.discard_unsent_batches(area.number)
-    for old in discarded:
-        Path(old["staged_path"]).unlink(missing_ok=True)
-    vault = settings.vault()
-    writer = _BatchWriter(area, run_id, settings, state, vault)
+    created = {old["batch_id"]: old["payload_created"] for old in discarded if old.get("payload_created")}
+    _remove_stale_staging(settings, state, area)
+    writer = _BatchWriter(area, run_id, settings, state, vault, created)
     docs_dir = settings.reports_dir / "data_docs" if settings.data_docs else None
     counts: Counter = Counter()
     rules: Counter = Counter()
@@ -263,117 +321,249 @@ def prepare_area(area_ref: int | str, *, run_id: str, period_end: date, settings
 # --- delivery -------------------------------------------------------------------------------------
 
 
-def _apply(state: StateStore, settings: Settings, vault: Vault, batch: dict, receipt, run_id: str) -> dict:
-    """Store the receipt (ledger first), quarantine rejected records, then archive and unstage."""
-    results = {r.record_id: (r.status, None if r.error_code is None else str(r.error_code), r.error_text)
-               for r in receipt.records}
-    accepted, rejected = state.apply_receipt(
-        batch["batch_id"], run_id=run_id, batch_status=str(receipt.batch_status).lower(),
-        message_id=receipt.message_id, event_date=str(receipt.event_date), record_results=results)
-    members = state.batch_members(batch["batch_id"])
-    refused = members[members["record_id"].map(lambda rid: results.get(rid, ("REJECTED",))[0] != "ACCEPTED")]
-    if len(refused):
-        errors = pd.DataFrame({
-            "record_key": refused["record_key"],
-            "rule": "receiver.rejected",
-            "field": "",
-            "paragraph": "§ 46",
-            "severity": "error",
-            "message": [f"The receiver rejected the record: {results.get(r, (None, 'missing', 'no receipt line'))[1]} "
-                        f"{results.get(r, (None, None, ''))[2] or ''} (receiver.rejected, § 46) [{p}]"
-                        for r, p in zip(refused["record_id"], refused["masked_person"], strict=True)],
-        })
-        state.quarantine_rows(run_id, batch["area"], errors,
-                              dict(zip(refused["record_key"], refused["masked_person"], strict=True)))
-        state.record_findings(run_id, batch["area"], errors)
-    request = receipt.request_bytes or vault.read(Path(batch["staged_path"]))
-    folder = archive_batch(vault, settings.archive_dir, area=batch["area"], batch_id=batch["batch_id"], run_id=run_id,
-                           request=request, response=receipt.response_bytes or b"", record_count=batch["record_count"],
-                           accepted=accepted, rejected=rejected, receipt_id=receipt.message_id)
-    state.mark_batch(batch["batch_id"], str(receipt.batch_status).lower(), archive_path=str(folder))
-    Path(batch["staged_path"]).unlink(missing_ok=True)
-    annulled = int((members["action"] == "ANNUL").sum())
-    return {"accepted": accepted, "rejected": rejected, "annulled": min(annulled, accepted)}
+class _Receiver:
+    """The delivery client, built on first use inside the delivery's error handling: loading the WSDL
+    is retried like any call, and a configuration error stops the area with its message."""
+
+    def __init__(self, client: Any):
+        is_factory = callable(client) and not hasattr(client, "submit")
+        self._client = None if is_factory else client
+        self._factory: Callable[[], Any] | None = client if is_factory else None
+
+    def get(self) -> Any:
+        from delivery.client import DeliveryError
+
+        if self._client is None:
+            assert self._factory is not None
+            try:
+                self._client = self._factory()
+            except DeliveryError:
+                raise
+            except Exception as exc:  # a configuration problem: say what it is, once
+                raise DeliveryError(f"the delivery client could not be set up: {exc}") from None
+        return self._client
 
 
-def deliver_area(area_ref: int | str, *, run_id: str, settings: Settings, client) -> dict:
-    """Send every outstanding batch of one area; in-doubt batches are looked up at the receiver first."""
-    from delivery.client import AccessClosed, BusinessFault, SignatureRefused, TransientDeliveryError
+def deliver_area(area_ref: int | str, *, run_id: str, settings: Settings, client: Any) -> dict:
+    """Send every outstanding batch of one area; in-doubt batches are looked up at the receiver first.
 
+    `client` is a delivery client (AmsClient, SftpFileDropClient) or a function that builds one."""
     area = get_area(area_ref)
     state = settings.state()
-    vault = settings.vault()
+    receiver = _Receiver(client)
     counts: Counter = Counter()
     receipts: list[str] = []
     try:
-        for batch in state.outstanding_batches(area.number):
-            label = f"area {area.number} batch {batch['batch_id']}"
-            try:
-                receipt, recovered = _send(client, state, vault, batch, settings, label)
-            except AccessClosed as exc:
-                state.mark_batch(batch["batch_id"], "built", last_error=str(exc))
+        vault = settings.vault()
+        with state.area_lock(area.number, f"deliver {run_id}", settings.lock_wait_seconds):
+            unarchived = finish_archives(settings, state, vault, area.number)
+            for batch in state.outstanding_batches(area.number):
+                result = _deliver_batch(receiver, state, vault, batch, settings, run_id, area)
+                if result is None:
+                    counts["batches_lost"] += 1
+                    continue
+                if "receipt" in result:
+                    receipts.append(result.pop("receipt"))
+                unarchived += result.pop("unarchived", 0)
+                counts.update(result)
+            if unarchived:
                 raise AreaDeliveryStopped(
-                    f"Area {area.number}: the agency has closed access (§ 48): {exc}. Nothing more is sent for "
-                    "this area. Contact the agency; when access is restored, clear this task in the Airflow UI."
-                ) from exc
-            except SignatureRefused as exc:
-                # Our signing key or certificate is wrong: the records are fine, so keep the batch.
-                state.mark_batch(batch["batch_id"], "built", last_error=str(exc))
-                raise AreaDeliveryStopped(
-                    f"Area {area.number}: the receiver refused our WS-Security signature: {exc}. Check the signing "
-                    "key and certificate (AMS_SIGNING_KEY / AMS_SIGNING_CERT or the connection's extras), then "
-                    "clear this task.") from exc
-            except BusinessFault as exc:
-                # Schema or validation codes are not retried: the batch's records go to quarantine.
-                counts.update(_apply(state, settings, vault, batch, _rejected_receipt(state, batch, exc), run_id))
-                counts["batches_rejected"] += 1
-                continue
-            except TransientDeliveryError as exc:
-                state.mark_batch(batch["batch_id"], "unknown", last_error=str(exc))
-                raise AreaDeliveryStopped(
-                    f"Area {area.number}: batch {batch['batch_id']} could not be delivered after "
-                    f"{settings.delivery_attempts} attempts ({exc}). Clear this task to try again: the receiver "
-                    "is asked about the batch first, so nothing is sent twice.") from exc
-            counts.update(_apply(state, settings, vault, batch, receipt, run_id))
-            counts["recovered" if recovered else "batches_sent"] += 1
-            receipts.append(receipt.message_id)
+                    f"Area {area.number}: {unarchived} acknowledged batch(es) could not be archived (see the "
+                    "error above: disk full, archive folder not writable?). The receiver has them and the "
+                    "ledger knows it; fix the archive location, then clear this task: it archives them "
+                    "without sending anything.")
+    except AreaBusy as exc:
+        message = f"Area {area.number}: {exc}"
+        state.update_area_run(run_id, area.number, status="delivery_failed", message=message, finished=True)
+        raise AreaDeliveryStopped(message) from None
     except AreaDeliveryStopped as exc:
         state.update_area_run(run_id, area.number, status="delivery_failed", message=str(exc), finished=True)
         raise
-    summary = {k: int(v) for k, v in counts.items()}
+    summary = {k: int(v) for k, v in counts.items() if k != "receipt"}
     state.update_area_run(run_id, area.number, status="delivered", message="", finished=True)
     return {"area": area.number, "receipts": receipts, **summary}
 
 
-def _send(client, state: StateStore, vault: Vault, batch: dict, settings: Settings, label: str):
-    """Send one batch; returns (receipt, recovered). Before any re-send, the receiver is asked first.
+def _stop(area: Area, batch: dict, what: str) -> AreaDeliveryStopped:
+    return AreaDeliveryStopped(f"Area {area.number}, batch {batch['batch_id']}: {what}")
 
-    A batch is in doubt when an earlier try may have reached the receiver (status sent/unknown, or a
-    time-out or dropped reply in this call): GetBatchReceipt tells whether it arrived, so a batch is
-    never sent again once the receiver has it (DESIGN.md, principle 3).
-    """
-    from delivery.client import TransientDeliveryError
 
-    payload = vault.read(Path(batch["staged_path"]))
+def _deliver_batch(receiver: _Receiver, state: StateStore, vault: Vault, batch: dict, settings: Settings,
+                   run_id: str, area: Area) -> dict | None:
+    """Resolve one outstanding batch: its counts (with "receipt"), or None when it was lost.
+
+    A batch is in doubt once a POST may have reached the receiver (status sent/unknown, or a failure
+    after `mark_sending` in this call): then GetBatchReceipt is asked first, and only the receiver's
+    "unknown batch" answer lets the same bytes be sent again (DESIGN.md, principle 3)."""
+    from delivery.client import (
+        AccessClosed,
+        BusinessFault,
+        DeliveryError,
+        SignatureRefused,
+        TransientDeliveryError,
+    )
+    from transforms.payload import ERR_BATCH_REUSED
+
+    batch_id = batch["batch_id"]
+    label = f"area {area.number} batch {batch_id}"
     in_doubt = batch["status"] in ("sent", "unknown")
+    staged = Path(batch["staged_path"])
+    may_have_arrived = ("It may have reached the receiver: clear this task when the cause is fixed; the receiver "
+                        "is asked about it first, so nothing is sent twice.")
     for attempt in range(1, settings.delivery_attempts + 1):
+        asking = False
         try:
+            client = receiver.get()
             if in_doubt:
-                receipt = client.get_batch_receipt(batch["batch_id"])
+                asking = True
+                receipt = client.get_batch_receipt(batch_id)
+                asking = False
                 if receipt is not None:
                     log.info("%s: the receiver already had it; receipt %s recovered", label, receipt.message_id)
-                    return receipt, True
-            state.mark_sending(batch["batch_id"])
+                    return _store(state, settings, vault, batch, receipt, run_id, lookup_request=receipt.request_bytes)
+                log.info("%s: not received by the receiver; sending it", label)
+            payload = vault.read(staged) if staged.exists() else None
+            if payload is None or sha256(payload) != batch["payload_sha256"]:
+                # Never received (the receiver said so, or it was never sent) and its bytes are gone:
+                # free its records; the next preparation stages them again.
+                reason = ("its staged payload is missing" if payload is None
+                          else "its staged payload does not match the batch's checksum")
+                state.mark_lost(batch_id, f"{reason}; the receiver does not have it")
+                log.error("%s: %s, and the receiver does not have it. Its %d record(s) are staged again by the "
+                          "next run (docs/operations.md, 'Batch states').", label, reason, batch["record_count"])
+                return None
+            state.mark_sending(batch_id)
             in_doubt = True
-            return client.submit(payload), False
+            failpoints.point("deliver.before_post")
+            receipt = client.submit(payload)
+            failpoints.point("deliver.after_reply")
+            return _store(state, settings, vault, batch, receipt, run_id)
         except TransientDeliveryError as exc:
+            if in_doubt:
+                state.mark_in_doubt(batch_id, str(exc))
+            else:
+                state.note_error(batch_id, str(exc))
             if attempt == settings.delivery_attempts:
-                raise
+                raise _stop(area, batch, (
+                    f"no receipt after {attempt} attempts (last attempt: {exc}). "
+                    + (may_have_arrived if in_doubt else
+                       "It has not been sent: the receiver could not be reached. Clear this task to try again.")
+                )) from None
             pause = settings.backoff_seconds * 2 ** (attempt - 1) * (0.5 + random.random())
             log.warning("%s: transient fault (%s); attempt %d of %d, retrying in %.1f s",
                         label, exc, attempt, settings.delivery_attempts, pause)
             time.sleep(pause)
+        except AccessClosed as exc:
+            if in_doubt:
+                state.mark_in_doubt(batch_id, str(exc))
+            raise _stop(area, batch, (
+                f"the agency has closed access (§ 48): {exc}. Nothing more is sent for this area. Contact the "
+                "agency; when access is restored, clear this task in the Airflow UI.")) from None
+        except SignatureRefused as exc:
+            # Our signing key or certificate is wrong, not the records: the batch is kept as it is.
+            if in_doubt:
+                state.mark_in_doubt(batch_id, str(exc))
+            raise _stop(area, batch, (
+                f"the receiver refused our WS-Security signature: {exc}. Check the signing key and "
+                "certificate (the connection's private_key / signing_cert, or AMS_SIGNING_KEY / "
+                "AMS_SIGNING_CERT), then clear this task.")) from None
+        except BusinessFault as exc:
+            if asking or exc.code == ERR_BATCH_REUSED:
+                # A refused lookup says nothing about the batch; 1030 says the receiver holds another
+                # batch under this id. Either way only a person can tell: the batch stays in doubt.
+                if in_doubt:
+                    state.mark_in_doubt(batch_id, str(exc))
+                raise _stop(area, batch, (
+                    f"the receiver answered {'the receipt lookup' if asking else 'the delivery'} with {exc}. "
+                    "The batch stays in doubt and nothing of it is sent again until the receiver answers "
+                    "the lookup. Contact the agency with the batch id.")) from None
+            # The receiver refused the whole message (schema, validation): its records are quarantined.
+            return _store(state, settings, vault, batch, _rejected_receipt(state, batch, exc), run_id)
+        except DeliveryError as exc:
+            if in_doubt:
+                state.mark_in_doubt(batch_id, str(exc))
+            raise _stop(area, batch, f"{exc}. " + (may_have_arrived if in_doubt else
+                                                   "Nothing was sent. Fix the cause, then clear this task.")
+                        ) from None
     raise AssertionError("unreachable")
+
+
+def _store(state: StateStore, settings: Settings, vault: Vault, batch: dict, receipt, run_id: str,
+           lookup_request: bytes | None = None) -> dict:
+    """Stage the receipt's bytes, store it in the ledger (acknowledged), then archive. The staged
+    receipt lets a later task finish the archive when this one cannot (disk full, crash)."""
+    area = get_area(batch["area"])
+    folder = settings.batch_staging(area, batch["batch_id"])
+    vault.write(folder / RECEIPT_FILE, receipt.response_bytes or b"")
+    if lookup_request is not None:
+        vault.write(folder / LOOKUP_REQUEST_FILE, lookup_request)
+    failpoints.point("deliver.receipt_staged")
+    results = {r.record_id: (r.status, None if r.error_code is None else str(r.error_code), r.error_text)
+               for r in receipt.records}
+    stored = state.apply_receipt(
+        batch["batch_id"], run_id=run_id, outcome=str(receipt.batch_status).lower(), message_id=receipt.message_id,
+        event_date=str(receipt.event_date), record_results=results, recovered=lookup_request is not None)
+    if stored is None:  # stored before by another try: nothing to count twice
+        return {}
+    accepted, rejected = stored
+    failpoints.point("deliver.acknowledged")
+    members = state.batch_members(batch["batch_id"])
+    annulled = int(members.loc[members["record_id"].map(
+        lambda rid: results.get(rid, ("REJECTED",))[0] == "ACCEPTED"), "action"].eq("ANNUL").sum())
+    archived = _archive(settings, state, vault, state.batch(batch["batch_id"]) or batch)
+    counts = {"accepted": accepted, "rejected": rejected, "annulled": annulled,
+              "recovered" if lookup_request is not None else "batches_sent": 1, "unarchived": int(not archived)}
+    if not str(receipt.message_id).startswith("fault-"):
+        counts["receipt"] = receipt.message_id
+    else:
+        counts["batches_rejected"] = 1
+    return counts
+
+
+def _archive(settings: Settings, state: StateStore, vault: Vault, batch: dict) -> bool:
+    """Archive an acknowledged batch from its staging folder and remove the folder; False on failure
+    (the batch stays acknowledged and the next deliver or report task tries again)."""
+    area = get_area(batch["area"])
+    folder = settings.batch_staging(area, batch["batch_id"])
+    label = f"area {area.number} batch {batch['batch_id']}"
+    try:
+        payload = vault.read(folder / PAYLOAD_FILE)
+        if sha256(payload) != batch["payload_sha256"]:
+            raise ValueError("the staged payload does not match the checksum recorded when it was built")
+        lookup = folder / LOOKUP_REQUEST_FILE
+        acknowledged = batch.get("acknowledged_at") or datetime.now(UTC)
+        target = archive_batch(
+            vault, settings.archive_dir, area=area.number, batch_id=batch["batch_id"], run_id=batch["run_id"],
+            request=payload, response=vault.read(folder / RECEIPT_FILE), record_count=batch["record_count"],
+            accepted=batch.get("accepted_count") or 0, rejected=batch.get("rejected_count") or 0,
+            receipt_id=batch.get("receipt_message_id") or "", day=acknowledged.date(),
+            lookup_request=vault.read(lookup) if lookup.exists() else None)
+        failpoints.point("archive.written")
+    except (OSError, ValueError) as exc:
+        detail = f"{type(exc).__name__}: {exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
+        state.note_error(batch["batch_id"], f"archive failed: {detail}")
+        log.error("%s: acknowledged, but the archive could not be written (%s); the next deliver or report "
+                  "task tries again", label, detail)
+        return False
+    if state.mark_archived(batch["batch_id"], str(target)):
+        shutil.rmtree(folder, ignore_errors=True)
+    return True
+
+
+def finish_archives(settings: Settings, state: StateStore, vault: Vault, area: int | None = None) -> int:
+    """Archive every acknowledged batch (of one area, or all); returns how many are still not archived.
+    Without `area` (the report task) each area is taken under its lock, and an area busy with another
+    task is left to that task."""
+    if area is not None:
+        return sum(not _archive(settings, state, vault, b) for b in state.batches_in(area, (ACKNOWLEDGED,)))
+    failed = 0
+    for number in sorted({b["area"] for b in state.all_batches() if b["status"] == ACKNOWLEDGED}):
+        try:
+            with state.area_lock(number, "archive", wait_seconds=0):
+                failed += finish_archives(settings, state, vault, number)
+        except AreaBusy:
+            continue
+    return failed
 
 
 def apply_archive_retention(settings: Settings) -> list[Path]:
@@ -387,7 +577,8 @@ def apply_archive_retention(settings: Settings) -> list[Path]:
 
 
 def _rejected_receipt(state: StateStore, batch: dict, fault):
-    """A business fault rejects the whole batch: a receipt-like object so the ledger records why."""
+    """A business fault rejects the whole batch: a receipt-like object so the ledger records why.
+    Its answer bytes are the fault the receiver sent (archived as the batch's receipt)."""
     from delivery.client import Receipt, RecordReceipt
 
     members = state.batch_members(batch["batch_id"])

@@ -6,17 +6,36 @@ are declared with SQLAlchemy Core so one definition serves every dialect.
 Personal data: the state holds record keys, record GUIDs, content hashes and *masked* persons only.
 The rows themselves travel between tasks as the staged payload (encrypted) - never through here.
 
-Ledger semantics (DESIGN.md, principle 3):
-- a record is *in flight* while it belongs to a batch whose outcome is not known (`sent`, `unknown`);
-  in-flight records are not batched again;
-- a batch is `built` (staged, never sent), `sent` (the POST may have reached the receiver),
-  `accepted` / `partially_accepted` / `rejected` (receipt stored), or `discarded`;
-- a receipt is stored before the payload is archived and before anything else is sent.
+Batch states (DESIGN.md, principle 3; docs/operations.md explains them for operators):
+- `built`: staged, never sent. The only state a preparation may discard and rebuild.
+- `sent`: written *before* the POST; the batch may have reached the receiver.
+- `unknown`: a try failed without a receipt; it may have reached the receiver. `sent` and `unknown`
+  are *in doubt*: the receiver is asked (GetBatchReceipt) before anything is sent again, and only its
+  "unknown batch" answer means "not received". An in-doubt batch never goes back to `built`.
+- `acknowledged`: the receipt is stored in the ledger; the archive is not written yet.
+- `archived`: the exact payload, the receipt (and any lookup) are archived; staging is removed.
+- `lost`: the receiver confirmed it never received the batch and its staged payload is gone; its
+  records are free again and the next preparation stages them anew.
+A record is *in flight* while it belongs to a `built`, `sent` or `unknown` batch: in-flight records
+are not batched again, so a record is in at most one batch whose outcome is open.
+
+Ledger: `receiver_state` follows the last *accepted* action (active / annulled / none), so a refused
+update does not hide the version the receiver still holds (a later deletion is annulled).
+
+Every text column is masked at this boundary (`mask_cpr_in_text`): no CPR number reaches the state
+DB, whatever a source value, a check's message or a receiver's error text contained.
+
+Writes that move a batch are guarded by its current status, and `area_lock` keeps two tasks of one
+area apart (an advisory lock on PostgreSQL, a lock row elsewhere).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
+import time
+import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -25,6 +44,9 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from delivery import failpoints
+from transforms.identifiers import mask_cpr_in_text
+
 metadata = sa.MetaData()
 
 ledger = sa.Table(
@@ -32,7 +54,9 @@ ledger = sa.Table(
     sa.Column("area", sa.Integer, primary_key=True),
     sa.Column("record_key", sa.String(64), primary_key=True),
     sa.Column("record_id", sa.String(36), nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),  # accepted | rejected | annulled
+    sa.Column("status", sa.String(16), nullable=False),  # the last answer: accepted | rejected | annulled
+    # What the receiver holds, from the last *accepted* action: active | annulled | NULL (nothing).
+    sa.Column("receiver_state", sa.String(16)),
     sa.Column("accepted_hash", sa.String(64)),  # content last accepted by the receiver
     sa.Column("rejected_hash", sa.String(64)),  # content the receiver rejected (not re-sent unchanged)
     sa.Column("last_batch_id", sa.String(36)),
@@ -46,14 +70,18 @@ batches = sa.Table(
     sa.Column("batch_id", sa.String(36), primary_key=True),
     sa.Column("area", sa.Integer, nullable=False, index=True),
     sa.Column("run_id", sa.String(250), nullable=False),
-    sa.Column("status", sa.String(24), nullable=False),
+    sa.Column("status", sa.String(24), nullable=False),  # built | sent | unknown | acknowledged | archived | lost
+    sa.Column("outcome", sa.String(24)),  # the receipt's BatchStatus (lower case), or refused_<code>
     sa.Column("record_count", sa.Integer, nullable=False),
     sa.Column("annul_count", sa.Integer, nullable=False, default=0),
     sa.Column("staged_path", sa.Text),
     sa.Column("payload_sha256", sa.String(64)),
+    sa.Column("payload_created", sa.String(40)),  # the payload's CreatedDateTime: a rebuild is byte-identical
+    sa.Column("recovered", sa.Boolean),  # the receipt came from GetBatchReceipt (the reply was lost)
     sa.Column("receipt_message_id", sa.String(36)),
     sa.Column("receipt_event_date", sa.String(40)),
     sa.Column("archive_path", sa.Text),
+    sa.Column("archived_at", sa.DateTime(timezone=True)),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("last_error", sa.Text),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
@@ -68,7 +96,8 @@ batches = sa.Table(
 batch_records = sa.Table(
     "ams_batch_records", metadata,
     sa.Column("batch_id", sa.String(36), primary_key=True),
-    sa.Column("record_key", sa.String(64), primary_key=True),
+    sa.Column("record_key", sa.String(64), primary_key=True, index=True),
+    sa.Column("position", sa.Integer),  # the record's place in the payload (a rebuild keeps the order)
     sa.Column("record_id", sa.String(36), nullable=False),
     sa.Column("content_hash", sa.String(64), nullable=False),
     sa.Column("action", sa.String(20), nullable=False),
@@ -113,7 +142,27 @@ run_areas = sa.Table(
     sa.Column("data_docs", sa.Text),
 )
 
-OUTSTANDING = ("built", "sent", "unknown")
+area_locks = sa.Table(
+    "ams_area_locks", metadata,
+    sa.Column("area", sa.Integer, primary_key=True),
+    sa.Column("owner", sa.String(250), nullable=False),  # host:pid:what
+    sa.Column("acquired_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+IN_DOUBT = ("sent", "unknown")
+OUTSTANDING = ("built", *IN_DOUBT)
+ACKNOWLEDGED = "acknowledged"
+ARCHIVED = "archived"
+LOST = "lost"
+
+
+class AreaBusy(RuntimeError):
+    """Another task holds the area's lock (a second run, a backfill, a zombie worker)."""
+
+
+def _mask(values: dict, *names: str) -> dict:
+    """The values with the named text columns masked (CPR-shaped numbers to DDMMYY-****)."""
+    return {k: (mask_cpr_in_text(v) if k in names and v is not None else v) for k, v in values.items()}
 _CHUNK = 500  # keys per IN (...) list: well under every dialect's bind-parameter limit
 
 
@@ -132,6 +181,75 @@ class StateStore:
     def __init__(self, url_or_engine: str | Engine):
         self.engine = sa.create_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
         metadata.create_all(self.engine)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """A state DB made by an earlier version gets the nullable columns added since (no data changes)."""
+        inspector = sa.inspect(self.engine)
+        with self.engine.begin() as conn:
+            for table in metadata.sorted_tables:
+                have = {c["name"] for c in inspector.get_columns(table.name)}
+                for column in table.columns:
+                    if column.name not in have and column.nullable:
+                        kind = column.type.compile(dialect=self.engine.dialect)
+                        conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+
+    # --- the area lock ----------------------------------------------------------------------------
+
+    @contextmanager
+    def area_lock(self, area: int, what: str, wait_seconds: float = 60.0) -> Iterator[None]:
+        """Hold area `area` for one task: on PostgreSQL a session advisory lock (released by the server
+        when the holder dies), elsewhere a lock row (taken over when its holder's process is gone).
+        Waits up to `wait_seconds`, then raises AreaBusy naming the holder."""
+        owner = f"{socket.gethostname()}:{os.getpid()}:{what}"[:250]
+        deadline = time.monotonic() + wait_seconds
+        if self.engine.dialect.name == "postgresql":
+            key = zlib.crc32(f"ams-area-{area}".encode())
+            conn = self.engine.connect()
+            try:
+                while not conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
+                    if time.monotonic() >= deadline:
+                        raise AreaBusy(f"area {area} is being processed by another task (PostgreSQL advisory "
+                                       f"lock {key} is held); wait for it to finish, then clear this task")
+                    time.sleep(0.5)
+                conn.commit()
+                try:
+                    yield
+                finally:
+                    conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                    conn.commit()
+            finally:
+                conn.close()
+            return
+        while not self._take_lock_row(area, owner):
+            if time.monotonic() >= deadline:
+                holder = self.lock_holder(area)
+                raise AreaBusy(f"area {area} is being processed by another task ({holder}); wait for it to "
+                               "finish, then clear this task")
+            time.sleep(0.2)
+        try:
+            yield
+        finally:
+            with self.begin() as conn:
+                conn.execute(area_locks.delete().where(area_locks.c.area == area, area_locks.c.owner == owner))
+
+    def lock_holder(self, area: int) -> str | None:
+        with self.begin() as conn:
+            row = conn.execute(sa.select(area_locks).where(area_locks.c.area == area)).first()
+        return None if row is None else f"{row.owner}, since {row.acquired_at}"
+
+    def _take_lock_row(self, area: int, owner: str) -> bool:
+        with self.begin() as conn:
+            row = conn.execute(sa.select(area_locks).where(area_locks.c.area == area)).first()
+            if row is not None:
+                if not _holder_is_gone(row.owner):
+                    return False
+                conn.execute(area_locks.delete().where(area_locks.c.area == area, area_locks.c.owner == row.owner))
+            try:
+                conn.execute(area_locks.insert().values(area=area, owner=owner, acquired_at=now()))
+            except sa.exc.IntegrityError:
+                return False
+        return True
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
@@ -163,7 +281,7 @@ class StateStore:
             if status:
                 values["status"] = status
             if message is not None:
-                values["message"] = message
+                values["message"] = mask_cpr_in_text(message)
             if data_docs is not None:
                 values["data_docs"] = data_docs
             if finished:
@@ -192,34 +310,43 @@ class StateStore:
         rows = frame.assign(run_id=run_id, area=area)[
             ["run_id", "area", "record_key", "rule", "field", "paragraph", "severity", "message"]]
         with self.begin() as conn:
-            for part in _chunks(rows.to_dict("records"), 5000):
-                conn.execute(findings.insert(), part)
+            self._insert_findings(conn, rows)
+
+    @staticmethod
+    def _insert_findings(conn: Connection, rows: pd.DataFrame) -> None:
+        rows = rows.assign(message=rows["message"].map(mask_cpr_in_text))
+        for part in _chunks(rows.to_dict("records"), 5000):
+            conn.execute(findings.insert(), part)
 
     def quarantine_rows(self, run_id: str, area: int, errors: pd.DataFrame, persons: dict[str, str]) -> None:
         """Put (or keep) records in quarantine with every reason; `persons` maps key -> masked person."""
         if errors.empty:
             return
+        with self.begin() as conn:
+            self._quarantine(conn, run_id, area, errors, persons)
+
+    @staticmethod
+    def _quarantine(conn: Connection, run_id: str, area: int, errors: pd.DataFrame, persons: dict[str, str]) -> None:
         by_key: dict[str, list[dict]] = {}
         for row in errors.to_dict("records"):
             by_key.setdefault(str(row["record_key"]), []).append(
                 {k: row[k] for k in ("rule", "field", "paragraph", "severity", "message")})
-        with self.begin() as conn:
-            for keys in _chunks(sorted(by_key)):
-                existing = {r.record_key: r for r in conn.execute(sa.select(
-                    quarantine.c.record_key, quarantine.c.status, quarantine.c.first_seen_run).where(
-                    quarantine.c.area == area, quarantine.c.record_key.in_(keys)))}
-                for key in keys:
-                    values = dict(masked_person=persons.get(key), findings=json.dumps(by_key[key], ensure_ascii=False),
-                                  status="open", last_seen_run=run_id, released_run=None, updated_at=now())
-                    old = existing.get(key)
-                    if old is None:
-                        conn.execute(quarantine.insert().values(area=area, record_key=key, first_seen_run=run_id,
-                                                                **values))
-                    else:
-                        if old.status != "open":
-                            values["first_seen_run"] = run_id
-                        conn.execute(quarantine.update().where(
-                            quarantine.c.area == area, quarantine.c.record_key == key).values(**values))
+        for keys in _chunks(sorted(by_key)):
+            existing = {r.record_key: r for r in conn.execute(sa.select(
+                quarantine.c.record_key, quarantine.c.status, quarantine.c.first_seen_run).where(
+                quarantine.c.area == area, quarantine.c.record_key.in_(keys)))}
+            for key in keys:
+                text = mask_cpr_in_text(json.dumps(by_key[key], ensure_ascii=False))
+                values = dict(masked_person=persons.get(key), findings=text, status="open", last_seen_run=run_id, released_run=None, updated_at=now())
+                old = existing.get(key)
+                if old is None:
+                    conn.execute(quarantine.insert().values(area=area, record_key=key, first_seen_run=run_id,
+                                                            **values))
+                else:
+                    if old.status != "open":
+                        values["first_seen_run"] = run_id
+                    conn.execute(quarantine.update().where(
+                        quarantine.c.area == area, quarantine.c.record_key == key).values(**values))
 
     def release_quarantine(self, run_id: str, area: int, keep: Iterable[str] = ()) -> int:
         """Release every open entry not seen with an error in this run (fixed or gone at the source)."""
@@ -259,6 +386,7 @@ class StateStore:
         return out
 
     def in_flight_keys(self, area: int, keys: list[str]) -> set[str]:
+        """The keys that belong to a batch whose outcome is open (built, sent or unknown)."""
         out: set[str] = set()
         with self.begin() as conn:
             for part in _chunks(keys):
@@ -285,35 +413,49 @@ class StateStore:
     # --- batches --------------------------------------------------------------------------------
 
     def discard_unsent_batches(self, area: int) -> list[dict]:
-        """Batches staged but never sent are rebuilt by the next preparation (same content, same id)."""
+        """Batches staged but never sent are rebuilt by the next preparation. The delete re-checks the
+        status, so a batch that a delivery has meanwhile marked `sent` is never discarded."""
         with self.begin() as conn:
             rows = conn.execute(sa.select(batches).where(
                 batches.c.area == area, batches.c.status == "built")).mappings().all()
             ids = [r["batch_id"] for r in rows]
-            if ids:
-                conn.execute(batch_records.delete().where(batch_records.c.batch_id.in_(ids)))
-                conn.execute(batches.delete().where(batches.c.batch_id.in_(ids)))
+            failpoints.point("state.discard")
+            for part in _chunks(ids):
+                conn.execute(batch_records.delete().where(batch_records.c.batch_id.in_(
+                    sa.select(batches.c.batch_id).where(batches.c.batch_id.in_(part), batches.c.status == "built"))))
+                conn.execute(batches.delete().where(batches.c.batch_id.in_(part), batches.c.status == "built"))
         return [dict(r) for r in rows]
 
     def add_batch(self, *, batch_id: str, area: int, run_id: str, staged_path: str, payload_sha256: str,
-                  members: pd.DataFrame) -> None:
+                  payload_created: str, members: pd.DataFrame) -> bool:
+        """Record a staged batch as `built`; False when a batch with this id exists already."""
         with self.begin() as conn:
             existing = conn.execute(sa.select(batches.c.status).where(batches.c.batch_id == batch_id)).first()
             if existing is not None:
-                return  # deterministic id: the same batch was built before and is already known
+                return False
             conn.execute(batches.insert().values(
                 batch_id=batch_id, area=area, run_id=run_id, status="built", record_count=len(members),
                 annul_count=int((members["action"] == "ANNUL").sum()), staged_path=staged_path,
-                payload_sha256=payload_sha256, attempts=0, created_at=now()))
-            conn.execute(batch_records.insert(), members.assign(batch_id=batch_id)[
-                ["batch_id", "record_key", "record_id", "content_hash", "action", "masked_person"]]
-                .to_dict("records"))
+                payload_sha256=payload_sha256, payload_created=payload_created, attempts=0, created_at=now()))
+            rows = members.assign(batch_id=batch_id, position=range(len(members)))[
+                ["batch_id", "record_key", "record_id", "content_hash", "action", "masked_person", "position"]]
+            for part in _chunks(rows.to_dict("records"), 5000):
+                conn.execute(batch_records.insert(), part)
+        return True
 
-    def outstanding_batches(self, area: int) -> list[dict]:
+    def batches_in(self, area: int, statuses: Iterable[str]) -> list[dict]:
         with self.begin() as conn:
             rows = conn.execute(sa.select(batches).where(
-                batches.c.area == area, batches.c.status.in_(OUTSTANDING))
+                batches.c.area == area, batches.c.status.in_(list(statuses)))
                 .order_by(batches.c.created_at, batches.c.batch_id)).mappings().all()
+        return [dict(r) for r in rows]
+
+    def outstanding_batches(self, area: int) -> list[dict]:
+        return self.batches_in(area, OUTSTANDING)
+
+    def all_batches(self) -> list[dict]:
+        with self.begin() as conn:
+            rows = conn.execute(sa.select(batches).order_by(batches.c.area, batches.c.created_at)).mappings().all()
         return [dict(r) for r in rows]
 
     def batch(self, batch_id: str) -> dict | None:
@@ -323,45 +465,91 @@ class StateStore:
 
     def batch_members(self, batch_id: str) -> pd.DataFrame:
         with self.begin() as conn:
-            return pd.read_sql(sa.select(batch_records).where(batch_records.c.batch_id == batch_id), conn)
+            return pd.read_sql(sa.select(batch_records).where(batch_records.c.batch_id == batch_id)
+                               .order_by(batch_records.c.position), conn)
 
-    def mark_batch(self, batch_id: str, status: str, **values: object) -> None:
+    def _move(self, batch_id: str, allowed: Iterable[str], status: str, **values: object) -> bool:
+        """Move a batch to `status` only from one of the `allowed` states; False when it was elsewhere."""
+        values = _mask(values, "last_error")
         with self.begin() as conn:
-            conn.execute(batches.update().where(batches.c.batch_id == batch_id).values(status=status, **values))
+            result = conn.execute(batches.update().where(
+                batches.c.batch_id == batch_id, batches.c.status.in_(list(allowed))).values(status=status, **values))
+        return bool(result.rowcount)
 
-    def mark_sending(self, batch_id: str) -> None:
+    def mark_sending(self, batch_id: str) -> bool:
         """Written before the POST: after a crash the batch is in doubt and is looked up first."""
+        return self._move(batch_id, OUTSTANDING, "sent", sent_at=now(), attempts=batches.c.attempts + 1)
+
+    def mark_in_doubt(self, batch_id: str, error: str) -> bool:
+        """A try failed without a receipt: the batch may have arrived. Never back to `built`."""
+        return self._move(batch_id, IN_DOUBT, "unknown", last_error=error)
+
+    def note_error(self, batch_id: str, error: str) -> None:
+        """Why the last try of a batch failed, without changing its state."""
         with self.begin() as conn:
             conn.execute(batches.update().where(batches.c.batch_id == batch_id).values(
-                status="sent", sent_at=now(), attempts=batches.c.attempts + 1))
+                last_error=mask_cpr_in_text(error)))
 
-    def apply_receipt(self, batch_id: str, *, run_id: str, batch_status: str, message_id: str, event_date: str,
-                      record_results: dict[str, tuple[str, str | None, str | None]]) -> tuple[int, int]:
-        """Store a receipt: per record accepted/rejected, in one transaction. Returns (accepted, rejected)."""
+    def mark_lost(self, batch_id: str, reason: str) -> bool:
+        """The receiver has never received the batch and its staged payload is gone: free its records."""
+        return self._move(batch_id, OUTSTANDING, LOST, last_error=reason)
+
+    def mark_archived(self, batch_id: str, archive_path: str) -> bool:
+        return self._move(batch_id, (ACKNOWLEDGED,), ARCHIVED, archive_path=archive_path, archived_at=now())
+
+    def apply_receipt(self, batch_id: str, *, run_id: str, outcome: str, message_id: str, event_date: str,
+                      record_results: dict[str, tuple[str, str | None, str | None]], recovered: bool = False,
+                      ) -> tuple[int, int] | None:
+        """Store a receipt in one transaction: the ledger per record, the refused records in quarantine
+        with the receiver's reason, and the batch as `acknowledged`. Only an outstanding batch takes a
+        receipt (None otherwise: it was stored before). Returns (accepted, rejected)."""
         members = self.batch_members(batch_id)
         batch = self.batch(batch_id)
-        assert batch is not None
+        if batch is None or batch["status"] not in OUTSTANDING:
+            return None
+        area = batch["area"]
         accepted = rejected = annulled = 0
+        refused: list[dict] = []
         with self.begin() as conn:
+            moved = conn.execute(batches.update().where(
+                batches.c.batch_id == batch_id, batches.c.status.in_(OUTSTANDING)).values(status=ACKNOWLEDGED))
+            if not moved.rowcount:
+                return None  # another task stored it between the read and this write
             for m in members.to_dict("records"):
                 status, code, text = record_results.get(m["record_id"], ("REJECTED", "missing", "no receipt line"))
                 values: dict = dict(record_id=m["record_id"], last_batch_id=batch_id, updated_at=now())
                 if status == "ACCEPTED":
                     accepted += 1
-                    annulled += m["action"] == "ANNUL"
-                    values.update(status="annulled" if m["action"] == "ANNUL" else "accepted",
-                                  accepted_hash=m["content_hash"], rejected_hash=None, error_code=None, error_text=None)
+                    is_annul = m["action"] == "ANNUL"
+                    annulled += is_annul
+                    values.update(status="annulled" if is_annul else "accepted",
+                                  receiver_state="annulled" if is_annul else "active",
+                                  rejected_hash=None, error_code=None, error_text=None)
+                    if not is_annul:
+                        values["accepted_hash"] = m["content_hash"]
                 else:
                     rejected += 1
-                    values.update(status="rejected", rejected_hash=m["content_hash"], error_code=code, error_text=text)
+                    # The receiver keeps what it held before: receiver_state and accepted_hash stay.
+                    values.update(status="rejected", rejected_hash=m["content_hash"], error_code=code,
+                                  error_text=mask_cpr_in_text(text))
+                    refused.append({**m, "code": code, "text": text})
                 updated = conn.execute(ledger.update().where(
-                    ledger.c.area == batch["area"], ledger.c.record_key == m["record_key"]).values(**values))
+                    ledger.c.area == area, ledger.c.record_key == m["record_key"]).values(**values))
                 if updated.rowcount == 0:
-                    conn.execute(ledger.insert().values(area=batch["area"], record_key=m["record_key"], **values))
+                    conn.execute(ledger.insert().values(area=area, record_key=m["record_key"], **values))
+            if refused:
+                errors = pd.DataFrame({
+                    "record_key": [r["record_key"] for r in refused],
+                    "rule": "receiver.rejected", "field": "", "paragraph": "§ 46", "severity": "error",
+                    "message": [f"The receiver rejected the record: {r['code']} {r['text'] or ''} "
+                                f"(receiver.rejected, § 46) [{r['masked_person']}]" for r in refused]})
+                self._quarantine(conn, run_id, area, errors, {r["record_key"]: r["masked_person"] for r in refused})
+                self._insert_findings(conn, errors.assign(run_id=run_id, area=area))
+            failpoints.point("state.apply_receipt")
             conn.execute(batches.update().where(batches.c.batch_id == batch_id).values(
-                status=batch_status, receipt_message_id=message_id, receipt_event_date=event_date,
+                outcome=outcome, receipt_message_id=message_id, receipt_event_date=event_date,
                 acknowledged_at=now(), acknowledged_run_id=run_id, last_error=None, accepted_count=accepted,
-                rejected_count=rejected, annulled_count=annulled))
+                rejected_count=rejected, annulled_count=annulled, recovered=recovered))
         return accepted, rejected
 
     def batches_acknowledged_in(self, run_id: str) -> list[dict]:
@@ -369,3 +557,18 @@ class StateStore:
             rows = conn.execute(sa.select(batches).where(batches.c.acknowledged_run_id == run_id)
                                 .order_by(batches.c.area, batches.c.created_at)).mappings().all()
         return [dict(r) for r in rows]
+
+
+def _holder_is_gone(owner: str) -> bool:
+    """A lock row's holder on this host whose process no longer exists (killed, crashed)."""
+    host, _, rest = owner.partition(":")
+    pid = rest.split(":", 1)[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine's task: only an operator can tell (docs/operations.md)
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False

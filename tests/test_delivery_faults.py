@@ -90,7 +90,7 @@ def test_faults_beyond_the_retries_fail_the_task_and_a_rerun_completes(world):
     settings, receiver = world
     prepare(settings)
     control(receiver, "error500", count=10)
-    with pytest.raises(AreaDeliveryStopped, match="Clear this task to try again"):
+    with pytest.raises(AreaDeliveryStopped, match="may have reached the receiver: clear this task"):
         deliver_area(AREA, run_id="run-1", settings=settings, client=client(receiver))
     control(receiver, "ok")
     deliver_area(AREA, run_id="run-1", settings=settings, client=client(receiver))  # the operator's "Clear"

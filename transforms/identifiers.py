@@ -76,6 +76,17 @@ def mask_cpr(value: object) -> str:
     return "(malformed)"
 
 
+#: A CPR number as it may appear inside free text: 10 digits, or 6 + 4 with a hyphen or a space.
+_CPR_IN_TEXT = re.compile(r"(?<!\d)\d{6}[- ]?\d{4}(?!\d)")
+
+
+def mask_cpr_in_text(text: str | None) -> str | None:
+    """Free text (a finding's message, a receiver's error text) with every CPR-shaped number masked."""
+    if text is None:
+        return None
+    return _CPR_IN_TEXT.sub(lambda m: mask_cpr(m.group(0).replace(" ", "")), str(text))
+
+
 def is_valid_cvr(value: str | None) -> bool:
     """8 digits, no leading zero, weights 2,7,6,5,4,3,2,1, sum divisible by 11 (erhvervsstyrelsen.dk)."""
     if value is None or not _DIGITS[8].match(value):

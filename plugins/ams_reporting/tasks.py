@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 
 from airflow.sdk import get_current_context
@@ -10,6 +11,8 @@ from airflow.sdk.exceptions import AirflowFailException
 from ams_reporting.hooks import client_for_area, settings
 from delivery import pipeline
 from transforms.registry import get_area
+
+log = logging.getLogger(__name__)
 
 
 def _label(area: int) -> str:
@@ -26,25 +29,36 @@ def _period_end() -> datetime:
     return end if end is not None else datetime.now(UTC)
 
 
+def _what_to_do(exc: pipeline.AreaDeliveryStopped) -> AirflowFailException:
+    """The operator's message as the first ERROR line of the task's log, then a short failure."""
+    log.error("%s", exc)
+    return AirflowFailException(str(exc))
+
+
 def prepare_task(area: int) -> dict:
     run_id = _label(area)
-    return pipeline.prepare_area(area, run_id=run_id, period_end=_period_end().date(), settings=settings())
+    try:
+        return pipeline.prepare_area(area, run_id=run_id, period_end=_period_end().date(), settings=settings())
+    except pipeline.AreaDeliveryStopped as exc:
+        raise _what_to_do(exc) from None
 
 
 def deliver_task(area: int) -> dict:
     run_id = _label(area)
-    client = client_for_area(area)  # web service, or SFTP files for areas 1 and 2 (§ 51)
     try:
-        return pipeline.deliver_area(area, run_id=run_id, settings=settings(), client=client)
+        # The client (web service, or SFTP files for areas 1 and 2, § 51) is built inside the delivery's
+        # error handling: a receiver that is down is retried and reported like any failed call.
+        return pipeline.deliver_area(area, run_id=run_id, settings=settings(), client=lambda: client_for_area(area))
     except pipeline.AreaDeliveryStopped as exc:
-        raise AirflowFailException(str(exc)) from None
+        raise _what_to_do(exc) from None
 
 
 def report_task() -> dict:
-    from delivery.pipeline import apply_archive_retention
+    from delivery.pipeline import apply_archive_retention, finish_archives
     from delivery.report import write_run_report
 
     run_id = get_current_context()["run_id"]
     config = settings()
+    finish_archives(config, config.state(), config.vault())  # acknowledged batches a failed task left
     apply_archive_retention(config)
     return write_run_report(run_id, config)
