@@ -2,7 +2,9 @@
 
 Two tables: `batches` (one row per batch id, with the canonical request's SHA-256 and the response
 sent, for idempotency and GetBatchReceipt) and `records` (one row per record id, with a version
-counter: sending a record id again updates it; an annulment marks it ANNULLED).
+counter: sending a record id again updates it; an annulment marks it ANNULLED). `resends` counts
+the times a live record was received again with the same content, or an annulled one annulled
+again: a sender that delivers exactly once never makes it grow (the tests' duplicate detector).
 Write transactions take SQLite's write lock up front (BEGIN IMMEDIATE), so two receivers on one
 database file, or two threads, cannot process the same batch twice.
 """
@@ -34,7 +36,8 @@ CREATE TABLE IF NOT EXISTS records (
     status          TEXT NOT NULL,          -- ACTIVE or ANNULLED
     version         INTEGER NOT NULL,       -- 1 on create, +1 on every update or annulment
     payload_xml     BLOB,                   -- the record element as received (the last version)
-    received_at     TEXT NOT NULL
+    received_at     TEXT NOT NULL,
+    resends         INTEGER NOT NULL DEFAULT 0  -- received again unchanged while live: a duplicate delivery
 );
 CREATE INDEX IF NOT EXISTS records_area ON records (area);
 """
@@ -69,6 +72,7 @@ class StoredRecord(_ByKey):
     version: int
     payload_xml: bytes | None
     received_at: str
+    resends: int = 0
 
     def summary(self) -> dict[str, object]:
         """The record without its content (what /_records shows)."""
@@ -86,7 +90,7 @@ def _batch(row: sqlite3.Row | None) -> StoredBatch | None:
 def _record(row: sqlite3.Row) -> StoredRecord:
     payload = row["payload_xml"]
     return StoredRecord(row["record_id"], row["area"], row["batch_id"], row["status"], row["version"],
-                        bytes(payload) if payload is not None else None, row["received_at"])
+                        bytes(payload) if payload is not None else None, row["received_at"], row["resends"])
 
 
 class Transaction:
@@ -110,7 +114,8 @@ class Transaction:
                VALUES (?, ?, ?, ?, 1, ?, ?)
                ON CONFLICT (record_id) DO UPDATE SET
                  batch_id = excluded.batch_id, status = excluded.status, version = records.version + 1,
-                 payload_xml = excluded.payload_xml, received_at = excluded.received_at
+                 payload_xml = excluded.payload_xml, received_at = excluded.received_at,
+                 resends = records.resends + (records.status = 'ACTIVE' AND records.payload_xml = excluded.payload_xml)
                WHERE records.area = excluded.area
                RETURNING version""",
             (record_id, area, batch_id, RECORD_ACTIVE, payload_xml, now),
@@ -129,6 +134,8 @@ class Transaction:
                    WHERE record_id = ?""",
                 (RECORD_ANNULLED, batch_id, now, record_id),
             )
+        else:
+            self._conn.execute("UPDATE records SET resends = resends + 1 WHERE record_id = ?", (record_id,))
         return True
 
     def insert_batch(self, batch: StoredBatch) -> None:
@@ -149,6 +156,9 @@ class ReceiverStore:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(_DDL)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(records)")}
+            if "resends" not in columns:  # a database made before the column existed
+                conn.execute("ALTER TABLE records ADD COLUMN resends INTEGER NOT NULL DEFAULT 0")
         finally:
             conn.close()
 

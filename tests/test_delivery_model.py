@@ -1,0 +1,390 @@
+"""The delivery protocol, proved by a model-based test (Hypothesis RuleBasedStateMachine).
+
+It drives the real pipeline functions (prepare_area, deliver_area, finish_archives) against the real
+receiver process over HTTP, on a real SQLite source and state DB, and interleaves in random order:
+source changes (create, update, soft-delete, break, fix), runs of prepare and deliver, clears of
+either (the same run id again) and new runs, and faults at every boundary: each receiver fault on
+SubmitBatch and on GetBatchReceipt, a crash at every named failure point between two state-store
+writes (delivery.failpoints), an archive write failure (ENOSPC) and a lost staged file.
+
+After every step it checks the invariants:
+- no record is received twice: the receiver never gets a live record again with the same content,
+  nor an annulled one annulled again (`resends`);
+- the ledger agrees with the receiver (records of batches still in doubt aside);
+- every archived batch's archive verifies against the ledger, and its payload is the exact
+  SubmitBatchRequest the receiver digested;
+- no raw CPR number in the state DB.
+After every *clean cycle* (a new run with no fault until nothing is outstanding), also: the receiver
+holds exactly the valid live records, with the content the pipeline would send now, every record
+deleted at the source after acceptance is annulled, every broken one is in quarantine, and the run's
+counts reconcile with nothing outstanding.
+
+CI runs a bounded number of examples; `make soak` runs many more (AMS_SOAK_EXAMPLES, AMS_SOAK_SECONDS)
+and prints the steps, faults and checks it exercised.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import sqlite3
+import tempfile
+import time
+from collections import Counter
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import requests
+import sqlalchemy as sa
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from lxml import etree
+
+from delivery import failpoints
+from delivery.archive import PAYLOAD_FILE, verify_archive
+from delivery.client import AmsClient
+from delivery.pipeline import AreaDeliveryStopped, Settings, deliver_area, finish_archives, prepare_area
+from delivery.report import run_summary
+from delivery.state import IN_DOUBT, OUTSTANDING
+from receiver.server import ReceiverProcess
+from receiver.store import ReceiverStore
+from transforms import mapping, synthetic
+from transforms.payload import build_batch, q, xml_parser
+from transforms.registry import RECORD_ID_ELEMENT, get_area
+from transforms.source import create_engine_from_url, create_source_schema, extract_chunks
+
+AREA = get_area(1)
+PERIOD_END = date(2026, 11, 28)
+RECEIVER_MODES = ("error500", "busy", "timeout", "drop_reply", "schema_fault", "access_closed", "signature_refused")
+OPERATIONS = ("SubmitBatch", "GetBatchReceipt")
+DELIVERY_POINTS = tuple(p for p in failpoints.POINTS if not p.startswith("prepare") and p != "state.discard")
+PREPARE_POINTS = ("prepare.staged", "state.discard")
+SOAK = os.environ.get("AMS_SOAK") == "1"
+
+#: What the machine exercised, over every example of the session (printed by `make soak`).
+TALLY: Counter = Counter()
+
+
+@pytest.fixture(scope="module")
+def receiver_process():
+    with tempfile.TemporaryDirectory(prefix="ams-model-") as tmp:
+        with ReceiverProcess(Path(tmp) / "receiver.sqlite") as receiver:
+            yield receiver
+
+
+class DeliveryProtocol(RuleBasedStateMachine):
+    receiver: ReceiverProcess  # set by the test function
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tmp = tempfile.TemporaryDirectory(prefix="ams-model-")
+        root = Path(self.tmp.name)
+        self.source_url = f"sqlite:///{root / 'source.sqlite'}"
+        engine = create_engine_from_url(self.source_url)
+        create_source_schema(engine)
+        synthetic.generate(engine, persons=60, defect_rate=0.0)
+        engine.dispose()
+        self.settings = Settings(home=root / "var", source_url=self.source_url,
+                                 state_url=f"sqlite:///{root / 'state.sqlite'}", batch_size=4, data_docs=False,
+                                 delivery_attempts=2, backoff_seconds=0.01, lock_wait_seconds=5)
+        self.state = self.settings.state()
+        self.store = ReceiverStore(self.receiver.db_path)
+        self._control(mode="ok", reset=True)
+        self.client = AmsClient(self.receiver.wsdl_url, timeout=1.0)
+        self.run_no = 0
+        self.run_id = ""
+        self.keys: list[str] = []            # the measures the model changes (area 1)
+        self.original: dict[str, tuple] = {}  # key -> (weekly_hours, activation_type) at the start
+        self.deleted: set[str] = set()
+        self.broken: set[str] = set()
+        self.cprs = self._source_cprs()
+
+    def teardown(self) -> None:
+        failpoints.disarm()
+        self._control(mode="ok")
+        self.state.engine.dispose()
+        self.tmp.cleanup()
+
+    # --- helpers ---------------------------------------------------------------------------------
+    def _control(self, **data) -> None:
+        requests.post(f"{self.receiver.base_url}/_control", json={"count": 1, "delay": 1.5, **data},
+                      timeout=5).raise_for_status()
+
+    def _source(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.source_url.removeprefix("sqlite:///"), isolation_level=None)
+
+    def _source_cprs(self) -> set[str]:
+        with self._source() as conn:
+            return {row[0] for row in conn.execute("SELECT cpr FROM persons") if row[0]}
+
+    def _touch(self, key: str, sql: str, *params) -> None:
+        now = datetime.now(UTC).isoformat(sep=" ")
+        with self._source() as conn:
+            conn.execute(f"UPDATE measures SET {sql}, updated_at = ? WHERE measure_id = ?", (*params, now, key))
+
+    def _new_run(self) -> None:
+        self.run_no += 1
+        self.run_id = f"run-{self.run_no:03d}"
+
+    def _prepare(self) -> dict | None:
+        try:
+            return prepare_area(AREA.number, run_id=self.run_id, period_end=PERIOD_END, settings=self.settings)
+        except failpoints.InjectedCrash:
+            TALLY["crashes in prepare"] += 1
+            return None
+
+    def _deliver(self) -> dict | None:
+        try:
+            return deliver_area(AREA.number, run_id=self.run_id, settings=self.settings, client=self.client)
+        except AreaDeliveryStopped:
+            TALLY["deliveries stopped"] += 1
+            return None
+        except failpoints.InjectedCrash:
+            TALLY["crashes in deliver"] += 1
+            return None
+        finally:
+            failpoints.disarm()
+            self._control(mode="ok")
+
+    # --- set-up: a first clean cycle, then choose the records the model changes ------------------
+    @initialize()
+    def first_cycle(self) -> None:
+        self.clean_cycle()
+        live = self.state.ledger_rows(AREA.number)
+        live = sorted(live.loc[live["receiver_state"] == "active", "record_key"])
+        assert len(live) >= 8, "the demo source should give area 1 some records"
+        self.keys = live[:8]
+        with self._source() as conn:
+            for key in self.keys:
+                self.original[key] = conn.execute(
+                    "SELECT weekly_hours, activation_type FROM measures WHERE measure_id = ?", (key,)).fetchone()
+
+    # --- source changes --------------------------------------------------------------------------
+    @rule(i=st.integers(0, 7), hours=st.integers(1, 37))
+    def update(self, i: int, hours: int) -> None:
+        key = self.keys[i]
+        self._touch(key, "weekly_hours = ?", float(hours))
+        TALLY["source updates"] += 1
+
+    @rule(i=st.integers(0, 7))
+    def delete(self, i: int) -> None:
+        key = self.keys[i]
+        self._touch(key, "deleted_at = ?", datetime.now(UTC).isoformat(sep=" "))
+        self.deleted.add(key)
+        TALLY["source deletes"] += 1
+
+    @rule(i=st.integers(0, 7))
+    def undelete(self, i: int) -> None:  # a record coming back is a create for the receiver
+        key = self.keys[i]
+        self._touch(key, "deleted_at = NULL")
+        self.deleted.discard(key)
+        TALLY["source creates"] += 1
+
+    @rule(i=st.integers(0, 7))
+    def break_record(self, i: int) -> None:
+        key = self.keys[i]
+        self._touch(key, "activation_type = ?", "ZZ")  # not in the code list: quarantined
+        self.broken.add(key)
+        TALLY["source breaks"] += 1
+
+    @rule(i=st.integers(0, 7))
+    def fix_record(self, i: int) -> None:
+        key = self.keys[i]
+        self._touch(key, "activation_type = ?", self.original[key][1])
+        self.broken.discard(key)
+        TALLY["source fixes"] += 1
+
+    # --- runs, clears and faults -----------------------------------------------------------------
+    @rule(new_run=st.booleans(), crash=st.sampled_from((None, *PREPARE_POINTS)))
+    def prepare(self, new_run: bool, crash: str | None) -> None:
+        if new_run or not self.run_id:
+            self._new_run()
+        if crash:
+            failpoints.arm(crash)
+            TALLY[f"fault: crash at {crash}"] += 1
+        try:
+            self._prepare()
+        finally:
+            failpoints.disarm()
+        TALLY["prepare runs" if new_run else "prepare clears"] += 1
+
+    @rule(new_run=st.booleans(), mode=st.sampled_from((None, *RECEIVER_MODES)), operation=st.sampled_from(OPERATIONS),
+          count=st.integers(1, 3))
+    def deliver_with_receiver_fault(self, new_run: bool, mode: str | None, operation: str, count: int) -> None:
+        if new_run or not self.run_id:
+            self._new_run()
+        if mode:
+            self._control(mode=mode, operation=operation, count=count)
+            TALLY[f"fault: {mode} on {operation}"] += 1
+        self._deliver()
+        TALLY["deliver runs" if new_run else "deliver clears"] += 1
+
+    @rule(point=st.sampled_from(DELIVERY_POINTS))
+    def deliver_with_crash(self, point: str) -> None:
+        if not self.run_id:
+            self._new_run()
+        if point == "archive.write":
+            failpoints.arm(point, OSError(errno.ENOSPC, "No space left on device"))
+            TALLY["fault: archive write failure (ENOSPC)"] += 1
+        else:
+            failpoints.arm(point)
+            TALLY[f"fault: crash at {point}"] += 1
+        self._deliver()
+
+    @precondition(lambda self: self.state.outstanding_batches(AREA.number))
+    @rule(data=st.data())
+    def lose_staged_file(self, data) -> None:
+        batch = data.draw(st.sampled_from(self.state.outstanding_batches(AREA.number)))
+        Path(batch["staged_path"]).unlink(missing_ok=True)
+        TALLY["fault: staged payload lost"] += 1
+
+    @rule()
+    def report(self) -> None:
+        finish_archives(self.settings, self.state, self.settings.vault())
+        TALLY["report runs"] += 1
+
+    @rule()
+    def requeue(self) -> None:
+        self.state.requeue_rejected(AREA.number)
+        TALLY["requeues"] += 1
+
+    @rule()
+    def clean_cycle(self) -> None:
+        """A new run without faults, repeated until nothing is outstanding; then the strong checks."""
+        for _ in range(4):
+            self._new_run()
+            prepared = self._prepare()
+            assert prepared is not None
+            self._deliver()
+            if prepared.get("pending", 0) == 0 and not self.state.outstanding_batches(AREA.number):
+                break
+        else:
+            raise AssertionError("four clean cycles left batches outstanding")
+        TALLY["clean cycles"] += 1
+        self.check_converged()
+
+    # --- invariants ------------------------------------------------------------------------------
+    @invariant()
+    def nothing_received_twice(self) -> None:
+        TALLY["steps"] += 1
+        TALLY["invariant checks"] += 5
+        again = [(r.record_id, r.resends) for r in self.store.records(AREA.number) if r.resends]
+        assert not again, f"the receiver got records again unchanged: {again[:5]}"
+
+    @invariant()
+    def ledger_agrees_with_receiver(self) -> None:
+        ledger = self.state.ledger_rows(AREA.number)
+        in_doubt = {b["batch_id"] for b in self.state.batches_in(AREA.number, IN_DOUBT)}
+        doubtful_ids: set[str] = set()
+        for batch_id in in_doubt:
+            doubtful_ids |= set(self.state.batch_members(batch_id)["record_id"])
+        ours = {r.record_id: r.receiver_state for r in ledger.itertuples()}
+        for record in self.store.records(AREA.number):
+            if record.record_id in doubtful_ids:
+                continue  # its batch is in doubt: the next delivery asks and the ledger catches up
+            expected = {"ACTIVE": "active", "ANNULLED": "annulled"}[record.status]
+            assert ours.get(record.record_id) == expected, (
+                f"receiver holds {record.record_id} as {record.status}, the ledger says {ours.get(record.record_id)}")
+        held = {r.record_id for r in self.store.records(AREA.number)}
+        for record_id, receiver_state in ours.items():
+            if receiver_state in ("active", "annulled") and record_id not in doubtful_ids:
+                assert record_id in held, f"the ledger says {record_id} is at the receiver, it is not"
+
+    @invariant()
+    def archive_holds_what_was_sent(self) -> None:
+        batches = self.state.all_batches()
+        problems = [p for p in verify_archive(self.settings.vault(), self.settings.archive_dir, batches)
+                    if "not archived yet" not in p]
+        assert not problems, problems
+        for batch in batches:
+            if batch["status"] != "archived" or str(batch["receipt_message_id"]).startswith("fault-"):
+                continue
+            payload = self.settings.vault().read(Path(batch["archive_path"]) / PAYLOAD_FILE)
+            stored = self.store.batch(batch["batch_id"])
+            assert stored is not None, f"archived batch {batch['batch_id']} is unknown to the receiver"
+            digest = hashlib.sha256(etree.tostring(etree.fromstring(payload, xml_parser()), method="c14n",
+                                                   exclusive=True)).hexdigest()
+            assert digest == stored.request_sha256, f"archive of {batch['batch_id']} is not what was received"
+
+    @invariant()
+    def no_raw_cpr_in_the_state_db(self) -> None:
+        dump = []
+        with self.state.engine.connect() as conn:
+            for table in sa.inspect(conn).get_table_names():
+                dump += [str(v) for row in conn.execute(sa.text(f"SELECT * FROM {table}")) for v in row]
+        text = "\n".join(dump)
+        leaked = [c for c in self.cprs if c in text or f"{c[:6]}-{c[6:]}" in text]
+        assert not leaked, f"{len(leaked)} raw CPR number(s) in the state DB"
+
+    def check_converged(self) -> None:
+        """After a clean cycle: the receiver holds exactly the valid live records, as built now."""
+        TALLY["convergence checks"] += 1
+        ledger = self.state.ledger_rows(AREA.number).set_index("record_key")
+        refused = set(ledger.index[(ledger["status"] == "rejected") & ledger["rejected_hash"].notna()])
+        quarantined = {q["record_key"] for q in self.state.open_quarantine(AREA.number)}
+        assert self.broken - self.deleted <= quarantined, "a record broken at the source is not in quarantine"
+        engine = create_engine_from_url(self.source_url)
+        try:
+            frames = [mapping.map_records(AREA, chunk).records for chunk in extract_chunks(engine, AREA)]
+        finally:
+            engine.dispose()
+        records = mapping.strip_not_applicable(AREA, pd.concat(frames, ignore_index=True))
+        live = records[(records["action"] != mapping.ANNUL) & ~records["record_key"].isin(quarantined)]
+        expected = {}
+        if len(live):
+            built = etree.fromstring(build_batch(AREA, live, batch_id="00000000-0000-0000-0000-000000000000",
+                                                 sender_municipality="101", run_id="check"), xml_parser())
+            for element in built.find(q("Records")):
+                expected[element.findtext(q(RECORD_ID_ELEMENT)).strip()] = etree.tostring(
+                    element, method="c14n", exclusive=True)
+        held = {r.record_id: r for r in self.store.records(AREA.number, status="ACTIVE")}
+        refused_ids = set(ledger.loc[list(refused & set(ledger.index)), "record_id"]) if refused else set()
+        for record_id, xml in expected.items():
+            if record_id in refused_ids:
+                continue  # the receiver refused this content: it stays in quarantine until it changes
+            assert record_id in held, f"valid live record {record_id} is not active at the receiver"
+            assert held[record_id].payload_xml == xml, f"record {record_id}: the receiver holds other content"
+        for record_id in set(held) - set(expected):
+            key = records.loc[records["record_id"] == record_id, "record_key"]
+            assert not len(key) or key.iloc[0] in quarantined or key.iloc[0] in refused, (
+                f"record {record_id} is active at the receiver but deleted or gone at the source")
+        for key in self.deleted:
+            row = ledger.loc[key] if key in ledger.index else None
+            if row is not None and row["receiver_state"] is not None:
+                assert self.store.record(row["record_id"]).status == "ANNULLED", f"deleted {key} not annulled"
+        row = next(r for r in run_summary(self.run_id, self.settings)["areas"] if r["area"] == AREA.number)
+        assert row["outstanding"] == 0
+        assert row["extracted"] == row["delivered"] + row["annulled"] + row["quarantined"] + row["unchanged"]
+
+
+def _run(receiver, examples: int, steps: int, deadline: float | None = None) -> None:
+    DeliveryProtocol.receiver = receiver
+    DeliveryProtocol.TestCase.settings = settings(
+        max_examples=examples, stateful_step_count=steps, deadline=None, derandomize=not SOAK,
+        suppress_health_check=list(HealthCheck), database=None)
+    DeliveryProtocol.TestCase().runTest()
+
+
+@pytest.mark.slow
+def test_delivery_protocol_model(receiver_process):
+    """CI: a bounded, derandomised run (the same examples every time)."""
+    _run(receiver_process, examples=int(os.environ.get("AMS_MODEL_EXAMPLES", 6)), steps=12)
+    assert TALLY["clean cycles"] and TALLY["invariant checks"]
+
+
+@pytest.mark.skipif(not SOAK, reason="the soak runs with `make soak` (AMS_SOAK=1)")
+def test_delivery_protocol_soak(receiver_process):
+    """`make soak`: random examples until AMS_SOAK_SECONDS have passed; prints what it exercised."""
+    seconds = float(os.environ.get("AMS_SOAK_SECONDS", 1200))
+    started = time.monotonic()
+    rounds = 0
+    while time.monotonic() - started < seconds:
+        _run(receiver_process, examples=int(os.environ.get("AMS_SOAK_EXAMPLES", 10)), steps=25)
+        rounds += 1
+    TALLY["examples"] = rounds * int(os.environ.get("AMS_SOAK_EXAMPLES", 10))
+    report = "\n".join(f"  {name}: {count}" for name, count in sorted(TALLY.items()))
+    print(f"\nSoak: {time.monotonic() - started:.0f} s, {rounds} round(s)\n{report}")
