@@ -513,6 +513,21 @@ def test_receiver_security_options_are_checked(tmp_path: Path, pki: PkiPaths) ->
     assert all(opt in out.stdout for opt in ("--trust-cert", "--tls-cert", "--tls-key", "--tls-client-ca"))
 
 
+def test_trial_pki_command_names_the_server(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`python -m delivery.security DIR --server-name ams-receiver` (make trial-pki): the TLS certificate
+    is valid for the compose service's host name, and the keys are readable by their owner only."""
+    from cryptography import x509
+
+    from delivery.security import main
+
+    assert main([str(tmp_path / "trial"), "--server-name", "ams-receiver", "--days", "2"]) == 0
+    assert "Wrote a test PKI" in capsys.readouterr().out
+    cert = x509.load_pem_x509_certificate((tmp_path / "trial" / "server.pem").read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert set(names) == {"localhost", "ams-receiver"}
+    assert (tmp_path / "trial" / "client-key.pem").stat().st_mode & 0o077 == 0
+
+
 def test_no_private_key_is_written_inside_the_repository(pki: PkiPaths, rogue: PkiPaths) -> None:
     for paths in (pki, rogue):
         assert not paths.directory.resolve().is_relative_to(REPO_ROOT)
