@@ -12,7 +12,7 @@ export AIRFLOW__CORE__UNIT_TEST_MODE := False
 export GX_ANALYTICS_ENABLED := false
 export NO_PROXY := *
 
-.PHONY: venv run test bench lint docs clean
+.PHONY: venv run test bench lint docs clean trial-pki
 
 venv: $(STAMP)
 
@@ -41,6 +41,10 @@ lint: $(STAMP)
 ## docs: regenerate docs/fields.md and the XSD from the registry
 docs: $(STAMP)
 	$(BIN)/ams-report docs
+
+## trial-pki: a throw-away PKI for docker-compose's trial receiver in var/trial-pki (never committed)
+trial-pki: $(STAMP)
+	$(BIN)/python -m delivery.security var/trial-pki --server-name ams-receiver --days 365
 
 clean:
 	rm -rf var

@@ -19,6 +19,9 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
 os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_HOME / 'airflow.db'}"
 os.environ["GX_ANALYTICS_ENABLED"] = "false"
+# Most tests talk to an in-thread receiver over plain HTTP without signatures: allow that here only.
+# Tests of the fail-closed policy unset it (monkeypatch.delenv).
+os.environ.setdefault("AMS_INSECURE_FOR_TESTS", "1")
 os.environ.setdefault("NO_PROXY", "*")
 # The tests make throw-away archive keys; outside the demo and the tests a missing key is an error.
 os.environ.setdefault("AMS_CREATE_ARCHIVE_KEY", "1")

@@ -19,6 +19,12 @@ TLS: `verify_tls` (True, False or a CA bundle path) and `client_cert` (mutual TL
 session that loads the WSDL and posts the requests. A server certificate that does not verify is a
 DeliveryError (a configuration problem, not retried), not a TransientDeliveryError.
 
+Fail closed (DESIGN.md, principle 10): a client with a plain-HTTP WSDL URL or endpoint, without a
+request signature, or with verify_tls=False is refused with SecurityConfigError, unless the switch
+`insecure_for_tests` (default: environment variable AMS_INSECURE_FOR_TESTS=1) is on; then a WARNING
+is logged once per process. Replies (and WSDL/XSD documents) longer than `max_reply_bytes` (64 MiB)
+are not read: DeliveryError.
+
 `client_from_config` builds a client from a mapping (an Airflow connection's extras) with the
 environment as fallback for the keys and certificates (AMS_SIGNING_KEY, AMS_SIGNING_CERT,
 AMS_CA_BUNDLE).
@@ -37,6 +43,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from lxml import etree
@@ -45,8 +52,10 @@ from zeep import exceptions as zeep_exceptions
 from zeep.cache import InMemoryCache
 from zeep.transports import Transport
 from zeep.wsdl.utils import etree_to_string
+from zeep.wsse.signature import MemorySignature
 
 from delivery.security import (
+    PRIVATE_KEY,
     PemSource,
     RequestSignature,
     SecurityConfigError,
@@ -73,6 +82,10 @@ log = logging.getLogger(__name__)
 _SOAP = f"{{{SOAP_ENV_NS}}}"
 _CPR_LIKE = re.compile(r"(?<!\d)\d{6}-?\d{4}(?!\d)")
 _MAX_TEXT = 1000
+
+#: "1" lets AmsClient use plain HTTP, unsigned requests or unverified TLS: tests only.
+ENV_INSECURE_FOR_TESTS = "AMS_INSECURE_FOR_TESTS"
+_INSECURE_WARNED: set[str] = set()  # insecure settings already warned about (once per process)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -205,23 +218,70 @@ def parse_receipt(element: etree._Element, request_bytes: bytes = b"", response_
 # --------------------------------------------------------------------------------------------------
 
 
+#: The largest reply (and WSDL or XSD document) the client reads; a receipt of a 5,000-record batch is
+#: well under 5 MiB.
+MAX_REPLY_BYTES = 64 * 1024 * 1024
+
+
+class ReplyTooLarge(Exception):
+    """A reply longer than the transport's `max_reply_bytes` (raised by CapturingTransport)."""
+
+    def __init__(self, limit: int, declared: int | None = None) -> None:
+        size = f"declares {declared} bytes" if declared is not None else "goes on past that"
+        super().__init__(f"the reply is larger than the limit of {limit} bytes (it {size}); it was not read")
+        self.limit = limit
+
+
 class CapturingTransport(Transport):
-    """zeep's transport, recording the exact bytes of the last request and response (per thread).
+    """zeep's transport, recording the exact bytes of the last request and response (per thread), and
+    reading no reply (nor WSDL/XSD document) longer than `max_reply_bytes`: the body is streamed and
+    the read stops past the limit (ReplyTooLarge).
 
     Egress plugins see the envelope before it is signed; this is the last step before the wire.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, max_reply_bytes: int = MAX_REPLY_BYTES, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if max_reply_bytes <= 0:
+            raise ValueError("max_reply_bytes must be positive")
+        self.max_reply_bytes = max_reply_bytes
         self._exchange = threading.local()
 
     def post_xml(self, address: str, envelope: etree._Element, headers: dict[str, str]) -> requests.Response:
         message = etree_to_string(envelope)
         self._exchange.request = message
         self._exchange.response = None
-        response = self.post(address, message, headers)
+        response = self.session.post(address, data=message, headers=headers, timeout=self.operation_timeout,
+                                     stream=True)
+        self._read_capped(response)
         self._exchange.response = response.content
         return response
+
+    def _load_remote_data(self, url: str) -> bytes:
+        response = self.session.get(url, timeout=self.load_timeout, stream=True)
+        self._read_capped(response)
+        response.raise_for_status()
+        return response.content
+
+    def _read_capped(self, response: requests.Response) -> None:
+        """Read a streamed response's body into `response.content`, at most `max_reply_bytes`."""
+        limit = self.max_reply_bytes
+        try:
+            declared = int(response.headers.get("Content-Length", ""))
+        except ValueError:
+            declared = None
+        try:
+            if declared is not None and declared > limit:
+                raise ReplyTooLarge(limit, declared)
+            chunks, size = [], 0
+            for chunk in response.iter_content(64 * 1024):
+                size += len(chunk)
+                if size > limit:
+                    raise ReplyTooLarge(limit)
+                chunks.append(chunk)
+            response._content = b"".join(chunks)
+        finally:
+            response.close()
 
     @property
     def last_request(self) -> bytes | None:
@@ -251,25 +311,33 @@ class AmsClient:
                  session: requests.Session | None = None, wsse: Any = None, plugins: list[Any] | None = None,
                  cache: bool = True, signing_key: PemSource | None = None, signing_cert: PemSource | None = None,
                  signing_key_password: bytes | str | None = None, verify_tls: bool | str | Path | None = None,
-                 client_cert: str | Path | tuple[str | Path, str | Path] | None = None) -> None:
+                 client_cert: str | Path | tuple[str | Path, str | Path] | None = None,
+                 insecure_for_tests: bool | None = None, max_reply_bytes: int = MAX_REPLY_BYTES) -> None:
         """`signing_key`/`signing_cert`: sign every request (PEM paths or PEM text, both or neither).
-        `verify_tls`: True (the system's CAs), False (no check: never in production) or a CA bundle
-        path; None keeps the session's setting. `client_cert`: a PEM path (certificate and key) or a
-        (certificate, key) pair of paths, for mutual TLS."""
+        `verify_tls`: True (the system's CAs), False (no check: tests only) or a CA bundle path; None
+        keeps the session's setting. `client_cert`: a PEM path (certificate and key) or a (certificate,
+        key) pair of paths, for mutual TLS. `max_reply_bytes`: the longest reply read (DeliveryError
+        beyond it).
+
+        Fails closed: plain-HTTP WSDL or endpoint URLs, an unsigned client and verify_tls=False raise
+        SecurityConfigError, unless `insecure_for_tests` is true (default: the environment variable
+        AMS_INSECURE_FOR_TESTS is "1"), for tests against a local receiver only."""
         quiet_zeep_logging()
         self.timeout = timeout
+        self.insecure_for_tests = insecure_switch(insecure_for_tests)
         if (signing_key is None) != (signing_cert is None):
             raise SecurityConfigError("give both signing_key and signing_cert, or neither")
         self.signature: RequestSignature | None = None
         if signing_key is not None and signing_cert is not None:
             self.signature = make_signature(signing_key, signing_cert, signing_key_password)
             wsse = [*(wsse if isinstance(wsse, list) else [wsse] if wsse else []), self.signature]
+        signed = any(isinstance(w, MemorySignature) for w in (wsse if isinstance(wsse, list) else [wsse]))
+        insecure = self._refuse_insecure([("WSDL URL", str(wsdl)), ("endpoint", endpoint)], signed, verify_tls)
         if verify_tls is not None or client_cert is not None:
             session = configure_session(session or requests.Session(), verify_tls, client_cert)
-            if verify_tls is False:
-                log.warning("TLS certificate verification is off for %s", endpoint or wsdl)
         self.transport = CapturingTransport(cache=InMemoryCache() if cache else None, timeout=timeout,
-                                            operation_timeout=timeout, session=session)
+                                            operation_timeout=timeout, session=session,
+                                            max_reply_bytes=max_reply_bytes)
         settings = Settings(strict=True, xml_huge_tree=True)
         try:
             self.zeep = Client(str(wsdl), transport=self.transport, settings=settings, wsse=wsse,
@@ -278,6 +346,8 @@ class AmsClient:
             status = exc.response.status_code if exc.response is not None else 0
             cls = TransientDeliveryError if status >= 500 else DeliveryError
             raise cls(f"could not load the WSDL from {wsdl}: HTTP {status}", http_status=status) from None
+        except ReplyTooLarge as exc:
+            raise DeliveryError(f"could not load the WSDL from {wsdl}: {exc}") from None
         except requests.RequestException as exc:
             if _certificate_refused(exc):
                 raise DeliveryError(f"could not load the WSDL from {wsdl}: {_tls_problem(exc)}") from None
@@ -290,6 +360,36 @@ class AmsClient:
         self.service = self.zeep.create_service(binding.name.text, endpoint) if endpoint else default
         self._binding = self.service._binding
         self.endpoint: str = self.service._binding_options["address"]
+        if not endpoint:  # the address came from the WSDL
+            insecure += self._refuse_insecure([("endpoint", self.endpoint)], True, None)
+        text = "; ".join(insecure)
+        if text and text not in _INSECURE_WARNED:
+            _INSECURE_WARNED.add(text)
+            log.warning("INSECURE delivery allowed by %s (tests only, never in production): %s",
+                        ENV_INSECURE_FOR_TESTS, text)
+
+    def _refuse_insecure(self, urls: list[tuple[str, str | None]], signed: bool,
+                         verify_tls: bool | str | Path | None) -> list[str]:
+        """Refuse (SecurityConfigError) what would let someone on the network path read the CPR numbers
+        or forge a receipt, unless the insecure switch for tests is on; returns what is insecure."""
+        problems = []
+        for what, url in urls:
+            if url and urlsplit(url).scheme.lower() == "http":
+                problems.append(f"the {what} {_safe(url)} is plain HTTP (anyone on the network path can "
+                                "read every CPR number sent and forge a receipt): use an https:// URL (the "
+                                "connection ams_receiver's scheme is https unless set otherwise)")
+        if not signed:
+            problems.append("requests would not be signed (the agency cannot tell them from forged ones): set "
+                            f"the connection extras {PRIVATE_KEY} (or signing_key, a file path) and signing_cert, "
+                            "or AMS_SIGNING_KEY and AMS_SIGNING_CERT")
+        if verify_tls is False:
+            problems.append("TLS certificate verification is off (verify_tls=false), so any server can pose as "
+                            "the agency: remove verify_tls, or give the agency's CA in ca_bundle (AMS_CA_BUNDLE)")
+        if problems and not self.insecure_for_tests:
+            raise SecurityConfigError(
+                f"AMS client refused: {'; '.join(problems)}. {ENV_INSECURE_FOR_TESTS}=1 (or insecure_for_tests=True) "
+                "allows this for tests against a local receiver only, never in production.")
+        return problems
 
     # ---------------------------------------------------------------------------------------------
     def submit(self, batch_xml: bytes) -> Receipt:
@@ -308,12 +408,7 @@ class AmsClient:
         operation = self._binding.get("SubmitBatch")
         headers = {"SOAPAction": f'"{operation.soapaction}"', "Content-Type": "text/xml; charset=utf-8"}
         element, request_bytes, response_bytes = self._call("SubmitBatch", envelope, headers, batch_id)
-        receipt = parse_receipt(element, request_bytes, response_bytes)
-        if receipt.batch_id != batch_id:
-            raise DeliveryError(f"AMS answered batch {batch_id} with a receipt for batch {receipt.batch_id}",
-                                operation="SubmitBatch", request_bytes=request_bytes,
-                                response_bytes=response_bytes)
-        return receipt
+        return self._receipt_for(batch_id, "SubmitBatch", element, request_bytes, response_bytes)
 
     def get_batch_receipt(self, batch_id: str) -> Receipt | None:
         """The receipt of a batch sent before, or None when the receiver has never seen it (1020)."""
@@ -328,7 +423,19 @@ class AmsClient:
                 log.info("GetBatchReceipt batch=%s: unknown to AMS", batch_id)
                 return None
             raise
-        return parse_receipt(element, request_bytes, response_bytes)
+        return self._receipt_for(batch_id, "GetBatchReceipt", element, request_bytes, response_bytes)
+
+    def _receipt_for(self, batch_id: str, operation: str, element: etree._Element, request_bytes: bytes,
+                     response_bytes: bytes) -> Receipt:
+        """The answer's receipt, which must be the receipt of the batch asked about."""
+        receipt = parse_receipt(element, request_bytes, response_bytes)
+        if receipt.batch_id != batch_id:
+            raise DeliveryError(
+                f"{operation} of batch {batch_id} to {self.endpoint}: AMS answered with the receipt of another "
+                f"batch ({_safe(receipt.batch_id)}); the answer was not used. The service answered wrongly: "
+                "report it to the agency", operation=operation, request_bytes=request_bytes,
+                response_bytes=response_bytes)
+        return receipt
 
     # ---------------------------------------------------------------------------------------------
     def _call(self, operation: str, envelope: etree._Element, headers: dict[str, str],
@@ -358,6 +465,10 @@ class AmsClient:
                                          request_bytes=self.transport.last_request) from None
         except requests.RequestException as exc:
             raise DeliveryError(f"{where}: {_describe(exc)}", operation=operation,
+                                request_bytes=self.transport.last_request) from None
+        except ReplyTooLarge as exc:
+            raise DeliveryError(f"{where}: {exc}; the batch may have been received. Check the endpoint; "
+                                "max_reply_bytes raises the limit", operation=operation,
                                 request_bytes=self.transport.last_request) from None
         request_bytes = self.transport.last_request or b""
         response_bytes = response.content or b""
@@ -437,7 +548,10 @@ class AmsClient:
             raw = (service_fault.findtext(q("ErrorCode")) or "").strip()
             code = int(raw) if raw.lstrip("-").isdigit() else None
             text = _safe(service_fault.findtext(q("ErrorText"))) or faultstring
-        log.info("%s: SOAP fault %s (%s)", where, code if code is not None else faultcode, f"HTTP {status}")
+        # 1020 "unknown batch" is the expected answer to GetBatchReceipt for a batch that never arrived.
+        expected = code == ERR_UNKNOWN_BATCH and context.get("operation") == "GetBatchReceipt"
+        log.log(logging.DEBUG if expected else logging.WARNING, "%s: SOAP fault %s (HTTP %s)", where,
+                code if code is not None else faultcode, status)
         if code == ERR_ACCESS_CLOSED:
             return AccessClosed(code, text, where=where, **context)
         if code == ERR_BUSY:
@@ -473,13 +587,15 @@ def client_from_config(config: Mapping[str, Any], env: Mapping[str, str] | None 
     """An AmsClient from a mapping, e.g. an Airflow connection's extras:
 
         wsdl (required), endpoint, timeout (seconds, default 30),
-        signing_key, signing_cert (paths or PEM text; env AMS_SIGNING_KEY, AMS_SIGNING_CERT),
-        signing_key_password (env AMS_SIGNING_KEY_PASSWORD),
+        private_key (PEM text or path; masked by Airflow) or signing_key (a path only; env
+        AMS_SIGNING_KEY), signing_cert (path or PEM text; env AMS_SIGNING_CERT),
+        private_key_passphrase or signing_key_password (env AMS_SIGNING_KEY_PASSWORD),
         ca_bundle (path or PEM text; env AMS_CA_BUNDLE), verify_tls (default true),
-        client_cert, client_key (paths, mutual TLS).
+        client_cert, client_key (paths, mutual TLS), max_reply_bytes.
 
-    `env` defaults to os.environ; other keyword arguments go to AmsClient (session, plugins, ...).
-    Raises delivery.security.SecurityConfigError (a ValueError) for unusable settings.
+    `env` defaults to os.environ; other keyword arguments go to AmsClient (session, plugins,
+    insecure_for_tests, ...). Raises delivery.security.SecurityConfigError (a ValueError) for unusable
+    or insecure settings (see AmsClient).
     """
     env = os.environ if env is None else env
     wsdl = config.get("wsdl")
@@ -487,10 +603,18 @@ def client_from_config(config: Mapping[str, Any], env: Mapping[str, str] | None 
         raise SecurityConfigError("the configuration has no 'wsdl'")
     timeout = config.get("timeout")
     settings = security_settings(config, env)
-    if not settings["signing_key"]:
-        log.info("no signing key configured: requests to %s are not signed", config.get("endpoint") or wsdl)
+    if config.get("max_reply_bytes") not in (None, ""):
+        kwargs.setdefault("max_reply_bytes", int(config["max_reply_bytes"]))
+    kwargs.setdefault("insecure_for_tests", insecure_switch(None, env))
     return AmsClient(wsdl, endpoint=config.get("endpoint") or None,
                      timeout=float(timeout) if timeout not in (None, "") else 30.0, **settings, **kwargs)
+
+
+def insecure_switch(value: bool | None, env: Mapping[str, str] | None = None) -> bool:
+    """The insecure-for-tests switch: `value` when given, else AMS_INSECURE_FOR_TESTS == "1"."""
+    if value is not None:
+        return bool(value)
+    return (os.environ if env is None else env).get(ENV_INSECURE_FOR_TESTS, "").strip() == "1"
 
 
 def _describe(exc: BaseException) -> str:
@@ -511,11 +635,14 @@ __all__ = [
     "BusinessFault",
     "CapturingTransport",
     "DeliveryError",
+    "ENV_INSECURE_FOR_TESTS",
+    "MAX_REPLY_BYTES",
     "Receipt",
     "RecordReceipt",
     "ServiceBusy",
     "SignatureRefused",
     "TransientDeliveryError",
     "client_from_config",
+    "insecure_switch",
     "parse_receipt",
 ]

@@ -13,10 +13,13 @@ only with `require_signed_response=True`. Faults are never verified (the client 
 first, STACK.md).
 
 Keys and certificates come from configuration as file paths or as PEM text (an environment variable
-or an Airflow connection extra; "\\n" escapes are undone). Error messages name the setting and the
-path, never the PEM content. `generate_test_pki` makes a throw-away CA, a TLS server certificate for
-127.0.0.1/localhost and a client signing certificate, for tests and the demo: write it to a temporary
-folder, never into the repository.
+or an Airflow connection extra; "\\n" escapes are undone). In a connection's extras the key goes
+under `private_key` and its password under `private_key_passphrase`, names Airflow's secrets masker
+hides; `signing_key` (shown in clear) is accepted as a file path only. Error messages name the setting
+and the path, never the PEM content. `generate_test_pki` makes a throw-away CA, a TLS server
+certificate for 127.0.0.1/localhost (and any other server names given) and a client signing
+certificate, for tests, the demo and a trial deployment: write it to a temporary or ignored folder,
+never into the repository (`python -m delivery.security DIR --server-name NAME` writes one).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import ipaddress
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +57,12 @@ ENV_SIGNING_KEY = "AMS_SIGNING_KEY"
 ENV_SIGNING_CERT = "AMS_SIGNING_CERT"
 ENV_SIGNING_KEY_PASSWORD = "AMS_SIGNING_KEY_PASSWORD"
 ENV_CA_BUNDLE = "AMS_CA_BUNDLE"
+
+#: Connection extras for the signing key and its password. Airflow's secrets masker hides an extra
+#: whose name contains "private_key" or "passphrase"; it shows "signing_key" in clear, so that name
+#: is accepted for a file path only.
+PRIVATE_KEY = "private_key"
+PRIVATE_KEY_PASSPHRASE = "private_key_passphrase"
 
 DIGEST_SHA256 = xmlsec.Transform.SHA256
 TIMESTAMP_TTL = 300  # seconds a signed request stays valid (wsu:Timestamp Expires)
@@ -294,18 +303,40 @@ def _setting(config: Mapping[str, Any], key: str, env: Mapping[str, str], env_na
     return value
 
 
+def _one_of(config: Mapping[str, Any], names: tuple[str, str]) -> tuple[str, Any]:
+    """The value of whichever of two alternative keys is set: (key, value); both set is an error."""
+    given = [(name, config.get(name)) for name in names if config.get(name) not in (None, "")]
+    if len(given) > 1:
+        raise SecurityConfigError(f"both {names[0]} and {names[1]} are set: give one of them")
+    return given[0] if given else (names[0], None)
+
+
+def _signing_key(config: Mapping[str, Any], env: Mapping[str, str]) -> Any:
+    """The signing key from `private_key` (PEM text or a path: Airflow masks the extra by its name) or
+    `signing_key` (a file path only: Airflow shows that extra in clear), else AMS_SIGNING_KEY."""
+    name, key = _one_of(config, (PRIVATE_KEY, "signing_key"))
+    if name == "signing_key" and is_pem_text(key):
+        raise SecurityConfigError(
+            "signing_key holds PEM text, and Airflow shows that extra in clear in the UI and the logs: put "
+            f"the key under the extra '{PRIVATE_KEY}' (masked), give signing_key as a file path, or keep the key "
+            f"in a secrets backend or the environment variable {ENV_SIGNING_KEY}")
+    return key if key is not None else env.get(ENV_SIGNING_KEY) or None
+
+
 def security_settings(config: Mapping[str, Any], env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """AmsClient's security keyword arguments from a config mapping (an Airflow connection's extras)
-    with the environment as fallback: signing_key / AMS_SIGNING_KEY, signing_cert / AMS_SIGNING_CERT,
-    signing_key_password / AMS_SIGNING_KEY_PASSWORD, ca_bundle / AMS_CA_BUNDLE (path or PEM text),
-    verify_tls (bool, default true), client_cert and client_key (paths, for mutual TLS)."""
+    with the environment as fallback: private_key (PEM text or path) or signing_key (a path) /
+    AMS_SIGNING_KEY, signing_cert / AMS_SIGNING_CERT, private_key_passphrase (or signing_key_password) /
+    AMS_SIGNING_KEY_PASSWORD, ca_bundle / AMS_CA_BUNDLE (path or PEM text), verify_tls (bool, default
+    true), client_cert and client_key (paths, for mutual TLS)."""
     env = os.environ if env is None else env
-    key = _setting(config, "signing_key", env, ENV_SIGNING_KEY)
+    key = _signing_key(config, env)
     cert = _setting(config, "signing_cert", env, ENV_SIGNING_CERT)
     if bool(key) != bool(cert):
-        missing = "signing_cert" if key else "signing_key"
-        raise SecurityConfigError(f"{missing} is missing: give both signing_key and signing_cert (or "
+        missing = "signing_cert" if key else f"{PRIVATE_KEY} (or signing_key)"
+        raise SecurityConfigError(f"{missing} is missing: give both {PRIVATE_KEY} and signing_cert (or "
                                   f"{ENV_SIGNING_KEY} and {ENV_SIGNING_CERT}), or neither")
+    password = _one_of(config, (PRIVATE_KEY_PASSPHRASE, "signing_key_password"))[1]
     ca_bundle = _setting(config, "ca_bundle", env, ENV_CA_BUNDLE)
     verify = tls_verify_setting(config.get("verify_tls"))
     if ca_bundle:
@@ -322,7 +353,7 @@ def security_settings(config: Mapping[str, Any], env: Mapping[str, str] | None =
     return {
         "signing_key": key,
         "signing_cert": cert,
-        "signing_key_password": _setting(config, "signing_key_password", env, ENV_SIGNING_KEY_PASSWORD),
+        "signing_key_password": password if password is not None else env.get(ENV_SIGNING_KEY_PASSWORD) or None,
         "verify_tls": verify,
         "client_cert": (str(client_cert), str(client_key)) if client_key else client_cert,
     }
@@ -352,7 +383,8 @@ def _name(common_name: str) -> x509.Name:
 
 
 def _issue(subject: str, key: rsa.RSAPrivateKey, issuer: x509.Name, issuer_key: rsa.RSAPrivateKey,
-           days: int, *, ca: bool = False, server: bool = False, client: bool = False) -> x509.Certificate:
+           days: int, *, ca: bool = False, server: bool = False, client: bool = False,
+           server_names: tuple[str, ...] = ()) -> x509.Certificate:
     now = dt.datetime.now(dt.UTC)
     builder = (x509.CertificateBuilder()
                .subject_name(_name(subject)).issuer_name(issuer).public_key(key.public_key())
@@ -374,8 +406,9 @@ def _issue(subject: str, key: rsa.RSAPrivateKey, issuer: x509.Name, issuer_key: 
                                         critical=False)
     if server:
         builder = builder.add_extension(x509.SubjectAlternativeName([
-            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-            x509.IPAddress(ipaddress.ip_address("::1"))]), critical=False)
+            x509.DNSName("localhost"), *(x509.DNSName(n) for n in server_names),
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(ipaddress.ip_address("::1"))]),
+            critical=False)
         builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
     if client:
         builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
@@ -393,10 +426,10 @@ def _write(path: Path, data: bytes, secret: bool = False) -> Path:
 
 
 def generate_test_pki(directory: str | os.PathLike[str], *, name: str = "AMS test", days: int = 30,
-                      key_size: int = 2048) -> PkiPaths:
+                      key_size: int = 2048, server_names: Iterable[str] = ()) -> PkiPaths:
     """A throw-away PKI in `directory`: a CA (its key is not written), a TLS server certificate for
-    localhost/127.0.0.1/::1 and a client signing certificate, each with its key. For tests and the
-    demo only: use a temporary folder, never the repository."""
+    localhost/127.0.0.1/::1 (and the DNS names `server_names`) and a client signing certificate, each
+    with its key. For tests, the demo and a trial only: never commit the folder."""
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
 
@@ -406,7 +439,9 @@ def generate_test_pki(directory: str | os.PathLike[str], *, name: str = "AMS tes
     ca_key, server_key, client_key = new_key(), new_key(), new_key()
     ca_name = _name(f"{name} CA")
     ca_cert = _issue(f"{name} CA", ca_key, ca_name, ca_key, days, ca=True)
-    server_cert = _issue("localhost", server_key, ca_name, ca_key, days, server=True)
+    names = tuple(n for n in server_names if n and n != "localhost")
+    server_cert = _issue(names[0] if names else "localhost", server_key, ca_name, ca_key, days, server=True,
+                         server_names=names)
     client_cert = _issue(f"{name} municipality signing", client_key, ca_name, ca_key, days, client=True)
 
     def key_pem(key: rsa.RSAPrivateKey) -> bytes:
@@ -424,11 +459,31 @@ def generate_test_pki(directory: str | os.PathLike[str], *, name: str = "AMS tes
     )
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Write a throw-away PKI for a trial deployment (docker-compose's trial receiver)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m delivery.security",
+                                     description="Write a throw-away test PKI (CA, TLS server and signing "
+                                                 "certificates with their keys). For tests and trials only.")
+    parser.add_argument("directory", help="folder to write into (never one that is committed)")
+    parser.add_argument("--server-name", action="append", default=[], metavar="NAME",
+                        help="DNS name of the TLS server certificate besides localhost (repeatable)")
+    parser.add_argument("--days", type=int, default=30)
+    args = parser.parse_args(argv)
+    paths = generate_test_pki(args.directory, name="AMS trial", days=args.days, server_names=args.server_name)
+    print(f"Wrote a test PKI to {paths.directory}: ca.pem, server.pem, server-key.pem, client.pem, "
+          "client-key.pem (keys readable by the owner only)")
+    return 0
+
+
 __all__ = [
     "ENV_CA_BUNDLE",
     "ENV_SIGNING_CERT",
     "ENV_SIGNING_KEY",
     "ENV_SIGNING_KEY_PASSWORD",
+    "PRIVATE_KEY",
+    "PRIVATE_KEY_PASSPHRASE",
     "PemSource",
     "PkiPaths",
     "RequestSignature",
@@ -446,3 +501,7 @@ __all__ = [
     "security_settings",
     "tls_verify_setting",
 ]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

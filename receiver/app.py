@@ -6,9 +6,16 @@ GET  /ams-reporting-v1.xsd   the XSD the WSDL imports
 GET  /_health                200 when serving
 GET  /_records?area=N        JSON: the stored records (no content), for tests and the demo
 GET  /_batches               JSON: the stored batches (no content)
-POST /_control               JSON {"mode": ..., "count": N, "delay": s, "operation": "SubmitBatch" | "GetBatchReceipt" | "any", "reset": bool}: misbehave on purpose (tests)
+POST /_control               JSON {"mode": ..., "count": N, "delay": s, "operation": "SubmitBatch" |
+                             "GetBatchReceipt" | "any", "reset": bool}: misbehave on purpose (tests;
+                             only with control=True)
 
-Every request is validated against the XSD (fault 1014), SubmitBatch is idempotent on the batch
+Every request is validated against the XSD (fault 1014): a request that cannot be read (not
+well-formed, a document type declaration or entity reference, anything the parser or the validator
+trips on) is fault 1014 with a short reason, never a traceback. A request body larger than
+`max_request_bytes` (64 MiB by default) is refused before it is read or parsed: HTTP 413 with fault
+1014. The fault-injection endpoint /_control is off unless asked for (`control=True`, `--control`).
+SubmitBatch is idempotent on the batch
 id (same content: the stored receipt again; other content: fault 1030), and a record whose CPR
 number has an impossible birth date is rejected with 1010 "Ukendt personnummer". The log has one
 line per request with batch id, area and counts, never payload content.
@@ -81,6 +88,8 @@ _ENVELOPE_END = b"</soap:Body></soap:Envelope>"
 _XML = "text/xml; charset=utf-8"
 _GUID = re.compile(GUID_PATTERN)
 MAX_ERROR_TEXT = 3900
+#: The largest request body read (a 5,000-record batch is a few MiB).
+MAX_REQUEST_BYTES = 64 * 1024 * 1024
 
 #: Misbehaviour modes of POST /_control (fault injection for tests).
 MODES = ("ok", "error500", "timeout", "drop_reply", "schema_fault", "access_closed", "busy", "signature_refused")
@@ -400,6 +409,15 @@ def fault_envelope(fault: ReceiverFault) -> bytes:
     return etree.tostring(env, xml_declaration=True, encoding="UTF-8")
 
 
+def server_error_envelope() -> bytes:
+    """A SOAP 1.1 server fault without a ServiceFault code: the receiver failed, not the request."""
+    env = etree.Element(f"{_SOAP}Envelope", nsmap={"soap": SOAP_ENV_NS})
+    node = etree.SubElement(etree.SubElement(env, f"{_SOAP}Body"), f"{_SOAP}Fault")
+    etree.SubElement(node, "faultcode").text = "soap:Server"
+    etree.SubElement(node, "faultstring").text = "internal error of the receiver; try again later"
+    return etree.tostring(env, xml_declaration=True, encoding="UTF-8")
+
+
 def build_receipt(tag: str, batch_id: str, outcomes: list[tuple[str, str, int | None, str | None]]) -> bytes:
     """A SubmitBatchResponse (or GetBatchReceiptResponse) with a fresh ServiceReceipt."""
     root = etree.Element(q(tag), nsmap={None: NAMESPACE})
@@ -447,12 +465,17 @@ def _batch_id_of(element: etree._Element | None) -> str:
 
 class ReceiverApp:
     """The WSGI application. `verify` is the hook for WS-Security signature verification
-    (SignatureVerifier, or None: no verification); `control` enables POST /_control."""
+    (SignatureVerifier, or None: no verification); `control` enables POST /_control (fault injection,
+    for tests: off by default); `max_request_bytes` caps a SOAP request's body."""
 
-    def __init__(self, store: ReceiverStore, *, verify: Verifier | None = None, control: bool = True) -> None:
+    def __init__(self, store: ReceiverStore, *, verify: Verifier | None = None, control: bool = False,
+                 max_request_bytes: int = MAX_REQUEST_BYTES) -> None:
+        if max_request_bytes <= 0:
+            raise ValueError("max_request_bytes must be positive")
         self.store = store
         self.verify = verify
         self.control_enabled = control
+        self.max_request_bytes = max_request_bytes
         self.misbehaviour = Misbehaviour()
         self.stopping = threading.Event()  # set on shutdown: interrupts the 'timeout' misbehaviour
 
@@ -471,6 +494,9 @@ class ReceiverApp:
             except OSError:
                 pass
             raise ConnectionAbortedError("reply dropped on purpose") from None
+        except Exception as exc:  # a bug or a store failure: a SOAP server fault, no traceback to the caller
+            log.error("%s %s: internal error (%s)", request.method, request.path, type(exc).__name__)
+            response = Response(server_error_envelope(), status=500, content_type=_XML)
         return response(environ, start_response)
 
     # ---------------------------------------------------------------------------------------------
@@ -525,8 +551,14 @@ class ReceiverApp:
     def soap(self, request: Request) -> Response:
         started = time.monotonic()
         operation, element = "-", None
+        status = 500
         try:
-            envelope = self._parse(request.get_data(cache=False))
+            data = self._body(request)
+            if data is None:
+                status = 413
+                raise ReceiverFault(ERR_SCHEMA, f"the request is larger than this receiver accepts "
+                                    f"({self.max_request_bytes} bytes); send smaller batches")
+            envelope = self._parse(data)
             body = envelope.find(f"{_SOAP}Body")
             if body is None or len(body) == 0:
                 raise ReceiverFault(ERR_SCHEMA, "the SOAP envelope has no Body content")
@@ -542,16 +574,22 @@ class ReceiverApp:
                 misbehaved = self._misbehave(mode, operation, element, started)
                 if misbehaved is not None:
                     return misbehaved
-            problems = payload.payload_problems(element)
-            if problems:
-                raise ReceiverFault(ERR_SCHEMA, "; ".join(problems))
+            self._validate(element)
             if operation == "SubmitBatch":
                 return self._soap_response(self.submit_batch(element, started))
             return self._soap_response(self.get_batch_receipt(element, started))
         except ReceiverFault as fault:
             log.info("%s batch=%s fault=%d (%.0f ms)", operation, _batch_id_of(element), fault.code,
                      (time.monotonic() - started) * 1000)
-            return Response(fault_envelope(fault), status=500, content_type=_XML)
+            return Response(fault_envelope(fault), status=status, content_type=_XML)
+
+    def _body(self, request: Request) -> bytes | None:
+        """The request body, or None when it is larger than max_request_bytes (not read, not parsed)."""
+        limit = self.max_request_bytes
+        if request.content_length is not None and request.content_length > limit:
+            return None
+        data = request.stream.read(limit + 1)  # a chunked body has no Content-Length
+        return None if len(data) > limit else data
 
     @staticmethod
     def _parse(data: bytes) -> etree._Element:
@@ -560,9 +598,27 @@ class ReceiverApp:
         except etree.XMLSyntaxError as exc:
             raise ReceiverFault(ERR_SCHEMA, f"not well-formed XML: line {exc.lineno}: "
                                 f"{payload.clean_message(exc.msg)}") from None
+        except Exception as exc:  # anything else the parser trips on: a fault, never a traceback
+            raise ReceiverFault(ERR_SCHEMA, f"the request could not be read ({type(exc).__name__})") from None
+        if envelope.getroottree().docinfo.doctype or envelope.getroottree().docinfo.internalDTD is not None:
+            raise ReceiverFault(ERR_SCHEMA, "a SOAP message may not have a document type declaration (DOCTYPE)")
         if envelope.tag != f"{_SOAP}Envelope":
             raise ReceiverFault(ERR_SCHEMA, "not a SOAP 1.1 envelope")
+        if next(envelope.iter(etree.Entity), None) is not None:
+            raise ReceiverFault(ERR_SCHEMA, "the request contains an entity reference; send the characters "
+                                "themselves")
         return envelope
+
+    @staticmethod
+    def _validate(element: etree._Element) -> None:
+        """Fault 1014 with the schema's problems, or a short reason when validation itself fails."""
+        try:
+            problems = payload.payload_problems(element)
+        except Exception as exc:  # e.g. lxml's "Internal error in XML Schema validation"
+            log.warning("schema validation failed on a request: %s", type(exc).__name__)
+            raise ReceiverFault(ERR_SCHEMA, f"the request could not be validated ({type(exc).__name__})") from None
+        if problems:
+            raise ReceiverFault(ERR_SCHEMA, "; ".join(problems))
 
     @staticmethod
     def _soap_response(body_xml: bytes) -> Response:

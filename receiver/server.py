@@ -12,6 +12,11 @@ Security options (the same as keyword arguments of start_in_thread and ReceiverP
     --tls-cert PATH --tls-key PATH   serve HTTPS (TLS 1.2+) with this certificate (chain) and key
     --tls-client-ca PATH         with TLS: require a client certificate issued by this CA (mutual TLS;
                                  start_in_thread and the command line only)
+
+Other options:
+
+    --control                    enable POST /_control (fault injection, for tests; off by default)
+    --max-request-mb N           refuse request bodies larger than N MiB (default 64) with HTTP 413
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from typing import Any, Self
 
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
-from receiver.app import SOAP_PATH, ReceiverApp, SignatureVerifier, Verifier
+from receiver.app import MAX_REQUEST_BYTES, SOAP_PATH, ReceiverApp, SignatureVerifier, Verifier
 from receiver.store import ReceiverStore
 
 log = logging.getLogger("receiver")
@@ -69,19 +74,21 @@ def _verifier(verify: Verifier | None, trust_certs: Iterable[str | Path] | None)
 
 
 def create_server(db_path: str | Path, host: str = "127.0.0.1", port: int = 0, *,
-                  verify: Verifier | None = None, control: bool = True,
+                  verify: Verifier | None = None, control: bool = False,
                   trust_certs: Iterable[str | Path] | None = None, tls_cert: str | Path | None = None,
-                  tls_key: str | Path | None = None,
-                  tls_client_ca: str | Path | None = None) -> tuple[BaseWSGIServer, ReceiverApp]:
+                  tls_key: str | Path | None = None, tls_client_ca: str | Path | None = None,
+                  max_request_bytes: int = MAX_REQUEST_BYTES) -> tuple[BaseWSGIServer, ReceiverApp]:
     """A threaded WSGI server bound (and listening) on host:port, not yet serving. `trust_certs`:
     PEM files of the certificates whose signatures are accepted (a SignatureVerifier; unsigned
-    requests are refused). `tls_cert` + `tls_key`: serve HTTPS."""
+    requests are refused). `tls_cert` + `tls_key`: serve HTTPS. `control`: enable POST /_control
+    (fault injection, tests only). `max_request_bytes`: larger request bodies get HTTP 413."""
     if (tls_cert is None) != (tls_key is None):
         raise ValueError("give both tls_cert and tls_key, or neither")
     if tls_client_ca is not None and tls_cert is None:
         raise ValueError("tls_client_ca needs tls_cert and tls_key")
     context = tls_context(tls_cert, tls_key, tls_client_ca) if tls_cert and tls_key else None
-    app = ReceiverApp(ReceiverStore(db_path), verify=_verifier(verify, trust_certs), control=control)
+    app = ReceiverApp(ReceiverStore(db_path), verify=_verifier(verify, trust_certs), control=control,
+                      max_request_bytes=max_request_bytes)
     server = make_server(host, port, app, threaded=True, request_handler=_QuietHandler, ssl_context=context)
     return server, app
 
@@ -122,13 +129,15 @@ class ReceiverHandle:
 
 
 def start_in_thread(db_path: str | Path, host: str = "127.0.0.1", port: int = 0, *,
-                    verify: Verifier | None = None, control: bool = True,
+                    verify: Verifier | None = None, control: bool = False,
                     trust_certs: Iterable[str | Path] | None = None, tls_cert: str | Path | None = None,
-                    tls_key: str | Path | None = None, tls_client_ca: str | Path | None = None) -> ReceiverHandle:
+                    tls_key: str | Path | None = None, tls_client_ca: str | Path | None = None,
+                    max_request_bytes: int = MAX_REQUEST_BYTES) -> ReceiverHandle:
     """Start a receiver in a daemon thread; returns a handle with .url, .wsdl_url, .store, .stop().
-    Security options: see create_server."""
+    Options: see create_server."""
     server, app = create_server(db_path, host, port, verify=verify, control=control, trust_certs=trust_certs,
-                                tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca)
+                                tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca,
+                                max_request_bytes=max_request_bytes)
     return ReceiverHandle(server, app, host)
 
 
@@ -142,10 +151,13 @@ class ReceiverProcess:
     def __init__(self, db_path: str | Path, host: str = "127.0.0.1", port: int = 0, *,
                  startup_timeout: float = 30.0, log_path: str | Path | None = None,
                  python: str = sys.executable, trust_certs: Iterable[str | Path] | None = None,
-                 tls_cert: str | Path | None = None, tls_key: str | Path | None = None) -> None:
+                 tls_cert: str | Path | None = None, tls_key: str | Path | None = None, control: bool = False,
+                 max_request_bytes: int = MAX_REQUEST_BYTES) -> None:
         if (tls_cert is None) != (tls_key is None):
             raise ValueError("give both tls_cert and tls_key, or neither")
         self.db_path = Path(db_path)
+        self.control = control
+        self.max_request_bytes = max_request_bytes
         self.trust_certs = [Path(p).resolve() for p in trust_certs or []]
         self.tls_cert = Path(tls_cert).resolve() if tls_cert else None
         self.tls_key = Path(tls_key).resolve() if tls_key else None
@@ -189,6 +201,10 @@ class ReceiverProcess:
             cmd += ["--trust-cert", str(cert)]
         if self.tls_cert and self.tls_key:
             cmd += ["--tls-cert", str(self.tls_cert), "--tls-key", str(self.tls_key)]
+        if self.control:
+            cmd.append("--control")
+        if self.max_request_bytes != MAX_REQUEST_BYTES:
+            cmd += ["--max-request-mb", repr(self.max_request_bytes / 2**20)]
         with self.log_path.open("ab") as log_file:
             self.process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, cwd=REPO_ROOT, env=env)
@@ -271,7 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8089, help="0 picks a free port")
     parser.add_argument("--db", required=True, help="SQLite database file")
     parser.add_argument("--port-file", help="write the port here once listening")
-    parser.add_argument("--no-control", action="store_true", help="disable POST /_control (fault injection)")
+    parser.add_argument("--control", action="store_true",
+                        help="enable POST /_control (fault injection, for tests; off by default)")
+    parser.add_argument("--max-request-mb", type=float, default=MAX_REQUEST_BYTES / 2**20, metavar="N",
+                        help="refuse request bodies larger than N MiB with HTTP 413 (default %(default)g)")
     parser.add_argument("--trust-cert", action="append", default=[], metavar="PATH",
                         help="PEM certificate whose WS-Security signatures are accepted (repeatable); when "
                              "given, unsigned requests are refused with fault 1050")
@@ -285,14 +304,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--tls-cert and --tls-key go together")
     if args.tls_client_ca and not args.tls_cert:
         parser.error("--tls-client-ca needs --tls-cert and --tls-key")
+    if args.max_request_mb <= 0:
+        parser.error("--max-request-mb must be positive")
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
     try:
-        server, app = create_server(args.db, args.host, args.port, control=not args.no_control,
+        server, app = create_server(args.db, args.host, args.port, control=args.control,
                                     trust_certs=args.trust_cert, tls_cert=args.tls_cert, tls_key=args.tls_key,
-                                    tls_client_ca=args.tls_client_ca)
+                                    tls_client_ca=args.tls_client_ca,
+                                    max_request_bytes=max(1, int(args.max_request_mb * 2**20)))
     except (ValueError, ssl.SSLError, OSError) as exc:
         if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError) and exc.filename is None:
             raise  # e.g. the port is taken: the traceback says so
@@ -302,13 +324,17 @@ def main(argv: list[str] | None = None) -> int:
     def _terminate(signum: int, frame: FrameType | None) -> Any:
         raise KeyboardInterrupt  # serve_forever returns and closes the socket
 
+    if not args.tls_cert and args.host not in ("127.0.0.1", "::1", "localhost"):
+        log.warning("plain HTTP on %s: anyone on the network can read the CPR numbers sent; give --tls-cert and "
+                    "--tls-key, or bind to 127.0.0.1", args.host)
     signal.signal(signal.SIGTERM, _terminate)
     if args.port_file:
         _write_port_file(Path(args.port_file), server.server_port)
-    log.info("AMS receiver listening on %s (db %s)%s%s",
+    log.info("AMS receiver listening on %s (db %s)%s%s%s",
              _base_url(args.host, server.server_port, bool(args.tls_cert)) + SOAP_PATH, args.db,
              f"; signatures required, {len(args.trust_cert)} trusted certificate(s)" if args.trust_cert else "",
-             "; mutual TLS" if args.tls_client_ca else "")
+             "; mutual TLS" if args.tls_client_ca else "",
+             "; fault injection on (POST /_control)" if args.control else "")
     try:
         server.serve_forever()
     finally:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from delivery.client import (
     ServiceBusy,
     TransientDeliveryError,
 )
-from receiver.server import ReceiverHandle, start_in_thread
+from receiver.server import ReceiverHandle, create_server, start_in_thread
 from transforms import payload
 from transforms.payload import build_batch
 
@@ -35,7 +36,7 @@ CPR_BAD_DATE = "3102901234"  # 31 February
 
 @pytest.fixture
 def receiver(tmp_path: Path) -> Iterator[ReceiverHandle]:
-    handle = start_in_thread(tmp_path / "receiver.sqlite")
+    handle = start_in_thread(tmp_path / "receiver.sqlite", control=True)
     yield handle
     handle.stop()
 
@@ -67,6 +68,23 @@ def new_batch(*cprs: str) -> tuple[str, list[str], bytes]:
     ids = [str(uuid.uuid4()) for _ in cprs]
     batch_id, xml = cv_batch([(rid, "CREATE_OR_UPDATE", cpr) for rid, cpr in zip(ids, cprs, strict=True)])
     return batch_id, ids, xml
+
+
+def start_rewriting(db_path: Path, rewrite: Callable[[bytes], bytes], *, chunked: bool = False) -> ReceiverHandle:
+    """The real receiver behind a WSGI middleware that rewrites every answer's bytes (a receiver that
+    answers wrongly). `chunked`: send the answer without a Content-Length."""
+    server, app = create_server(db_path)
+
+    def middleware(environ: dict, start_response: Callable) -> list[bytes]:
+        kept: list[tuple[str, list[tuple[str, str]]]] = []
+        body = rewrite(b"".join(app(environ, lambda status, headers, exc_info=None: kept.append((status, headers)))))
+        status, headers = kept[0]
+        headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+        start_response(status, headers if chunked else [*headers, ("Content-Length", str(len(body)))])
+        return [body]
+
+    server.app = middleware
+    return ReceiverHandle(server, app, "127.0.0.1")
 
 
 def c14n_request(request_bytes: bytes) -> bytes:
@@ -154,6 +172,64 @@ def test_get_batch_receipt_known_and_unknown(client: AmsClient) -> None:
         sent.message_id, sent.batch_id, sent.batch_status, sent.records)
     assert b"<GetBatchReceiptRequest" in fetched.request_bytes or b":GetBatchReceiptRequest" in fetched.request_bytes
     assert client.get_batch_receipt(str(uuid.uuid4())) is None
+
+
+def test_a_receipt_for_another_batch_is_refused(tmp_path: Path) -> None:
+    """GetBatchReceipt answered with another batch's receipt (valid, well-formed): not taken as the
+    receipt of the batch asked about."""
+    other = str(uuid.uuid4())
+
+    def answer_for_another_batch(body: bytes) -> bytes:
+        if b"<GetBatchReceiptResponse" not in body:
+            return body
+        return re.sub(rb"<BatchIdentifier>[^<]*</BatchIdentifier>",
+                      f"<BatchIdentifier>{other}</BatchIdentifier>".encode(), body)
+
+    with start_rewriting(tmp_path / "receiver.sqlite", answer_for_another_batch) as receiver:
+        client = AmsClient(receiver.wsdl_url, timeout=10)
+        batch_id, _, xml = new_batch(CPR_OK)
+        assert client.submit(xml).batch_id == batch_id  # SubmitBatch is answered correctly
+        with pytest.raises(DeliveryError, match="the receipt of another batch") as exc:
+            client.get_batch_receipt(batch_id)
+    error = exc.value
+    assert not isinstance(error, TransientDeliveryError | BusinessFault)
+    assert batch_id in str(error) and other in str(error) and error.operation == "GetBatchReceipt"
+    assert other.encode() in error.response_bytes and error.request_bytes
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_reply_larger_than_the_limit_is_not_read(tmp_path: Path, chunked: bool) -> None:
+    padding = b"<!--" + b"x" * 300_000 + b"-->"
+
+    def too_much(body: bytes) -> bytes:
+        return body + padding if b"<SubmitBatchResponse" in body else body
+
+    with start_rewriting(tmp_path / "receiver.sqlite", too_much, chunked=chunked) as receiver:
+        client = AmsClient(receiver.wsdl_url, timeout=10, max_reply_bytes=100_000)  # the XSD is ~43 kB
+        batch_id, _, xml = new_batch(CPR_OK)
+        with pytest.raises(DeliveryError, match="larger than the limit of 100000 bytes") as exc:
+            client.submit(xml)
+        assert not isinstance(exc.value, TransientDeliveryError)
+        assert "may have been received" in str(exc.value) and exc.value.request_bytes
+        assert ("declares" in str(exc.value)) is not chunked
+        assert client.get_batch_receipt(batch_id).batch_status == "ACCEPTED"  # small replies still pass
+        with pytest.raises(DeliveryError, match="could not load the WSDL.*larger than the limit"):
+            AmsClient(receiver.wsdl_url, timeout=10, max_reply_bytes=10_000, cache=False)
+
+
+def test_lookup_of_an_unknown_batch_is_not_logged_as_a_problem(client: AmsClient,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="delivery.client")
+    assert client.get_batch_receipt(str(uuid.uuid4())) is None
+    faults = [r for r in caplog.records if "SOAP fault" in r.getMessage()]
+    assert [(r.levelno, "1020" in r.getMessage()) for r in faults] == [(logging.DEBUG, True)]
+    caplog.clear()
+    batch_id, _, xml = new_batch(CPR_OK)
+    client.submit(xml)
+    with pytest.raises(BusinessFault):
+        client.submit(cv_batch([(str(uuid.uuid4()), "CREATE_OR_UPDATE", CPR_OK)], batch_id=batch_id)[1])
+    faults = [r for r in caplog.records if "SOAP fault" in r.getMessage()]
+    assert [(r.levelno, "1030" in r.getMessage()) for r in faults] == [(logging.WARNING, True)]
 
 
 def test_client_from_the_wsdl_on_disk_with_endpoint_override(receiver: ReceiverHandle) -> None:

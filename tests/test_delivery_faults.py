@@ -38,7 +38,7 @@ def world(tmp_path, monkeypatch):
     monkeypatch.setenv("AMS_ARCHIVE_KEY_FILE", str(tmp_path / "key"))
     settings = Settings(home=tmp_path / "var", source_url=source, state_url=f"sqlite:///{tmp_path / 'state.sqlite'}",
                         batch_size=60, data_docs=False, delivery_attempts=3, backoff_seconds=0.05)
-    receiver = start_in_thread(tmp_path / "receiver.sqlite")
+    receiver = start_in_thread(tmp_path / "receiver.sqlite", control=True)
     yield settings, receiver
     receiver.stop()
 

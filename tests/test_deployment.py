@@ -1,5 +1,6 @@
 """docker-compose.yml and the Dockerfile stay correct (no Docker engine runs here: parse them)."""
 
+import json
 import re
 
 import yaml
@@ -31,12 +32,59 @@ def test_compose_holds_no_secrets():
             assert value.startswith("${"), f"{key} must come from the environment, not the file"
 
 
+def _mount(volume: str) -> tuple[str, str]:
+    """(source, target) of a short-syntax volume; a source `${VAR:-default}` gives its default."""
+    parts = volume.rsplit(":", 2)
+    if parts[-1] in ("ro", "rw"):
+        parts = parts[:-1]
+    source, target = ":".join(parts[:-1]), parts[-1]
+    default = re.fullmatch(r"\$\{\w+:-(.*)\}", source)
+    return (default.group(1) if default else source), target
+
+
 def test_compose_mounts_files_that_exist():
     for service in _compose()["services"].values():
         for volume in service.get("volumes", []):
-            source = volume.split(":")[0]
-            if source.startswith("./"):
+            source = _mount(volume)[0]
+            if source.startswith("./") and not source.startswith("./var/"):  # var/ is made by make (ignored)
                 assert (ROOT / source).exists(), source
+
+
+def _receivers() -> dict[str, list[str]]:
+    return {name: [str(a) for a in service["command"]] for name, service in _compose()["services"].items()
+            if "receiver.server" in service.get("command", [])}
+
+
+def test_compose_trial_receiver_serves_tls_and_checks_signatures():
+    """No receiver listens beyond loopback in plain HTTP, none takes fault injection, none is published
+    on the host except on loopback."""
+    services = _compose()["services"]
+    assert _receivers(), "the trial receiver is gone: update this test"
+    for name, command in _receivers().items():
+        options = dict(zip(command, command[1:], strict=False))
+        if options.get("--host", "127.0.0.1") not in ("127.0.0.1", "::1", "localhost"):
+            assert "--tls-cert" in options and "--tls-key" in options, f"{name} serves plain HTTP on the network"
+        assert "--trust-cert" in options, f"{name} does not check request signatures"
+        assert "--control" not in command, f"{name} enables fault injection"
+        mounts = {_mount(v)[1] for v in services[name].get("volumes", [])}
+        for flag in ("--tls-cert", "--tls-key", "--trust-cert"):
+            assert any(options[flag].startswith(m + "/") for m in mounts), f"{name}: {flag} is not on a mounted folder"
+        for port in services[name].get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} is published beyond loopback: {port}"
+
+
+def test_compose_example_receiver_connection_uses_https_and_signs():
+    text = (ROOT / "docker-compose.yml").read_text()
+    examples = [json.loads(m) for m in re.findall(r"^\s*#\s*(\{\"conn_type\".*\})\s*$", text, re.M)]
+    assert examples, "the example AIRFLOW_CONN_AMS_RECEIVER comment is gone: update this test"
+    receiver_hosts = set(_receivers())
+    for conn in examples:
+        extra = conn["extra"]
+        assert extra.get("scheme", "https") == "https" and "verify_tls" not in extra
+        assert conn["host"] in receiver_hosts
+        assert extra["signing_cert"] and (extra.get("signing_key") or extra.get("private_key"))
+        assert "BEGIN" not in json.dumps(conn)  # paths, never key material in the file
+    assert "http://ams-receiver" not in text
 
 
 def test_dockerfile_uses_the_pinned_airflow_and_constraints():

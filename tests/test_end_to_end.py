@@ -48,7 +48,7 @@ def _configure(monkeypatch, tmp_path: Path, source_url: str, state_url: str, rec
     host, port = host_port.rsplit(":", 1)
     monkeypatch.setenv("AIRFLOW_CONN_AMS_RECEIVER",
                        f'{{"conn_type": "http", "host": "{host}", "port": {port}, "schema": "ams", '
-                       f'"extra": {{"timeout": 20}}}}')
+                       f'"extra": {{"timeout": 20, "scheme": "http"}}}}')  # the in-thread receiver: plain HTTP
     monkeypatch.setenv("AMS_HOME", str(tmp_path / "var"))
     monkeypatch.setenv("AMS_SOURCE_URL", source_url)
     monkeypatch.setenv("AMS_STATE_URL", state_url)

@@ -26,7 +26,7 @@ CPR_BAD_DATE = "3102901234"  # 31 February: well-formed, impossible birth date
 
 @pytest.fixture
 def receiver(tmp_path: Path) -> Iterator[ReceiverHandle]:
-    handle = start_in_thread(tmp_path / "receiver.sqlite")
+    handle = start_in_thread(tmp_path / "receiver.sqlite", control=True)
     yield handle
     handle.stop()
 
@@ -128,6 +128,69 @@ def test_schema_invalid_request_gets_fault_1014_without_the_value(receiver: Rece
 def test_garbage_gets_fault_1014(receiver: ReceiverHandle, data: bytes) -> None:
     reply = requests.post(receiver.url, data=data, timeout=5, headers={"Content-Type": "text/xml"})
     assert fault_of(reply)[0] == 1014
+
+
+ENTITY_REQUESTS = {
+    "internal-entity": b'<!DOCTYPE s:Envelope [<!ENTITY batch "00000000-0000-4000-8000-000000000000">]>',
+    "external-entity": b'<!DOCTYPE s:Envelope [<!ENTITY batch SYSTEM "file:///etc/hostname">]>',
+    "undefined-entity": b"",
+}
+
+
+@pytest.mark.parametrize("doctype", ENTITY_REQUESTS.values(), ids=ENTITY_REQUESTS.keys())
+def test_entity_references_and_doctypes_get_fault_1014(receiver: ReceiverHandle, doctype: bytes) -> None:
+    """An entity reference used to make the schema validator raise (HTML 500 with a traceback)."""
+    data = (b'<?xml version="1.0" encoding="UTF-8"?>' + doctype +
+            b'<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body>'
+            b'<GetBatchReceiptRequest xmlns="' + NAMESPACE.encode() + b'"><BatchIdentifier>&batch;'
+            b"</BatchIdentifier></GetBatchReceiptRequest></s:Body></s:Envelope>")
+    reply = requests.post(receiver.url, data=data, timeout=5, headers={"Content-Type": "text/xml"})
+    assert reply.headers["Content-Type"].startswith("text/xml")
+    code, text = fault_of(reply)
+    assert code == 1014 and len(text) < 300, text
+    assert ("document type declaration" if doctype else "Entity 'batch' not defined") in text
+    assert "Traceback" not in reply.text and "<html" not in reply.text.lower()
+
+
+def test_validation_that_raises_is_fault_1014(tmp_path: Path) -> None:
+    """Whatever the validator trips on (here an entity node in the tree, which makes lxml's schema
+    validation raise) is a fault 1014 with a short reason."""
+    from receiver.app import ReceiverApp, ReceiverFault
+
+    element = etree.Element(q("GetBatchReceiptRequest"))
+    etree.SubElement(element, q("BatchIdentifier")).append(etree.Entity("batch"))
+    with pytest.raises(ReceiverFault) as info:
+        ReceiverApp._validate(element)
+    assert info.value.code == 1014 and "could not be validated" in info.value.text
+
+
+def test_request_larger_than_the_limit_is_refused_unread(tmp_path: Path) -> None:
+    handle = start_in_thread(tmp_path / "r.sqlite", max_request_bytes=4096)
+    try:
+        lookup = envelope((f'<GetBatchReceiptRequest xmlns="{NAMESPACE}"><BatchIdentifier>{uuid.uuid4()}'
+                           "</BatchIdentifier></GetBatchReceiptRequest>").encode())
+        padded = lookup + b" " * (4096 - len(lookup))  # exactly the limit: read and answered
+        assert len(padded) == 4096
+        headers = {"Content-Type": "text/xml; charset=utf-8"}
+        assert fault_of(requests.post(handle.url, data=padded, timeout=5, headers=headers))[0] == 1020
+        for data in (padded + b" ", iter([padded, b" "])):  # one byte over; and chunked, without a length
+            reply = requests.post(handle.url, data=data, timeout=5, headers=headers)
+            assert reply.status_code == 413
+            detail = answer(reply).find(f"detail/{q('ServiceFault')}")
+            assert detail.findtext(q("ErrorCode")) == "1014"
+            assert "larger than this receiver accepts (4096 bytes)" in detail.findtext(q("ErrorText"))
+    finally:
+        handle.stop()
+
+
+def test_control_endpoint_is_off_unless_asked(tmp_path: Path) -> None:
+    with start_in_thread(tmp_path / "r.sqlite") as handle:
+        control = handle.base_url + "/_control"
+        assert requests.post(control, json={"mode": "error500", "count": 5}, timeout=5).status_code == 404
+        assert requests.get(control, timeout=5).status_code == 404
+        _, body = cv_batch([(str(uuid.uuid4()), "CREATE_OR_UPDATE", CPR_OK)])
+        assert post(handle, body).status_code == 200  # nothing was injected
+        assert handle.app.misbehaviour.state()["mode"] == "ok"
 
 
 def test_unknown_operation_and_batch(receiver: ReceiverHandle) -> None:
@@ -242,9 +305,10 @@ def test_store_versions_and_annulments(tmp_path: Path) -> None:
 
 def test_receiver_process_start_serve_stop(tmp_path: Path) -> None:
     db = tmp_path / "proc.sqlite"
-    with ReceiverProcess(db) as proc:
+    with ReceiverProcess(db, control=True, max_request_bytes=100_000) as proc:
         assert proc.port and proc.port_file.read_text().strip() == str(proc.port)
         assert requests.get(proc.base_url + "/_health", timeout=5).status_code == 200
+        assert requests.post(proc.url, data=b" " * 100_001, timeout=5).status_code == 413  # --max-request-mb
         rid = str(uuid.uuid4())
         _, body = cv_batch([(rid, "CREATE_OR_UPDATE", CPR_OK)])
         assert answer(post(proc, body)).findtext(q("BatchStatus")) == "ACCEPTED"
@@ -271,6 +335,7 @@ def test_command_line_help_runs() -> None:
     out = subprocess.run([sys.executable, "-m", "receiver.server", "--help"], capture_output=True, text=True,
                          timeout=30, check=True)
     assert "--port-file" in out.stdout
+    assert "--control" in out.stdout and "--no-control" not in out.stdout and "--max-request-mb" in out.stdout
 
 
 def test_stored_rows_read_by_attribute_or_key(receiver: ReceiverHandle) -> None:

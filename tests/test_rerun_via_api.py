@@ -47,7 +47,7 @@ def standalone(tmp_path):
     """A running `airflow standalone` (API server, scheduler, DAG processor, triggerer) on loopback."""
     from receiver.server import start_in_thread
 
-    receiver = start_in_thread(tmp_path / "receiver.sqlite")
+    receiver = start_in_thread(tmp_path / "receiver.sqlite", control=True)
     source = f"sqlite:///{tmp_path / 'source.sqlite'}"
     engine = create_engine_from_url(source)
     create_source_schema(engine)

@@ -8,6 +8,7 @@ repository.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import time
 import uuid
@@ -343,10 +344,17 @@ def test_receiver_process_with_tls_and_trusted_certificate(tmp_path: Path, pki: 
 def test_client_from_config_with_pem_text(tls_receiver: ReceiverHandle, pki: PkiPaths) -> None:
     one_line = pki.client_key.read_text().strip().replace("\n", "\\n")  # as pasted into a JSON extra
     config = {"wsdl": tls_receiver.wsdl_url, "endpoint": tls_receiver.url, "timeout": "10",
-              "signing_key": one_line, "signing_cert": pki.client_cert.read_text(),
+              "private_key": one_line, "signing_cert": pki.client_cert.read_text(),
               "ca_bundle": pki.ca_cert.read_text()}
     client = client_from_config(config, env={}, cache=False)
     assert isinstance(client.signature, RequestSignature) and client.timeout == 10
+    assert client.submit(new_batch()[2]).batch_status == "ACCEPTED"
+    # Under the name signing_key (which Airflow shows in clear) PEM text is refused; a path is fine.
+    config.pop("private_key")
+    with pytest.raises(SecurityConfigError, match="signing_key holds PEM text") as info:
+        client_from_config({**config, "signing_key": one_line}, env={})
+    assert "'private_key'" in str(info.value) and "file path" in str(info.value) and "BEGIN" not in str(info.value)
+    client = client_from_config({**config, "signing_key": str(pki.client_key)}, env={}, cache=False)
     assert client.submit(new_batch()[2]).batch_status == "ACCEPTED"
 
 
@@ -358,8 +366,12 @@ def test_client_from_config_with_environment_paths(tls_receiver: ReceiverHandle,
     client = client_from_config({"wsdl": tls_receiver.wsdl_url, "signing_key": ""}, cache=False)
     assert client.signature is not None and client.transport.session.verify == str(pki.ca_cert)
     assert client.submit(new_batch()[2]).batch_status == "ACCEPTED"
-    # Without any keys the client is built unsigned, and the receiver refuses it.
-    plain = client_from_config({"wsdl": tls_receiver.wsdl_url, "ca_bundle": str(pki.ca_cert)}, env={})
+    # Without any keys the client is refused; with the switch for tests it is built unsigned, and the
+    # receiver refuses it.
+    unsigned = {"wsdl": tls_receiver.wsdl_url, "ca_bundle": str(pki.ca_cert)}
+    with pytest.raises(SecurityConfigError, match="would not be signed"):
+        client_from_config(unsigned, env={})
+    plain = client_from_config(unsigned, env={"AMS_INSECURE_FOR_TESTS": "1"})
     assert plain.signature is None
     refused(plain.submit, new_batch()[2])
 
@@ -369,9 +381,15 @@ def test_configuration_errors_never_show_key_material(pki: PkiPaths, rogue: PkiP
     secret_line = key_text.splitlines()[1]
     cases = [
         ({"signing_key": str(pki.client_key)}, "signing_cert is missing"),
-        ({"signing_key": key_text, "signing_cert": rogue.client_cert.read_text()}, "does not belong"),
+        ({"signing_cert": str(pki.client_cert)}, "private_key (or signing_key) is missing"),
+        ({"private_key": key_text, "signing_cert": rogue.client_cert.read_text()}, "does not belong"),
         ({"signing_key": str(tmp_path / "absent.pem"), "signing_cert": str(pki.client_cert)}, "no such file"),
-        ({"signing_key": key_text[:200], "signing_cert": str(pki.client_cert)}, "no readable private key"),
+        ({"private_key": key_text[:200], "signing_cert": str(pki.client_cert)}, "no readable private key"),
+        ({"signing_key": key_text, "signing_cert": str(pki.client_cert)}, "shows that extra in clear"),
+        ({"private_key": key_text, "signing_key": str(pki.client_key), "signing_cert": str(pki.client_cert)},
+         "both private_key and signing_key are set"),
+        ({"private_key": key_text, "signing_cert": str(pki.client_cert), "private_key_passphrase": "x",
+          "signing_key_password": "y"}, "both private_key_passphrase and signing_key_password"),
         ({"ca_bundle": key_text}, "holds a private key"),
         ({"ca_bundle": str(pki.ca_cert), "verify_tls": "false"}, "choose one"),
         ({"client_cert": key_text}, "give a file path"),
@@ -385,6 +403,94 @@ def test_configuration_errors_never_show_key_material(pki: PkiPaths, rogue: PkiP
         assert secret_line not in str(info.value) and "BEGIN" not in str(info.value)
     assert security_settings({"verify_tls": "false"}, env={})["verify_tls"] is False
     assert load_pem(key_text.replace("\n", "\\n")) == key_text.encode()
+
+
+# --- fail closed: no plain HTTP, no unsigned requests (unless the switch for tests is on) -----------
+
+
+def test_plain_http_unsigned_and_unverified_are_refused_without_the_switch(
+        receiver: ReceiverHandle, tls_receiver: ReceiverHandle, pki: PkiPaths, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AMS_INSECURE_FOR_TESTS", raising=False)
+    assert receiver.url.startswith("http://")
+    cases = [
+        (lambda: signed_client(receiver.wsdl_url, pki), "the WSDL URL http://"),
+        (lambda: signed_client(str(payload.WSDL_PATH), pki, endpoint=receiver.url), "the endpoint http://"),
+        # A WSDL file whose soap:address is plain HTTP (the project's WSDL says http://localhost/ams).
+        (lambda: signed_client(str(payload.WSDL_PATH), pki), "the endpoint http://localhost/ams"),
+        (lambda: AmsClient(tls_receiver.wsdl_url, timeout=10, verify_tls=pki.ca_cert), "would not be signed"),
+        (lambda: signed_client(tls_receiver.wsdl_url, pki, verify_tls=False), "verification is off"),
+        (lambda: client_from_config({"wsdl": receiver.wsdl_url, "signing_key": str(pki.client_key),
+                                     "signing_cert": str(pki.client_cert)}, env={}), "plain HTTP"),
+    ]
+    for build, expected in cases:
+        with pytest.raises(SecurityConfigError) as info:
+            build()
+        message = str(info.value)
+        assert expected in message, message
+        assert "AMS_INSECURE_FOR_TESTS=1" in message and "never in production" in message
+    # Without the switch, HTTPS with a verified server and a signature works.
+    client = signed_client(tls_receiver.wsdl_url, pki, verify_tls=pki.ca_cert, cache=False)
+    assert client.insecure_for_tests is False and client.submit(new_batch()[2]).batch_status == "ACCEPTED"
+    assert receiver.store.counts()["batches"] == 0
+
+
+def test_the_insecure_switch_allows_it_and_warns_once(receiver: ReceiverHandle, pki: PkiPaths,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    import delivery.client as client_module
+
+    monkeypatch.setattr(client_module, "_INSECURE_WARNED", set())
+    monkeypatch.setenv("AMS_INSECURE_FOR_TESTS", "0")
+    with pytest.raises(SecurityConfigError):
+        AmsClient(receiver.wsdl_url, timeout=10)
+    caplog.set_level(logging.WARNING, logger="delivery.client")
+    for _ in range(3):
+        client = AmsClient(receiver.wsdl_url, timeout=10, insecure_for_tests=True)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "INSECURE" in warnings[0] and "plain HTTP" in warnings[0], warnings
+    assert "would not be signed" in warnings[0]
+    refused(client.submit, new_batch()[2])  # the receiver itself still wants a signature
+    monkeypatch.setenv("AMS_INSECURE_FOR_TESTS", "1")
+    assert signed_client(receiver.wsdl_url, pki).submit(new_batch()[2]).batch_status == "ACCEPTED"
+    assert client_from_config({"wsdl": receiver.wsdl_url}, env={"AMS_INSECURE_FOR_TESTS": "1"}).signature is None
+
+
+def test_receiver_connection_defaults_to_https_with_a_masked_private_key(
+        tls_receiver: ReceiverHandle, pki: PkiPaths, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Airflow connection without a scheme: HTTPS; the key as PEM text under private_key."""
+    import json
+
+    from ams_reporting.hooks import AmsReceiverHook
+
+    monkeypatch.delenv("AMS_INSECURE_FOR_TESTS", raising=False)
+    host, port = tls_receiver.base_url.split("://", 1)[1].rsplit(":", 1)
+    extra = {"timeout": 10, "private_key": pki.client_key.read_text(), "signing_cert": str(pki.client_cert),
+             "ca_bundle": str(pki.ca_cert)}
+    conn = {"conn_type": "http", "host": host, "port": int(port), "schema": "ams", "extra": extra}
+    monkeypatch.setenv("AIRFLOW_CONN_AMS_RECEIVER", json.dumps(conn))
+    client = AmsReceiverHook().get_client()
+    assert client.endpoint == tls_receiver.url and client.endpoint.startswith("https://")
+    assert client.submit(new_batch()[2]).batch_status == "ACCEPTED"
+    monkeypatch.setenv("AIRFLOW_CONN_AMS_RECEIVER", json.dumps({**conn, "extra": {**extra, "scheme": "http"}}))
+    with pytest.raises(SecurityConfigError, match="plain HTTP"):
+        AmsReceiverHook().get_client()
+
+
+def test_airflow_masks_the_key_extras() -> None:
+    """Airflow's secrets masker hides connection extras by name: the key and its password must use
+    names it hides (it matches a sensitive word anywhere in the name); signing_key is shown in clear,
+    which is why PEM text is refused under that name."""
+    import airflow  # noqa: F401  (configures the masker's sensitive names)
+    from airflow.sdk._shared.secrets_masker import redact, should_hide_value_for_key
+
+    from delivery.security import PRIVATE_KEY, PRIVATE_KEY_PASSPHRASE
+
+    for name in (PRIVATE_KEY, PRIVATE_KEY_PASSPHRASE, "signing_key_password"):
+        assert should_hide_value_for_key(name), name
+    assert not should_hide_value_for_key("signing_key") and not should_hide_value_for_key("signing_cert")
+    shown = redact({PRIVATE_KEY: "pem text of the key", PRIVATE_KEY_PASSPHRASE: "s3cret-pass",
+                    "signing_cert": "/etc/ams/cert.pem"})
+    assert shown == {PRIVATE_KEY: "***", PRIVATE_KEY_PASSPHRASE: "***", "signing_cert": "/etc/ams/cert.pem"}
 
 
 def test_receiver_security_options_are_checked(tmp_path: Path, pki: PkiPaths) -> None:
@@ -405,6 +511,21 @@ def test_receiver_security_options_are_checked(tmp_path: Path, pki: PkiPaths) ->
     out = subprocess.run([sys.executable, "-m", "receiver.server", "--help"], capture_output=True, text=True,
                          timeout=30, check=True, cwd=REPO_ROOT)
     assert all(opt in out.stdout for opt in ("--trust-cert", "--tls-cert", "--tls-key", "--tls-client-ca"))
+
+
+def test_trial_pki_command_names_the_server(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`python -m delivery.security DIR --server-name ams-receiver` (make trial-pki): the TLS certificate
+    is valid for the compose service's host name, and the keys are readable by their owner only."""
+    from cryptography import x509
+
+    from delivery.security import main
+
+    assert main([str(tmp_path / "trial"), "--server-name", "ams-receiver", "--days", "2"]) == 0
+    assert "Wrote a test PKI" in capsys.readouterr().out
+    cert = x509.load_pem_x509_certificate((tmp_path / "trial" / "server.pem").read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert set(names) == {"localhost", "ams-receiver"}
+    assert (tmp_path / "trial" / "client-key.pem").stat().st_mode & 0o077 == 0
 
 
 def test_no_private_key_is_written_inside_the_repository(pki: PkiPaths, rogue: PkiPaths) -> None:

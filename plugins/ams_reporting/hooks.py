@@ -73,9 +73,11 @@ class AmsReceiverHook(BaseHook):
     def get_client(self):
         """A zeep client with the connection's WSDL, endpoint, time-out, TLS trust and signing key.
 
-        Extras (all optional): wsdl, endpoint, timeout, scheme ("https"), ca_bundle, verify_tls,
-        signing_key, signing_cert, signing_key_password, client_cert, client_key. Keys and certificates
-        are paths or PEM text; AMS_SIGNING_KEY / AMS_SIGNING_CERT / AMS_CA_BUNDLE fill what is missing.
+        Extras (all optional): wsdl, endpoint, timeout, scheme (default "https"), ca_bundle, verify_tls,
+        private_key (PEM text or a path; Airflow masks it) or signing_key (a file path only),
+        private_key_passphrase, signing_cert, client_cert, client_key, max_reply_bytes. Certificates are
+        paths or PEM text; AMS_SIGNING_KEY / AMS_SIGNING_CERT / AMS_CA_BUNDLE fill what is missing.
+        The client refuses plain HTTP and unsigned requests unless AMS_INSECURE_FOR_TESTS=1 (tests only).
         """
         from delivery.client import client_from_config
 
@@ -89,11 +91,14 @@ class AmsReceiverHook(BaseHook):
             return client_from_config({"wsdl": wsdl, "endpoint": os.environ.get("AMS_ENDPOINT_URL"),
                                        "timeout": os.environ.get("AMS_TIMEOUT", 30)})
         extra = dict(conn.extra_dejson)
-        scheme = extra.pop("scheme", "https" if extra.get("tls") else "http")
+        extra.pop("tls", None)  # an older spelling of https; https is the default now
+        scheme = str(extra.pop("scheme", None) or "https").strip().lower()
+        if scheme not in ("https", "http"):
+            raise ValueError(f"Airflow connection '{self.conn_id}': extra scheme={scheme!r} is not a web service "
+                             "scheme; use https (the default)")
         base = f"{scheme}://{conn.host}{f':{conn.port}' if conn.port else ''}/{conn.schema or 'ams'}"
         extra.setdefault("wsdl", f"{base}?wsdl")
         extra.setdefault("endpoint", base)
-        extra.pop("tls", None)
         return client_from_config(extra)
 
 
