@@ -348,26 +348,39 @@ class _DropConnection(Exception):
 @dataclass
 class Misbehaviour:
     """What the next calls of `operation` (SubmitBatch by default) do wrong; access_closed holds for
-    every call until reset. `drop_reply` processes the call, then closes the connection unanswered."""
+    every call until reset. `drop_reply` processes the call, then closes the connection unanswered.
+    `then` queues further steps, taken when this one is used up: faults that combine (a dropped
+    reply, then a refused lookup)."""
 
     mode: str = "ok"
     count: int = 0
     delay: float = 30.0
     operation: str = "SubmitBatch"
+    queue: list[tuple[str, int, str]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def set(self, mode: str, count: int = 1, delay: float = 30.0, operation: str = "SubmitBatch") -> None:
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
-        if operation not in TARGETS:
-            raise ValueError(f"unknown operation {operation!r}; known: {', '.join(TARGETS)}")
+    def set(self, mode: str, count: int = 1, delay: float = 30.0, operation: str = "SubmitBatch",
+            then: list[dict[str, Any]] | None = None) -> None:
+        steps = [(mode, count, operation)] + [(str(t.get("mode", "ok")), int(t.get("count", 1)),
+                                               str(t.get("operation", "SubmitBatch"))) for t in then or []]
+        for step_mode, _, step_operation in steps:
+            if step_mode not in MODES:
+                raise ValueError(f"unknown mode {step_mode!r}; known: {', '.join(MODES)}")
+            if step_operation not in TARGETS:
+                raise ValueError(f"unknown operation {step_operation!r}; known: {', '.join(TARGETS)}")
         with self._lock:
-            self.mode, self.count, self.delay = mode, max(int(count), 0), float(delay)
-            self.operation = operation
-            if mode == "access_closed":
-                self.count = 0  # holds for every call until reset: no count
-            elif mode == "ok" or self.count == 0:
-                self.mode, self.count = "ok", 0
+            self.delay = float(delay)
+            self.queue = steps[1:]
+            self._start(*steps[0])
+
+    def _start(self, mode: str, count: int, operation: str) -> None:
+        self.mode, self.count, self.operation = mode, max(int(count), 0), operation
+        if mode == "access_closed":
+            self.count = 0  # holds for every call until reset: no count
+        elif mode == "ok" or self.count == 0:
+            self.mode, self.count = "ok", 0
+            if self.queue:
+                self._start(*self.queue.pop(0))
 
     def take(self, operation: str) -> str | None:
         """The misbehaviour for this call, if any (consumes one of `count`)."""
@@ -380,11 +393,14 @@ class Misbehaviour:
             self.count -= 1
             if self.count <= 0:
                 self.mode, self.count = "ok", 0
+                if self.queue:
+                    self._start(*self.queue.pop(0))
             return mode
 
     def state(self) -> dict[str, Any]:
         with self._lock:
-            return {"mode": self.mode, "count": self.count, "delay": self.delay, "operation": self.operation}
+            return {"mode": self.mode, "count": self.count, "delay": self.delay, "operation": self.operation,
+                    "then": [{"mode": m, "count": c, "operation": o} for m, c, o in self.queue]}
 
 
 def _now() -> datetime:
@@ -541,7 +557,8 @@ class ReceiverApp:
             if data.get("reset"):  # tests: forget every batch and record (a fresh receiver)
                 self.store.reset()
             self.misbehaviour.set(str(data.get("mode", "ok")), int(data.get("count", 1)),
-                                  float(data.get("delay", 30.0)), str(data.get("operation", "SubmitBatch")))
+                                  float(data.get("delay", 30.0)), str(data.get("operation", "SubmitBatch")),
+                                  then=list(data.get("then") or []))
         except (ValueError, TypeError, AttributeError) as exc:
             return self._json({"error": str(exc)}, status=400)
         log.info("control: %s", self.misbehaviour.state())

@@ -72,7 +72,7 @@ TALLY: Counter = Counter()
 @pytest.fixture(scope="module")
 def receiver_process():
     with tempfile.TemporaryDirectory(prefix="ams-model-") as tmp:
-        with ReceiverProcess(Path(tmp) / "receiver.sqlite") as receiver:
+        with ReceiverProcess(Path(tmp) / "receiver.sqlite", control=True) as receiver:
             yield receiver
 
 
@@ -163,40 +163,26 @@ class DeliveryProtocol(RuleBasedStateMachine):
                 self.original[key] = conn.execute(
                     "SELECT weekly_hours, activation_type FROM measures WHERE measure_id = ?", (key,)).fetchone()
 
-    # --- source changes --------------------------------------------------------------------------
-    @rule(i=st.integers(0, 7), hours=st.integers(1, 37))
-    def update(self, i: int, hours: int) -> None:
+    # --- source changes ---------------------------------------------------------------------------
+    @rule(kind=st.sampled_from(("update", "delete", "create", "break", "fix")), i=st.integers(0, 7),
+          hours=st.integers(1, 37))
+    def change_source(self, kind: str, i: int, hours: int) -> None:
         key = self.keys[i]
-        self._touch(key, "weekly_hours = ?", float(hours))
-        TALLY["source updates"] += 1
-
-    @rule(i=st.integers(0, 7))
-    def delete(self, i: int) -> None:
-        key = self.keys[i]
-        self._touch(key, "deleted_at = ?", datetime.now(UTC).isoformat(sep=" "))
-        self.deleted.add(key)
-        TALLY["source deletes"] += 1
-
-    @rule(i=st.integers(0, 7))
-    def undelete(self, i: int) -> None:  # a record coming back is a create for the receiver
-        key = self.keys[i]
-        self._touch(key, "deleted_at = NULL")
-        self.deleted.discard(key)
-        TALLY["source creates"] += 1
-
-    @rule(i=st.integers(0, 7))
-    def break_record(self, i: int) -> None:
-        key = self.keys[i]
-        self._touch(key, "activation_type = ?", "ZZ")  # not in the code list: quarantined
-        self.broken.add(key)
-        TALLY["source breaks"] += 1
-
-    @rule(i=st.integers(0, 7))
-    def fix_record(self, i: int) -> None:
-        key = self.keys[i]
-        self._touch(key, "activation_type = ?", self.original[key][1])
-        self.broken.discard(key)
-        TALLY["source fixes"] += 1
+        if kind == "update":
+            self._touch(key, "weekly_hours = ?", float(hours))
+        elif kind == "delete":
+            self._touch(key, "deleted_at = ?", datetime.now(UTC).isoformat(sep=" "))
+            self.deleted.add(key)
+        elif kind == "create":  # a record coming back is a create for the receiver
+            self._touch(key, "deleted_at = NULL")
+            self.deleted.discard(key)
+        elif kind == "break":
+            self._touch(key, "activation_type = ?", "ZZ")  # not in the code list: quarantined
+            self.broken.add(key)
+        else:
+            self._touch(key, "activation_type = ?", self.original[key][1])
+            self.broken.discard(key)
+        TALLY[f"source: {kind}"] += 1
 
     # --- runs, clears and faults -----------------------------------------------------------------
     @rule(new_run=st.booleans(), crash=st.sampled_from((None, *PREPARE_POINTS)))
@@ -210,30 +196,30 @@ class DeliveryProtocol(RuleBasedStateMachine):
             self._prepare()
         finally:
             failpoints.disarm()
-        TALLY["prepare runs" if new_run else "prepare clears"] += 1
+        TALLY["prepare: new run" if new_run else "prepare: cleared (same run)"] += 1
 
-    @rule(new_run=st.booleans(), mode=st.sampled_from((None, *RECEIVER_MODES)), operation=st.sampled_from(OPERATIONS),
-          count=st.integers(1, 3))
-    def deliver_with_receiver_fault(self, new_run: bool, mode: str | None, operation: str, count: int) -> None:
+    @rule(new_run=st.booleans(),
+          faults=st.lists(st.tuples(st.sampled_from(RECEIVER_MODES), st.sampled_from(OPERATIONS), st.integers(1, 2)),
+                          min_size=0, max_size=2),
+          crash=st.sampled_from((None, None, *DELIVERY_POINTS)))
+    def deliver(self, new_run: bool, faults: list[tuple[str, str, int]], crash: str | None) -> None:
+        """A delivery (a new run's, or a clear of the current one) under up to two receiver faults in
+        sequence and perhaps a crash or an archive failure at a named point."""
         if new_run or not self.run_id:
             self._new_run()
-        if mode:
-            self._control(mode=mode, operation=operation, count=count)
-            TALLY[f"fault: {mode} on {operation}"] += 1
-        self._deliver()
-        TALLY["deliver runs" if new_run else "deliver clears"] += 1
-
-    @rule(point=st.sampled_from(DELIVERY_POINTS))
-    def deliver_with_crash(self, point: str) -> None:
-        if not self.run_id:
-            self._new_run()
-        if point == "archive.write":
-            failpoints.arm(point, OSError(errno.ENOSPC, "No space left on device"))
+        if faults:
+            steps = [{"mode": m, "operation": o, "count": c} for m, o, c in faults]
+            self._control(**steps[0], then=steps[1:])
+            for m, o, _ in faults:
+                TALLY[f"fault: {m} on {o}"] += 1
+        if crash == "archive.write":
+            failpoints.arm(crash, OSError(errno.ENOSPC, "No space left on device"))
             TALLY["fault: archive write failure (ENOSPC)"] += 1
-        else:
-            failpoints.arm(point)
-            TALLY[f"fault: crash at {point}"] += 1
+        elif crash:
+            failpoints.arm(crash)
+            TALLY[f"fault: crash at {crash}"] += 1
         self._deliver()
+        TALLY["deliver: new run" if new_run else "deliver: cleared (same run)"] += 1
 
     @precondition(lambda self: self.state.outstanding_batches(AREA.number))
     @rule(data=st.data())

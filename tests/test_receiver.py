@@ -241,7 +241,7 @@ def test_control_endpoint(receiver: ReceiverHandle) -> None:
     control = receiver.base_url + "/_control"
     assert requests.post(control, json={"mode": "nonsense"}, timeout=5).status_code == 400
     state = requests.post(control, json={"mode": "busy", "count": 2}, timeout=5).json()
-    assert state == {"mode": "busy", "count": 2, "delay": 30.0, "operation": "SubmitBatch"}
+    assert state == {"mode": "busy", "count": 2, "delay": 30.0, "operation": "SubmitBatch", "then": []}
     _, body = cv_batch([(str(uuid.uuid4()), "CREATE_OR_UPDATE", CPR_OK)])
     assert fault_of(post(receiver, body))[0] == 3001
     assert requests.get(control, timeout=5).json()["count"] == 1
@@ -254,6 +254,11 @@ def test_control_endpoint(receiver: ReceiverHandle) -> None:
                                          "reset": True}, timeout=5).json()
     assert state["operation"] == "GetBatchReceipt" and receiver.store.counts() == {"batches": 0, "records": 0}
     assert post(receiver, body).status_code == 200  # SubmitBatch is not targeted
+    # Steps combine: the next SubmitBatch is busy, the one after it has its signature refused.
+    requests.post(control, json={"mode": "busy", "then": [{"mode": "signature_refused"}]}, timeout=5)
+    _, other = cv_batch([(str(uuid.uuid4()), "CREATE_OR_UPDATE", CPR_OK)])
+    assert [fault_of(post(receiver, other))[0] for _ in range(2)] == [3001, 1050]
+    assert post(receiver, other).status_code == 200
 
 
 def test_verify_hook_can_refuse_a_message(tmp_path: Path) -> None:

@@ -81,7 +81,7 @@ def standalone(tmp_path):
         "AMS_DELIVERY_ATTEMPTS": "2",
         "AMS_BACKOFF_SECONDS": "0.1",
         "AIRFLOW_CONN_AMS_RECEIVER": f'{{"conn_type": "http", "host": "{rhost}", "port": {rport}, '
-                                     f'"schema": "ams", "extra": {{"timeout": 10}}}}',
+                                     f'"schema": "ams", "extra": {{"timeout": 10, "scheme": "http"}}}}',
     }
     airflow = str(Path(sys.executable).with_name("airflow"))
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
