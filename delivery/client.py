@@ -509,6 +509,20 @@ def client_from_config(config: Mapping[str, Any], env: Mapping[str, str] | None 
                      timeout=float(timeout) if timeout not in (None, "") else 30.0, **settings, **kwargs)
 
 
+def client_from_connection(host: str | None, port: int | str | None, schema: str | None,
+                           extra: Mapping[str, Any], **kwargs: Any) -> AmsClient:
+    """An AmsClient from an Airflow connection's fields (`ams_receiver`): host, port, schema = path
+    (default `ams`); extras as for client_from_config, plus `scheme` (`https` for TLS). The WSDL and
+    endpoint default to <scheme>://<host>:<port>/<schema>(?wsdl)."""
+    extra = dict(extra)
+    scheme = extra.pop("scheme", "https" if extra.get("tls") else "http")
+    base = f"{scheme}://{host}{f':{port}' if port else ''}/{schema or 'ams'}"
+    extra.setdefault("wsdl", f"{base}?wsdl")
+    extra.setdefault("endpoint", base)
+    extra.pop("tls", None)
+    return client_from_config(extra, **kwargs)
+
+
 def _describe(exc: BaseException) -> str:
     """A short reason for a requests error (its innermost cause), no URLs' query strings or payloads."""
     inner: BaseException = exc
@@ -533,5 +547,6 @@ __all__ = [
     "SignatureRefused",
     "TransientDeliveryError",
     "client_from_config",
+    "client_from_connection",
     "parse_receipt",
 ]

@@ -30,7 +30,7 @@ from delivery.state import StateStore
 from transforms import mapping
 from transforms.contracts import FINDING_COLUMNS, check_contract
 from transforms.identifiers import mask_cpr
-from transforms.registry import REPO_ROOT, Area, get_area
+from transforms.registry import REPO_ROOT, Area, InterfaceVersion, get_area, version_in_force
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +125,13 @@ def _masked_persons(area: Area, records: pd.DataFrame) -> pd.Series:
 
 
 class _BatchWriter:
-    """Collects records to send and stages them as XSD-valid, encrypted payload batches."""
+    """Collects records to send and stages them as XSD-valid, encrypted payload batches, all in one
+    interface version (§ 49): a batch never mixes versions."""
 
-    def __init__(self, area: Area, run_id: str, settings: Settings, state: StateStore, vault: Vault):
+    def __init__(self, area: Area, run_id: str, settings: Settings, state: StateStore, vault: Vault,
+                 version: InterfaceVersion):
         self.area, self.run_id, self.settings, self.state, self.vault = area, run_id, settings, state, vault
+        self.version = version
         self.pending: list[pd.DataFrame] = []
         self.pending_rows = 0
         self.batch_ids: list[str] = []
@@ -155,7 +158,8 @@ class _BatchWriter:
         self.pending_rows = len(rest)
         batch_id = _batch_id(self.area, self.run_id, batch)
         payload = build_batch(self.area, batch, batch_id=batch_id,
-                              sender_municipality=self.settings.sender_municipality, run_id=self.run_id)
+                              sender_municipality=self.settings.sender_municipality, run_id=self.run_id,
+                              version=self.version)
         validate_payload(payload)  # nothing leaves that the XSD does not accept
         path = self.settings.staging_dir / self.area.code / f"{batch_id}.xml.gz.enc"
         self.vault.write(path, payload)
@@ -201,14 +205,17 @@ def prepare_area(area_ref: int | str, *, run_id: str, period_end: date, settings
     """Extract, check and stage one area's batches. Returns small counts (fit for XCom)."""
     from transforms.source import create_engine_from_url, extract_chunks
 
-    area = get_area(area_ref)
+    # § 49: the interface version in force on the run's date (the data interval's end the DAG passes in,
+    # not today), so a re-run of an earlier day builds that day's version; its fields drive the whole cycle.
+    version = version_in_force(period_end)
+    area = version.area(get_area(area_ref))
     state = settings.state()
     state.start_area_run(run_id, area.number)
     discarded = state.discard_unsent_batches(area.number)
     for old in discarded:
         Path(old["staged_path"]).unlink(missing_ok=True)
     vault = settings.vault()
-    writer = _BatchWriter(area, run_id, settings, state, vault)
+    writer = _BatchWriter(area, run_id, settings, state, vault, version)
     docs_dir = settings.reports_dir / "data_docs" if settings.data_docs else None
     counts: Counter = Counter()
     rules: Counter = Counter()
@@ -256,8 +263,9 @@ def prepare_area(area_ref: int | str, *, run_id: str, period_end: date, settings
     summary = {"area": area.number, **{k: int(v) for k, v in counts.items()}}
     state.update_area_run(run_id, area.number, status="prepared", counts={**summary, "rules": dict(rules)},
                           data_docs=str(docs_index) if docs_index else None)
-    log.info("area %s prepared: %s", area.number, json.dumps(summary, sort_keys=True))
-    return {"area": area.number, "batches": batch_ids, **summary}
+    log.info("area %s prepared in interface version %s: %s", area.number, version.name,
+             json.dumps(summary, sort_keys=True))
+    return {"area": area.number, "batches": batch_ids, "interface_version": version.name, **summary}
 
 
 # --- delivery -------------------------------------------------------------------------------------

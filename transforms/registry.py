@@ -100,6 +100,9 @@ class Area:
     reconciliation_paragraph: str = ""
     person_field: str | None = "person_cpr"
     notes: tuple[str, ...] = ()
+    #: Fields whose value distinguishes the kinds of record the regulation names (§ 30 nr. 1-2, § 36,
+    #: § 42, stk. 1); with the conditions they define the record kinds of the conformance set (§ 46).
+    kind_fields: tuple[str, ...] = ()
 
     @property
     def code(self) -> str:
@@ -396,6 +399,7 @@ AREAS: tuple[Area, ...] = (
         channels_paragraph="§ 34",
         date_field="start_date",
         reconciliation_paragraph="§ 32",
+        kind_fields=("scheme",),
         fields=(
             _cpr("§ 31 nr. 1"),
             _municipality("§ 31 nr. 2", "personal_assistance_grants.municipality_code"),
@@ -427,6 +431,7 @@ AREAS: tuple[Area, ...] = (
         date_field="start_date",
         reconciliation_paragraph="§ 38",
         person_field=None,
+        kind_fields=("basis",),
         conditions=(
             Condition("per_person", "grant for an individual person", "§ 37 nr. 3, 4 and 7"),
             Condition("per_slot", "grant per slot (pr. plads, LAB § 80, stk. 2)", "§ 37 nr. 5, 6, 8 and 9"),
@@ -469,6 +474,7 @@ AREAS: tuple[Area, ...] = (
         channels_paragraph="§ 45",
         date_field="approved_on",
         reconciliation_paragraph="§ 43",
+        kind_fields=("aid_kind",),
         conditions=(Condition("company_receives", "the company receives the subsidy", "§ 42, stk. 2, nr. 2"),),
         fields=(
             _municipality("§ 42, stk. 2, nr. 1", "aid_grants.municipality_code"),

@@ -77,7 +77,7 @@ class AmsReceiverHook(BaseHook):
         signing_key, signing_cert, signing_key_password, client_cert, client_key. Keys and certificates
         are paths or PEM text; AMS_SIGNING_KEY / AMS_SIGNING_CERT / AMS_CA_BUNDLE fill what is missing.
         """
-        from delivery.client import client_from_config
+        from delivery.client import client_from_config, client_from_connection
 
         conn = _connection(self.conn_id)
         if conn is None:
@@ -88,13 +88,7 @@ class AmsReceiverHook(BaseHook):
                     "where to deliver. Create the connection (docs/operations.md, 'Configuration').")
             return client_from_config({"wsdl": wsdl, "endpoint": os.environ.get("AMS_ENDPOINT_URL"),
                                        "timeout": os.environ.get("AMS_TIMEOUT", 30)})
-        extra = dict(conn.extra_dejson)
-        scheme = extra.pop("scheme", "https" if extra.get("tls") else "http")
-        base = f"{scheme}://{conn.host}{f':{conn.port}' if conn.port else ''}/{conn.schema or 'ams'}"
-        extra.setdefault("wsdl", f"{base}?wsdl")
-        extra.setdefault("endpoint", base)
-        extra.pop("tls", None)
-        return client_from_config(extra)
+        return client_from_connection(conn.host, conn.port, conn.schema, conn.extra_dejson)
 
 
 def settings() -> Settings:
