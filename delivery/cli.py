@@ -143,7 +143,7 @@ def docs(args: argparse.Namespace) -> int:
 
     write_schema()
     path = write_fields_doc()
-    print(f"Wrote the XSD and {path}")
+    print(f"Wrote the XSDs and WSDLs of every interface version (schemas/) and {path}")
     return 0
 
 
