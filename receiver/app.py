@@ -632,14 +632,14 @@ class ReceiverApp:
         """Store a validated SubmitBatchRequest; returns the SubmitBatchResponse element's XML (in the
         request's interface version)."""
         ns = payload.namespace_of(element)
-        version = VERSION_BY_NAMESPACE[ns]
+        interface = VERSION_BY_NAMESPACE[ns]
 
         def q(local: str) -> str:
             return payload.q(local, ns)
 
         header = element.find(q("BatchHeader"))
         batch_id = (header.findtext(q("BatchIdentifier")) or "").strip()
-        area = version.area(int(header.findtext(q("DataArea")) or 0))
+        area = interface.area(int(header.findtext(q("DataArea")) or 0))
         records = element.find(q("Records"))
         check_cpr = "cpr-birth-date" not in self.skipped_checks
         digest = hashlib.sha256(etree.tostring(element, method="c14n", exclusive=True)).hexdigest()

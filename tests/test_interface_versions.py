@@ -18,10 +18,10 @@ from delivery.interface_change import describe_change, field_changes, xsd_differ
 from delivery.pipeline import AreaDeliveryStopped, Settings, deliver_area, prepare_area
 from receiver.server import ReceiverHandle, start_in_thread
 from receiver.store import ReceiverStore
-from transforms import payload, synthetic
+from tests.test_delivery_faults import demo_settings
+from transforms import payload
 from transforms.payload import PayloadError, build_batch, generate_xsd, q, validate_payload
 from transforms.registry import AREAS, INTERFACE_EFFECTIVE_ENV, V1, V2_SAMPLE, version_in_force
-from transforms.source import create_engine_from_url, create_source_schema
 from transforms.workdays import NONWORKING_DAYS_ENV, WorkingDayCalendar, check_notice
 
 CPR_OK = "0101901234"
@@ -171,15 +171,9 @@ def staged_namespaces(settings: Settings) -> set[str]:
 
 
 def test_switch_on_the_effective_date_and_rerun_of_the_day_before(tmp_path, monkeypatch) -> None:
-    source = f"sqlite:///{tmp_path / 'source.sqlite'}"
-    engine = create_engine_from_url(source)
-    create_source_schema(engine)
-    synthetic.generate(engine, persons=300, defect_rate=0.0)
-    engine.dispose()
-    monkeypatch.setenv("AMS_ARCHIVE_KEY_FILE", str(tmp_path / "key"))
     monkeypatch.setenv(INTERFACE_EFFECTIVE_ENV, f"v2={SWITCH.isoformat()}")
-    settings = Settings(home=tmp_path / "var", source_url=source, state_url=f"sqlite:///{tmp_path / 'state.sqlite'}",
-                        batch_size=40, data_docs=False, delivery_attempts=2, backoff_seconds=0.01)
+    settings = demo_settings(tmp_path, monkeypatch, persons=300, defect_rate=0.0, batch_size=40,
+                             delivery_attempts=2, backoff_seconds=0.01)
     receiver = start_in_thread(tmp_path / "receiver.sqlite")
     try:
         client = AmsClient(receiver.wsdl_url, timeout=10)

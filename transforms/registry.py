@@ -578,10 +578,6 @@ class InterfaceVersion:
     def areas(self) -> tuple[Area, ...]:
         return tuple(self.area(a.number) for a in AREAS)
 
-    def changed_areas(self) -> list[int]:
-        """The areas whose fields or elements differ from the version this one is based on."""
-        return sorted({n for n, *_ in (*self.added, *self.removed, *self.renamed)})
-
 
 V1 = InterfaceVersion(
     name="v1",
