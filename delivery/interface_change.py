@@ -100,25 +100,30 @@ def xsd_differences(old_xsd: str, new_xsd: str) -> list[str]:
 
 
 def resent_records(old: InterfaceVersion, new: InterfaceVersion,
-                   accepted_count: Callable[[int], int]) -> dict[int, int]:
-    """Per area whose field set changes: how many delivered records the new version sends again."""
+                   accepted: Callable[[int], list[str]]) -> dict[int, list[str]]:
+    """Per area whose field set changes: the record keys of the delivered records the new version sends again."""
     changed = sorted({c.area for c in field_changes(old, new) if c.change in ("added", "removed")})
-    return {area: accepted_count(area) for area in changed}
+    return {area: accepted(area) for area in changed}
 
 
-def ledger_counter(state_url: str) -> tuple[Callable[[int], int] | None, str]:
-    """A function counting an area's accepted records in the ledger, read only; or None and why not."""
+def ledger_reader(state_url: str) -> tuple[Callable[[int], list[str]] | None, str]:
+    """A function listing an area's accepted record keys in the ledger, read only; or None and why not."""
     if state_url.startswith("sqlite:///") and not Path(state_url.removeprefix("sqlite:///")).exists():
         return None, f"no state database at {state_url.removeprefix('sqlite:///')}: nothing delivered yet"
     from delivery.state import StateStore
 
     state = StateStore(state_url)
 
-    def count(area: int) -> int:
+    def accepted(area: int) -> list[str]:
         rows = state.ledger_rows(area)
-        return int((rows["status"] == "accepted").sum()) if len(rows) else 0
+        return sorted(rows.loc[rows["status"] == "accepted", "record_key"]) if len(rows) else []
 
-    return count, ""
+    return accepted, ""
+
+
+def _keys(keys: list[str], shown: int = 10) -> str:
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return f"source keys {', '.join(keys[:shown])}{more}" if keys else "none"
 
 
 def describe_change(old: InterfaceVersion, new: InterfaceVersion, announced: date, effective: date,
@@ -138,13 +143,14 @@ def describe_change(old: InterfaceVersion, new: InterfaceVersion, announced: dat
     out += ["", f"XSD differences ({old.xsd_name} -> {new.xsd_name}):"]
     out += [f"  {line}" for line in xsd_differences(generate_xsd(old), generate_xsd(new))] or ["  none"]
     out += ["", "Records already delivered that the new version sends again (as updates, same record id):"]
-    counter, why_not = ledger_counter(state_url)
-    if counter is None:
+    reader, why_not = ledger_reader(state_url)
+    if reader is None:
         out.append(f"  {why_not}")
     else:
-        resent = resent_records(old, new, counter)
-        out += [f"  area {area}: {n} record(s): the area's fields change, so every accepted record's content "
-                "changes" for area, n in resent.items()] or ["  none: no area's field set changes"]
+        resent = resent_records(old, new, reader)
+        out += [f"  area {area}: {len(keys)} record(s): the area's fields change, so every accepted record's "
+                f"content changes ({_keys(keys)})" for area, keys in resent.items()] or [
+            "  none: no area's field set changes"]
         renamed = sorted({c.area for c in changes if c.change == "renamed"} - set(resent))
         if renamed:
             out.append(f"  (area(s) {', '.join(map(str, renamed))}: elements renamed only, nothing is sent again)")

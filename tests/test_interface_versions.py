@@ -65,6 +65,22 @@ def test_which_days_count() -> None:
         WorkingDayCalendar.from_env({NONWORKING_DAYS_ENV: "24/12"})
 
 
+def test_interface_change_command(tmp_path, monkeypatch, capsys) -> None:
+    from delivery import cli
+
+    monkeypatch.setenv("AMS_HOME", str(tmp_path / "var"))
+    monkeypatch.delenv("AMS_STATE_URL", raising=False)
+    args = ["interface-change", "--from", "v1", "--to", "v2", "--announced", "2026-03-02"]
+    assert cli.main([*args, "--effective", "2026-04-30"]) == 1
+    out = capsys.readouterr().out
+    assert "TOO SHORT by 1 working day" in out and "Earliest lawful effective date for this notice: 2026-05-01" in out
+    assert "area 3: renamed interview_form: element InterviewFormIdentifier -> InterviewFormCode" in out
+    assert "FollowUpInterviewRecord: + InterviewIdentifier" in out and "SAMPLE" in out
+    assert "nothing delivered yet" in out and not (tmp_path / "var" / "state").exists()
+    assert cli.main([*args, "--effective", "2026-05-01"]) == 0
+    assert "VALID" in capsys.readouterr().out
+
+
 # --- the versions in the registry --------------------------------------------------------------
 
 

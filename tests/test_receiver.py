@@ -264,6 +264,7 @@ def test_command_line_help_runs() -> None:
     out = subprocess.run([sys.executable, "-m", "receiver.server", "--help"], capture_output=True, text=True,
                          timeout=30, check=True)
     assert "--port-file" in out.stdout
+    assert "TEST ONLY" in out.stdout and "--test-only-skip-check" in out.stdout
 
 
 def test_stored_rows_read_by_attribute_or_key(receiver: ReceiverHandle) -> None:
