@@ -175,7 +175,7 @@ def _annulments(records: pd.DataFrame) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------------------------------
-# Defects the receiver must refuse: (id, title, area, how to spoil a valid batch, expected code, level)
+# Defects the receiver must refuse, each built by spoiling a valid area 5 batch (_defect_payload)
 # --------------------------------------------------------------------------------------------------
 
 
