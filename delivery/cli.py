@@ -5,6 +5,10 @@
     ams-report docs            regenerate the XSD and docs/fields.md from the registry
     ams-report verify-archive  check every archived batch against its manifest
     ams-report requeue --area N  re-send records the receiver refused, once its fault is fixed
+    ams-report interface-change --from v1 --to v2 --announced DATE --effective DATE
+                               check a § 49 notice (40 working days) and show what the change means
+    ams-report conformance --receiver CONN_ID
+                               the test before go-live (§ 46) against the agency's test endpoint
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, date, datetime
 from pathlib import Path
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from delivery.pipeline import Settings
 from transforms.registry import REPO_ROOT
@@ -137,7 +143,7 @@ def docs(args: argparse.Namespace) -> int:
 
     write_schema()
     path = write_fields_doc()
-    print(f"Wrote the XSD and {path}")
+    print(f"Wrote the XSDs and WSDLs of every interface version (schemas/) and {path}")
     return 0
 
 
@@ -159,6 +165,78 @@ def requeue(args: argparse.Namespace) -> int:
     return 0
 
 
+def interface_change(args: argparse.Namespace) -> int:
+    from delivery.interface_change import describe_change
+    from transforms.registry import get_version
+
+    text, notice = describe_change(get_version(args.old), get_version(args.new), args.announced, args.effective,
+                                   Settings.from_env().state_url)
+    print(text)
+    return 0 if notice.valid else 1
+
+
+def _connection_from_uri(uri: str) -> dict:
+    parts = urlsplit(uri)
+    query = dict(parse_qsl(parts.query))
+    extra = json.loads(query.pop("__extra__")) if "__extra__" in query else query
+    return {"conn_type": parts.scheme, "host": unquote(parts.hostname or ""), "port": parts.port,
+            "schema": unquote(parts.path.lstrip("/")), "extra": extra}
+
+
+def receiver_connection(conn_id: str, settings: Settings) -> dict:
+    """An Airflow connection as a dict (conn_type, host, port, schema, extra): from AIRFLOW_CONN_<ID>
+    (JSON or URI), else from Airflow's own store (`airflow connections get`)."""
+    raw = os.environ.get(f"AIRFLOW_CONN_{conn_id.upper()}")
+    if raw is None:
+        airflow = str(Path(sys.executable).with_name("airflow"))
+        done = subprocess.run([airflow, "connections", "get", conn_id, "--output", "json"], capture_output=True,
+                              text=True, env=_airflow_env(settings))
+        if done.returncode != 0:
+            raise SystemExit(f"There is no Airflow connection '{conn_id}' (neither AIRFLOW_CONN_{conn_id.upper()} "
+                             "nor in Airflow's store). Create it for the agency's test endpoint "
+                             "(docs/operations.md, § 46).")
+        raw = done.stdout.strip()
+        found = json.loads(raw)
+        conn = found[0] if isinstance(found, list) else found
+    elif raw.lstrip().startswith("{"):
+        conn = json.loads(raw)
+    else:
+        conn = _connection_from_uri(raw)
+    extra = conn.get("extra") or {}
+    conn["extra"] = json.loads(extra) if isinstance(extra, str) else dict(extra)
+    return conn
+
+
+def conformance(args: argparse.Namespace) -> int:
+    from delivery.client import client_from_connection
+    from delivery.conformance import TEST_ENDPOINT_FLAG, run_conformance
+    from transforms.registry import get_version, version_in_force
+
+    settings = Settings.from_env()
+    conn = receiver_connection(args.receiver, settings)
+    extra = conn["extra"]
+    if str(extra.pop(TEST_ENDPOINT_FLAG, "")).strip().lower() not in ("true", "1", "yes"):
+        print(f"Refused: the connection '{args.receiver}' is not marked as a test endpoint. The conformance run "
+              f"(§ 46) sends synthetic records and defects, so it only goes to the agency's test endpoint: mark that "
+              f'connection with the extra {{"{TEST_ENDPOINT_FLAG}": true}}. Never mark the production connection.',
+              file=sys.stderr)
+        return 2
+    version = get_version(args.interface) if args.interface else version_in_force(datetime.now(UTC).date())
+    client = client_from_connection(conn.get("host"), conn.get("port"), conn.get("schema"), extra)
+    print(f"Conformance run (§ 46) against {client.endpoint} in interface version {version.name} ...")
+    report = run_conformance(client, connection_id=args.receiver, endpoint=client.endpoint, version=version,
+                             sender_municipality=settings.sender_municipality)
+    out = args.out or settings.home / "conformance" / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    json_path, html_path = report.write(out)
+    for check in report.checks:
+        print(f"  {'PASS' if check.passed else 'FAIL'}  {check.id:34} {check.outcome}")
+    failed = [c.id for c in report.checks if not c.passed]
+    print(f"{len(report.checks) - len(failed)} of {len(report.checks)} checks passed"
+          + (f"; FAILED: {', '.join(failed)}" if failed else "; the test before go-live PASSED"))
+    print(f"Report: {html_path} and {json_path}")
+    return 0 if report.passed else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ams-report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -174,6 +252,20 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("requeue", help="send an area's records the receiver refused again on the next run")
     p.add_argument("--area", type=int, required=True)
     p.set_defaults(func=requeue)
+    p = sub.add_parser("interface-change", help="check a § 49 notice and show what an interface change means")
+    p.add_argument("--from", dest="old", required=True, metavar="VERSION", help="the version in force, e.g. v1")
+    p.add_argument("--to", dest="new", required=True, metavar="VERSION", help="the announced version, e.g. v2")
+    p.add_argument("--announced", required=True, type=date.fromisoformat, metavar="YYYY-MM-DD",
+                   help="the date of the notice")
+    p.add_argument("--effective", required=True, type=date.fromisoformat, metavar="YYYY-MM-DD",
+                   help="the date the new version takes effect")
+    p.set_defaults(func=interface_change)
+    p = sub.add_parser("conformance", help="the test before go-live (§ 46) against the agency's test endpoint")
+    p.add_argument("--receiver", required=True, metavar="CONN_ID",
+                   help='the Airflow connection of the test endpoint (extra {"test_endpoint": true})')
+    p.add_argument("--interface", metavar="VERSION", help="interface version (default: the one in force today)")
+    p.add_argument("--out", type=Path, help="folder for the report (default var/conformance/<time>)")
+    p.set_defaults(func=conformance)
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -71,8 +71,11 @@ from transforms.payload import (
     ERR_UNKNOWN_BATCH,
     NAMESPACE,
     SOAP_ENV_NS,
+    namespace_of,
     payload_problems,
     q,
+    soap_action,
+    version_of,
     xml_parser,
 )
 from transforms.registry import RECORD_ID_ELEMENT
@@ -193,7 +196,13 @@ class Receipt:
 
 
 def parse_receipt(element: etree._Element, request_bytes: bytes = b"", response_bytes: bytes = b"") -> Receipt:
-    """A Receipt from a SubmitBatchResponse or GetBatchReceiptResponse element (validated)."""
+    """A Receipt from a SubmitBatchResponse or GetBatchReceiptResponse element (validated), in any
+    interface version's namespace."""
+    ns = namespace_of(element)
+
+    def q(local: str) -> str:
+        return f"{{{ns}}}{local}"
+
     service_receipt = element.find(q("ServiceReceipt"))
     records = []
     rr_tag, rid_tag, st_tag = q("RecordReceipt"), q(RECORD_ID_ELEMENT), q("Status")
@@ -393,20 +402,23 @@ class AmsClient:
 
     # ---------------------------------------------------------------------------------------------
     def submit(self, batch_xml: bytes) -> Receipt:
-        """Send a SubmitBatchRequest built and validated by transforms.payload; returns the receipt."""
+        """Send a SubmitBatchRequest built and validated by transforms.payload; returns the receipt.
+        The batch is sent in its own interface version (its namespace, § 49), whatever the WSDL's."""
         try:
             root = etree.fromstring(batch_xml, xml_parser())
         except etree.XMLSyntaxError as exc:
             raise DeliveryError(f"the batch is not well-formed XML (line {exc.lineno}); it was not sent",
                                 operation="SubmitBatch") from None
-        if root.tag != q("SubmitBatchRequest"):
-            raise DeliveryError(f"the batch's root element is {etree.QName(root).localname}, not "
-                                "SubmitBatchRequest; it was not sent", operation="SubmitBatch")
-        batch_id = (root.findtext(f"{q('BatchHeader')}/{q('BatchIdentifier')}") or "").strip()
+        version = version_of(root)
+        if etree.QName(root).localname != "SubmitBatchRequest" or version is None:
+            raise DeliveryError(f"the batch's root element is {etree.QName(root).localname} in namespace "
+                                f"{namespace_of(root) or '(none)'}, not the SubmitBatchRequest of a known interface "
+                                "version; it was not sent", operation="SubmitBatch")
+        ns = version.namespace
+        batch_id = (root.findtext(f"{q('BatchHeader', ns)}/{q('BatchIdentifier', ns)}") or "").strip()
         envelope = etree.Element(f"{_SOAP}Envelope", nsmap={"soap-env": SOAP_ENV_NS})
         etree.SubElement(envelope, f"{_SOAP}Body").append(root)
-        operation = self._binding.get("SubmitBatch")
-        headers = {"SOAPAction": f'"{operation.soapaction}"', "Content-Type": "text/xml; charset=utf-8"}
+        headers = {"SOAPAction": f'"{soap_action("SubmitBatch", version)}"', "Content-Type": "text/xml; charset=utf-8"}
         element, request_bytes, response_bytes = self._call("SubmitBatch", envelope, headers, batch_id)
         return self._receipt_for(batch_id, "SubmitBatch", element, request_bytes, response_bytes)
 
@@ -476,8 +488,9 @@ class AmsClient:
                    "http_status": response.status_code}
         element = self._answer(where, response, context)
         elapsed = (time.monotonic() - started) * 1000
+        ns = namespace_of(element)
         log.info("%s batch=%s status=%s records=%d (%.0f ms)", operation, batch_id,
-                 element.findtext(q("BatchStatus")), len(element.find(q("RecordReceipts"))), elapsed)
+                 element.findtext(q("BatchStatus", ns)), len(element.find(q("RecordReceipts", ns))), elapsed)
         return element, request_bytes, response_bytes
 
     def _egress(self, envelope: etree._Element, headers: dict[str, str], operation: Any) -> tuple[Any, Any]:
@@ -518,7 +531,7 @@ class AmsClient:
             raise cls(f"{where}: HTTP {status} without a fault", **context)
         element = body[0]
         expected = {"SubmitBatch": "SubmitBatchResponse", "GetBatchReceipt": "GetBatchReceiptResponse"}
-        if element.tag != q(expected[context["operation"]]):
+        if etree.QName(element).localname != expected[context["operation"]] or version_of(element) is None:
             raise DeliveryError(f"{where}: unexpected answer {etree.QName(element).localname}", **context)
         problems = payload_problems(element)
         if problems:
@@ -541,13 +554,16 @@ class AmsClient:
         faultcode = (fault.findtext("faultcode") or "").strip()
         faultstring = _safe(fault.findtext("faultstring"))
         detail = fault.find("detail")
-        service_fault = detail.find(q("ServiceFault")) if detail is not None else None
+        # The detail is in the namespace of the request's interface version.
+        service_fault = next((el for el in (detail if detail is not None else ()) if isinstance(el.tag, str)
+                              and etree.QName(el).localname == "ServiceFault"), None)
         code: int | None = None
         text = faultstring
         if service_fault is not None:
-            raw = (service_fault.findtext(q("ErrorCode")) or "").strip()
+            ns = namespace_of(service_fault)
+            raw = (service_fault.findtext(q("ErrorCode", ns)) or "").strip()
             code = int(raw) if raw.lstrip("-").isdigit() else None
-            text = _safe(service_fault.findtext(q("ErrorText"))) or faultstring
+            text = _safe(service_fault.findtext(q("ErrorText", ns))) or faultstring
         # 1020 "unknown batch" is the expected answer to GetBatchReceipt for a batch that never arrived.
         expected = code == ERR_UNKNOWN_BATCH and context.get("operation") == "GetBatchReceipt"
         log.log(logging.DEBUG if expected else logging.WARNING, "%s: SOAP fault %s (HTTP %s)", where,
@@ -617,6 +633,23 @@ def insecure_switch(value: bool | None, env: Mapping[str, str] | None = None) ->
     return (os.environ if env is None else env).get(ENV_INSECURE_FOR_TESTS, "").strip() == "1"
 
 
+def client_from_connection(host: str | None, port: int | str | None, schema: str | None,
+                           extra: Mapping[str, Any], *, conn_id: str = "ams_receiver", **kwargs: Any) -> AmsClient:
+    """An AmsClient from an Airflow connection's fields (`ams_receiver`): host, port, schema = path
+    (default `ams`); extras as for client_from_config, plus `scheme` (https, the default). The WSDL and
+    endpoint default to <scheme>://<host>:<port>/<schema>(?wsdl)."""
+    extra = dict(extra)
+    extra.pop("tls", None)  # an older spelling of https; https is the default now
+    scheme = str(extra.pop("scheme", None) or "https").strip().lower()
+    if scheme not in ("https", "http"):
+        raise SecurityConfigError(f"Airflow connection '{conn_id}': extra scheme={scheme!r} is not a web service "
+                                  "scheme; use https (the default)")
+    base = f"{scheme}://{host}{f':{port}' if port else ''}/{schema or 'ams'}"
+    extra.setdefault("wsdl", f"{base}?wsdl")
+    extra.setdefault("endpoint", base)
+    return client_from_config(extra, **kwargs)
+
+
 def _describe(exc: BaseException) -> str:
     """A short reason for a requests error (its innermost cause), no URLs' query strings or payloads."""
     inner: BaseException = exc
@@ -643,6 +676,7 @@ __all__ = [
     "SignatureRefused",
     "TransientDeliveryError",
     "client_from_config",
+    "client_from_connection",
     "insecure_switch",
     "parse_receipt",
 ]

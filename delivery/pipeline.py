@@ -47,7 +47,7 @@ from delivery.state import ACKNOWLEDGED, OUTSTANDING, AreaBusy, StateStore
 from transforms import mapping
 from transforms.contracts import FINDING_COLUMNS, check_contract
 from transforms.identifiers import mask_cpr
-from transforms.registry import REPO_ROOT, Area, get_area
+from transforms.registry import REPO_ROOT, Area, InterfaceVersion, get_area, version_in_force
 
 log = logging.getLogger(__name__)
 
@@ -153,12 +153,14 @@ def _masked_persons(area: Area, records: pd.DataFrame) -> pd.Series:
 
 
 class _BatchWriter:
-    """Collects records to send and stages them as XSD-valid, encrypted payload batches."""
+    """Collects records to send and stages them as XSD-valid, encrypted payload batches, all in one
+    interface version (§ 49): a batch never mixes versions."""
 
     def __init__(self, area: Area, run_id: str, settings: Settings, state: StateStore, vault: Vault,
-                 created: dict[str, str]):
+                 created: dict[str, str], version: InterfaceVersion):
         self.area, self.run_id, self.settings, self.state, self.vault = area, run_id, settings, state, vault
         self.created = created  # batch id -> CreatedDateTime of a discarded, never-sent build
+        self.version = version
         self.pending: list[pd.DataFrame] = []
         self.pending_rows = 0
         self.batch_ids: list[str] = []
@@ -186,7 +188,8 @@ class _BatchWriter:
         batch_id = _batch_id(self.area, self.run_id, batch, lambda b: self.state.batch(b) is not None)
         created = datetime.fromisoformat(self.created[batch_id]) if batch_id in self.created else datetime.now(UTC)
         payload = build_batch(self.area, batch, batch_id=batch_id, created=created,
-                              sender_municipality=self.settings.sender_municipality, run_id=self.run_id)
+                              sender_municipality=self.settings.sender_municipality, run_id=self.run_id,
+                              version=self.version)
         validate_payload(payload)  # nothing leaves that the XSD does not accept
         path = self.settings.batch_staging(self.area, batch_id) / PAYLOAD_FILE
         self.vault.write(path, payload)
@@ -234,12 +237,16 @@ def _classify(state: StateStore, area: Area, records: pd.DataFrame) -> tuple[pd.
 def prepare_area(area_ref: int | str, *, run_id: str, period_end: date, settings: Settings) -> dict:
     """Extract, check and stage one area's batches. Returns small counts (fit for XCom)."""
 
-    area = get_area(area_ref)
+    # § 49: the interface version in force on the run's date (the data interval's end the DAG passes in,
+    # not today), so a re-run of an earlier day builds that day's version; its fields drive the whole cycle.
+    version = version_in_force(period_end)
+    area = version.area(get_area(area_ref))
     state = settings.state()
     vault = settings.vault()  # fails here, before any work, when the archive key is missing
     try:
         with state.area_lock(area.number, f"prepare {run_id}", settings.lock_wait_seconds):
-            return _prepare(area, run_id=run_id, period_end=period_end, settings=settings, state=state, vault=vault)
+            return _prepare(area, version, run_id=run_id, period_end=period_end, settings=settings, state=state,
+                            vault=vault)
     except AreaBusy as exc:
         raise AreaDeliveryStopped(f"Area {area.number}: {exc}") from None
 
@@ -256,8 +263,8 @@ def _remove_stale_staging(settings: Settings, state: StateStore, area: Area) -> 
             shutil.rmtree(folder) if folder.is_dir() else folder.unlink()
 
 
-def _prepare(area: Area, *, run_id: str, period_end: date, settings: Settings, state: StateStore,
-             vault: Vault) -> dict:
+def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: date, settings: Settings,
+             state: StateStore, vault: Vault) -> dict:
     from transforms.source import create_engine_from_url, extract_chunks
 
     state.start_area_run(run_id, area.number)
@@ -266,7 +273,7 @@ def _prepare(area: Area, *, run_id: str, period_end: date, settings: Settings, s
     discarded = state.discard_unsent_batches(area.number)
     created = {old["batch_id"]: old["payload_created"] for old in discarded if old.get("payload_created")}
     _remove_stale_staging(settings, state, area)
-    writer = _BatchWriter(area, run_id, settings, state, vault, created)
+    writer = _BatchWriter(area, run_id, settings, state, vault, created, version)
     docs_dir = settings.reports_dir / "data_docs" if settings.data_docs else None
     counts: Counter = Counter()
     rules: Counter = Counter()
@@ -314,8 +321,9 @@ def _prepare(area: Area, *, run_id: str, period_end: date, settings: Settings, s
     summary = {"area": area.number, **{k: int(v) for k, v in counts.items()}}
     state.update_area_run(run_id, area.number, status="prepared", counts={**summary, "rules": dict(rules)},
                           data_docs=str(docs_index) if docs_index else None)
-    log.info("area %s prepared: %s", area.number, json.dumps(summary, sort_keys=True))
-    return {"area": area.number, "batches": batch_ids, **summary}
+    log.info("area %s prepared in interface version %s: %s", area.number, version.name,
+             json.dumps(summary, sort_keys=True))
+    return {"area": area.number, "batches": batch_ids, "interface_version": version.name, **summary}
 
 
 # --- delivery -------------------------------------------------------------------------------------

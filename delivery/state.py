@@ -337,7 +337,8 @@ class StateStore:
                 quarantine.c.area == area, quarantine.c.record_key.in_(keys)))}
             for key in keys:
                 text = mask_cpr_in_text(json.dumps(by_key[key], ensure_ascii=False))
-                values = dict(masked_person=persons.get(key), findings=text, status="open", last_seen_run=run_id, released_run=None, updated_at=now())
+                values = dict(masked_person=persons.get(key), findings=text, status="open", last_seen_run=run_id,
+                              released_run=None, updated_at=now())
                 old = existing.get(key)
                 if old is None:
                     conn.execute(quarantine.insert().values(area=area, record_key=key, first_seen_run=run_id,

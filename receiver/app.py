@@ -1,8 +1,9 @@
 """The local AMS receiver as a WSGI application (werkzeug): SOAP 1.1 over HTTP, per the project's WSDL.
 
 POST /ams                    SubmitBatch and GetBatchReceipt (document/literal)
-GET  /ams?wsdl, /ams.wsdl    the WSDL, its soap:address pointing at this receiver
-GET  /ams-reporting-v1.xsd   the XSD the WSDL imports
+GET  /ams?wsdl, /ams.wsdl    the first interface version's WSDL, its soap:address pointing at this receiver
+GET  /ams?wsdl&version=v2, /ams-v2.wsdl   another interface version's WSDL (§ 49; same endpoint)
+GET  /ams-reporting-<v>.xsd  the XSD each WSDL imports
 GET  /_health                200 when serving
 GET  /_records?area=N        JSON: the stored records (no content), for tests and the demo
 GET  /_batches               JSON: the stored batches (no content)
@@ -10,7 +11,8 @@ POST /_control               JSON {"mode": ..., "count": N, "delay": s, "operati
                              "GetBatchReceipt" | "any", "reset": bool}: misbehave on purpose (tests;
                              only with control=True)
 
-Every request is validated against the XSD (fault 1014): a request that cannot be read (not
+Every request is validated against the XSD of its namespace, i.e. of its interface version (fault
+1014; the answer is in the request's namespace): a request that cannot be read (not
 well-formed, a document type declaration or entity reference, anything the parser or the validator
 trips on) is fault 1014 with a short reason, never a traceback. A request body larger than
 `max_request_bytes` (64 MiB by default) is refused before it is read or parsed: HTTP 413 with fault
@@ -19,6 +21,10 @@ SubmitBatch is idempotent on the batch
 id (same content: the stored receipt again; other content: fault 1030), and a record whose CPR
 number has an impossible birth date is rejected with 1010 "Ukendt personnummer". The log has one
 line per request with batch id, area and counts, never payload content.
+
+TEST ONLY: `test_only_skip_checks` (`--test-only-skip-check` on the command line) turns a check off,
+so that tests can prove that the conformance run (§ 46) notices a receiver that accepts what it must
+refuse. Never use it for anything else.
 
 WS-Security: with a `verify` hook (SignatureVerifier, `--trust-cert` on the command line) every
 request must carry an X.509 signature (BinarySecurityToken, RSA-SHA256 or ECDSA-SHA256, SHA-256
@@ -74,7 +80,7 @@ from transforms.payload import (
     WSDL_SOAP_NS,
     q,
 )
-from transforms.registry import AREA_BY_NUMBER, RECORD_ID_ELEMENT
+from transforms.registry import RECORD_ID_ELEMENT, V1, VERSION_BY_NAME, VERSION_BY_NAMESPACE, InterfaceVersion
 
 log = logging.getLogger("receiver")
 
@@ -90,6 +96,10 @@ _GUID = re.compile(GUID_PATTERN)
 MAX_ERROR_TEXT = 3900
 #: The largest request body read (a 5,000-record batch is a few MiB).
 MAX_REQUEST_BYTES = 64 * 1024 * 1024
+
+#: Checks that a TEST-ONLY option can turn off (test_only_skip_checks): a receiver that accepts what it
+#: must refuse, for testing the conformance run (§ 46).
+TEST_ONLY_SKIPPABLE_CHECKS = ("cpr-birth-date",)
 
 #: Misbehaviour modes of POST /_control (fault injection for tests).
 MODES = ("ok", "error500", "timeout", "drop_reply", "schema_fault", "access_closed", "busy", "signature_refused")
@@ -411,17 +421,17 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
-def fault_envelope(fault: ReceiverFault) -> bytes:
-    """A SOAP 1.1 fault with a ServiceFault detail."""
+def fault_envelope(fault: ReceiverFault, namespace: str = NAMESPACE) -> bytes:
+    """A SOAP 1.1 fault with a ServiceFault detail (in the namespace of the request's interface version)."""
     env = etree.Element(f"{_SOAP}Envelope", nsmap={"soap": SOAP_ENV_NS})
     body = etree.SubElement(env, f"{_SOAP}Body")
     node = etree.SubElement(body, f"{_SOAP}Fault")
     etree.SubElement(node, "faultcode").text = "soap:Server" if fault.server_side else "soap:Client"
     etree.SubElement(node, "faultstring").text = f"{fault.code} {fault.text}"
     detail = etree.SubElement(node, "detail")
-    service_fault = etree.SubElement(detail, q("ServiceFault"), nsmap={None: NAMESPACE})
-    etree.SubElement(service_fault, q("ErrorCode")).text = str(fault.code)
-    etree.SubElement(service_fault, q("ErrorText")).text = fault.text
+    service_fault = etree.SubElement(detail, q("ServiceFault", namespace), nsmap={None: namespace})
+    etree.SubElement(service_fault, q("ErrorCode", namespace)).text = str(fault.code)
+    etree.SubElement(service_fault, q("ErrorText", namespace)).text = fault.text
     return etree.tostring(env, xml_declaration=True, encoding="UTF-8")
 
 
@@ -434,9 +444,13 @@ def server_error_envelope() -> bytes:
     return etree.tostring(env, xml_declaration=True, encoding="UTF-8")
 
 
-def build_receipt(tag: str, batch_id: str, outcomes: list[tuple[str, str, int | None, str | None]]) -> bytes:
-    """A SubmitBatchResponse (or GetBatchReceiptResponse) with a fresh ServiceReceipt."""
-    root = etree.Element(q(tag), nsmap={None: NAMESPACE})
+def build_receipt(tag: str, batch_id: str, outcomes: list[tuple[str, str, int | None, str | None]],
+                  namespace: str = NAMESPACE) -> bytes:
+    """A SubmitBatchResponse (or GetBatchReceiptResponse) with a fresh ServiceReceipt, in `namespace`."""
+    def q(local: str) -> str:
+        return payload.q(local, namespace)
+
+    root = etree.Element(q(tag), nsmap={None: namespace})
     receipt = etree.SubElement(root, q("ServiceReceipt"))
     etree.SubElement(receipt, q("MessageIdentifier")).text = str(uuid.uuid4())
     etree.SubElement(receipt, q("EventDate")).text = _iso(_now())
@@ -464,9 +478,15 @@ def build_receipt(tag: str, batch_id: str, outcomes: list[tuple[str, str, int | 
     return etree.tostring(root)
 
 
-def _renamed(response_xml: bytes, tag: str) -> bytes:
-    root = etree.fromstring(response_xml, payload.xml_parser())
-    root.tag = q(tag)
+def _renamed(response_xml: bytes, tag: str, namespace: str) -> bytes:
+    """A stored answer as another answer element, in `namespace` (a batch sent in one interface version
+    may be asked about in another: the answer's structure is the same in every version)."""
+    stored = etree.fromstring(response_xml, payload.xml_parser())
+    root = etree.Element(q(tag, namespace), nsmap={None: namespace})
+    root.extend(stored)
+    for el in root.iter():
+        el.tag = q(etree.QName(el).localname, namespace)
+    etree.cleanup_namespaces(root)
     return etree.tostring(root)
 
 
@@ -474,24 +494,34 @@ def _batch_id_of(element: etree._Element | None) -> str:
     """The batch id of a request, for the log, when it looks like a GUID ("-" otherwise)."""
     if element is None:
         return "-"
-    text = (element.findtext(f"{q('BatchHeader')}/{q('BatchIdentifier')}")
-            or element.findtext(q("BatchIdentifier")) or "").strip()
+    ns = payload.namespace_of(element)
+    text = (element.findtext(f"{q('BatchHeader', ns)}/{q('BatchIdentifier', ns)}")
+            or element.findtext(q("BatchIdentifier", ns)) or "").strip()
     return text if _GUID.fullmatch(text) else "-"
 
 
 class ReceiverApp:
     """The WSGI application. `verify` is the hook for WS-Security signature verification
     (SignatureVerifier, or None: no verification); `control` enables POST /_control (fault injection,
-    for tests: off by default); `max_request_bytes` caps a SOAP request's body."""
+    for tests: off by default); `max_request_bytes` caps a SOAP request's body;
+    `test_only_skip_checks` (TEST ONLY) turns checks of TEST_ONLY_SKIPPABLE_CHECKS off."""
 
     def __init__(self, store: ReceiverStore, *, verify: Verifier | None = None, control: bool = False,
-                 max_request_bytes: int = MAX_REQUEST_BYTES) -> None:
+                 max_request_bytes: int = MAX_REQUEST_BYTES, test_only_skip_checks: Iterable[str] = ()) -> None:
         if max_request_bytes <= 0:
             raise ValueError("max_request_bytes must be positive")
         self.store = store
         self.verify = verify
         self.control_enabled = control
         self.max_request_bytes = max_request_bytes
+        self.skipped_checks = frozenset(test_only_skip_checks)
+        unknown = self.skipped_checks - set(TEST_ONLY_SKIPPABLE_CHECKS)
+        if unknown:
+            raise ValueError(f"unknown check(s) {', '.join(sorted(unknown))}; the test-only option can skip "
+                             f"{', '.join(TEST_ONLY_SKIPPABLE_CHECKS)}")
+        if self.skipped_checks:
+            log.warning("TEST ONLY: this receiver skips the check(s) %s and accepts what it must refuse",
+                        ", ".join(sorted(self.skipped_checks)))
         self.misbehaviour = Misbehaviour()
         self.stopping = threading.Event()  # set on shutdown: interrupts the 'timeout' misbehaviour
 
@@ -521,10 +551,12 @@ class ReceiverApp:
         if path == SOAP_PATH and method == "POST":
             return self.soap(request)
         if method in ("GET", "HEAD"):
-            if (path == SOAP_PATH and "wsdl" in (k.lower() for k in request.args)) or path == "/ams.wsdl":
-                return Response(self.wsdl(request.host_url.rstrip("/") + SOAP_PATH), content_type=_XML)
-            if path == f"/{payload.XSD_NAME}":
-                return Response(payload.XSD_PATH.read_bytes(), content_type=_XML)
+            wsdl_version = self._wsdl_version(request)
+            if wsdl_version is not None:
+                return Response(self.wsdl(request.host_url.rstrip("/") + SOAP_PATH, wsdl_version), content_type=_XML)
+            for version in VERSION_BY_NAME.values():
+                if path == f"/{version.xsd_name}":
+                    return Response((payload.SCHEMA_DIR / version.xsd_name).read_bytes(), content_type=_XML)
             if path == "/_health":
                 return Response("ok\n", content_type="text/plain")
             if path == "/_records":
@@ -544,9 +576,20 @@ class ReceiverApp:
         return Response(json.dumps(data), status=status, content_type="application/json")
 
     @staticmethod
-    def wsdl(address: str) -> bytes:
-        """The WSDL with its soap:address pointing at `address`."""
-        doc = etree.parse(str(payload.WSDL_PATH), payload.xml_parser())
+    def _wsdl_version(request: Request) -> InterfaceVersion | None:
+        """Which version's WSDL a GET asks for: /ams?wsdl (first version), /ams?wsdl&version=v2,
+        /ams.wsdl, /ams-v2.wsdl; None when the request is not for a WSDL (or names no known version)."""
+        path = request.path
+        if path == SOAP_PATH and "wsdl" in (k.lower() for k in request.args):
+            return VERSION_BY_NAME.get(request.args.get("version") or V1.name)
+        if path.startswith("/ams") and path.endswith(".wsdl"):
+            return VERSION_BY_NAME.get(path.removeprefix("/ams").removesuffix(".wsdl").lstrip("-") or V1.name)
+        return None
+
+    @staticmethod
+    def wsdl(address: str, version: InterfaceVersion = V1) -> bytes:
+        """A version's WSDL with its soap:address pointing at `address`."""
+        doc = etree.parse(str(payload.SCHEMA_DIR / version.wsdl_name), payload.xml_parser())
         for node in doc.iter(f"{{{WSDL_SOAP_NS}}}address"):
             node.set("location", address)
         return etree.tostring(doc, xml_declaration=True, encoding="UTF-8")
@@ -567,7 +610,7 @@ class ReceiverApp:
     # ---------------------------------------------------------------------------------------------
     def soap(self, request: Request) -> Response:
         started = time.monotonic()
-        operation, element = "-", None
+        operation, element, namespace = "-", None, NAMESPACE
         status = 500
         try:
             data = self._body(request)
@@ -584,7 +627,11 @@ class ReceiverApp:
                 self.verify(envelope, request.headers)
             qname = etree.QName(element)
             operation = qname.localname.removesuffix("Request")
-            if qname.namespace != NAMESPACE or operation not in payload.OPERATIONS:
+            if qname.namespace not in VERSION_BY_NAMESPACE:
+                raise ReceiverFault(ERR_SCHEMA, f"unknown interface namespace {qname.namespace or '(none)'}; known: "
+                                    + ", ".join(VERSION_BY_NAMESPACE))
+            namespace = qname.namespace
+            if operation not in payload.OPERATIONS:
                 raise ReceiverFault(ERR_SCHEMA, f"unknown operation element {qname.localname}")
             mode = self.misbehaviour.take(operation)
             if mode is not None:
@@ -598,7 +645,7 @@ class ReceiverApp:
         except ReceiverFault as fault:
             log.info("%s batch=%s fault=%d (%.0f ms)", operation, _batch_id_of(element), fault.code,
                      (time.monotonic() - started) * 1000)
-            return Response(fault_envelope(fault), status=status, content_type=_XML)
+            return Response(fault_envelope(fault, namespace), status=status, content_type=_XML)
 
     def _body(self, request: Request) -> bytes | None:
         """The request body, or None when it is larger than max_request_bytes (not read, not parsed)."""
@@ -666,11 +713,19 @@ class ReceiverApp:
 
     # ---------------------------------------------------------------------------------------------
     def submit_batch(self, element: etree._Element, started: float) -> bytes:
-        """Store a validated SubmitBatchRequest; returns the SubmitBatchResponse element's XML."""
+        """Store a validated SubmitBatchRequest; returns the SubmitBatchResponse element's XML (in the
+        request's interface version)."""
+        ns = payload.namespace_of(element)
+        interface = VERSION_BY_NAMESPACE[ns]
+
+        def q(local: str) -> str:
+            return payload.q(local, ns)
+
         header = element.find(q("BatchHeader"))
         batch_id = (header.findtext(q("BatchIdentifier")) or "").strip()
-        area = AREA_BY_NUMBER[int(header.findtext(q("DataArea")) or 0)]
+        area = interface.area(int(header.findtext(q("DataArea")) or 0))
         records = element.find(q("Records"))
+        check_cpr = "cpr-birth-date" not in self.skipped_checks
         digest = hashlib.sha256(etree.tostring(element, method="c14n", exclusive=True)).hexdigest()
         now = _iso(_now())
         cpr_tags = [q(f.element) for f in area.fields if f.kind in ("cpr", "cpr_list")]
@@ -695,7 +750,8 @@ class ReceiverApp:
                         outcomes.append((record_id, payload.RECORD_REJECTED, ERR_UNKNOWN_RECORD,
                                          ERROR_TEXTS[ERR_UNKNOWN_RECORD]))
                     continue
-                bad = [el for el in rec.iter(*cpr_tags) if cpr_status((el.text or "").strip()) == CPR_BAD_DATE]
+                bad = [el for el in rec.iter(*cpr_tags)
+                       if check_cpr and cpr_status((el.text or "").strip()) == CPR_BAD_DATE]
                 if bad:
                     outcomes.append((record_id, payload.RECORD_REJECTED, ERR_UNKNOWN_CPR,
                                      f"{ERROR_TEXTS[ERR_UNKNOWN_CPR]} ({etree.QName(bad[0]).localname}: "
@@ -708,7 +764,7 @@ class ReceiverApp:
                                      ERROR_TEXTS[ERR_RECORD_AREA]))
                 else:
                     outcomes.append((record_id, payload.RECORD_ACCEPTED, None, None))
-            response_xml = build_receipt("SubmitBatchResponse", batch_id, outcomes)
+            response_xml = build_receipt("SubmitBatchResponse", batch_id, outcomes, ns)
             tx.insert_batch(StoredBatch(batch_id, area.number, digest, response_xml, now, len(outcomes)))
         accepted = sum(1 for o in outcomes if o[1] == payload.RECORD_ACCEPTED)
         log.info("SubmitBatch batch=%s area=%d records=%d accepted=%d rejected=%d (%.0f ms)", batch_id,
@@ -717,14 +773,15 @@ class ReceiverApp:
         return response_xml
 
     def get_batch_receipt(self, element: etree._Element, started: float) -> bytes:
-        batch_id = (element.findtext(q("BatchIdentifier")) or "").strip()
+        ns = payload.namespace_of(element)
+        batch_id = (element.findtext(q("BatchIdentifier", ns)) or "").strip()
         stored = self.store.batch(batch_id)
         if stored is None:
             raise ReceiverFault(ERR_UNKNOWN_BATCH, f"no batch {batch_id} has been received")
         log.info("GetBatchReceipt batch=%s area=%d records=%d (%.0f ms)", batch_id, stored.area,
                  stored.record_count, (time.monotonic() - started) * 1000)
-        return _renamed(stored.response_xml, "GetBatchReceiptResponse")
+        return _renamed(stored.response_xml, "GetBatchReceiptResponse", ns)
 
 
-__all__ = ["MODES", "Misbehaviour", "ReceiverApp", "ReceiverFault", "SignatureVerifier", "Verifier",
-           "build_receipt", "fault_envelope"]
+__all__ = ["MODES", "TEST_ONLY_SKIPPABLE_CHECKS", "Misbehaviour", "ReceiverApp", "ReceiverFault",
+           "SignatureVerifier", "Verifier", "build_receipt", "fault_envelope"]

@@ -17,6 +17,11 @@ Other options:
 
     --control                    enable POST /_control (fault injection, for tests; off by default)
     --max-request-mb N           refuse request bodies larger than N MiB (default 64) with HTTP 413
+TEST ONLY (never in a demo or a deployment):
+
+    --test-only-skip-check NAME  turn a check off (e.g. cpr-birth-date), so that the receiver accepts a
+                                 record it must refuse: proves that `ams-report conformance` (§ 46)
+                                 reports such a receiver as failing
 """
 
 from __future__ import annotations
@@ -40,7 +45,14 @@ from typing import Any, Self
 
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
-from receiver.app import MAX_REQUEST_BYTES, SOAP_PATH, ReceiverApp, SignatureVerifier, Verifier
+from receiver.app import (
+    MAX_REQUEST_BYTES,
+    SOAP_PATH,
+    TEST_ONLY_SKIPPABLE_CHECKS,
+    ReceiverApp,
+    SignatureVerifier,
+    Verifier,
+)
 from receiver.store import ReceiverStore
 
 log = logging.getLogger("receiver")
@@ -77,18 +89,20 @@ def create_server(db_path: str | Path, host: str = "127.0.0.1", port: int = 0, *
                   verify: Verifier | None = None, control: bool = False,
                   trust_certs: Iterable[str | Path] | None = None, tls_cert: str | Path | None = None,
                   tls_key: str | Path | None = None, tls_client_ca: str | Path | None = None,
-                  max_request_bytes: int = MAX_REQUEST_BYTES) -> tuple[BaseWSGIServer, ReceiverApp]:
+                  max_request_bytes: int = MAX_REQUEST_BYTES,
+                  test_only_skip_checks: Iterable[str] = ()) -> tuple[BaseWSGIServer, ReceiverApp]:
     """A threaded WSGI server bound (and listening) on host:port, not yet serving. `trust_certs`:
     PEM files of the certificates whose signatures are accepted (a SignatureVerifier; unsigned
     requests are refused). `tls_cert` + `tls_key`: serve HTTPS. `control`: enable POST /_control
-    (fault injection, tests only). `max_request_bytes`: larger request bodies get HTTP 413."""
+    (fault injection, tests only). `max_request_bytes`: larger request bodies get HTTP 413.
+    `test_only_skip_checks`: TEST ONLY."""
     if (tls_cert is None) != (tls_key is None):
         raise ValueError("give both tls_cert and tls_key, or neither")
     if tls_client_ca is not None and tls_cert is None:
         raise ValueError("tls_client_ca needs tls_cert and tls_key")
     context = tls_context(tls_cert, tls_key, tls_client_ca) if tls_cert and tls_key else None
     app = ReceiverApp(ReceiverStore(db_path), verify=_verifier(verify, trust_certs), control=control,
-                      max_request_bytes=max_request_bytes)
+                      max_request_bytes=max_request_bytes, test_only_skip_checks=test_only_skip_checks)
     server = make_server(host, port, app, threaded=True, request_handler=_QuietHandler, ssl_context=context)
     return server, app
 
@@ -132,12 +146,13 @@ def start_in_thread(db_path: str | Path, host: str = "127.0.0.1", port: int = 0,
                     verify: Verifier | None = None, control: bool = False,
                     trust_certs: Iterable[str | Path] | None = None, tls_cert: str | Path | None = None,
                     tls_key: str | Path | None = None, tls_client_ca: str | Path | None = None,
-                    max_request_bytes: int = MAX_REQUEST_BYTES) -> ReceiverHandle:
+                    max_request_bytes: int = MAX_REQUEST_BYTES,
+                    test_only_skip_checks: Iterable[str] = ()) -> ReceiverHandle:
     """Start a receiver in a daemon thread; returns a handle with .url, .wsdl_url, .store, .stop().
     Options: see create_server."""
     server, app = create_server(db_path, host, port, verify=verify, control=control, trust_certs=trust_certs,
                                 tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca,
-                                max_request_bytes=max_request_bytes)
+                                max_request_bytes=max_request_bytes, test_only_skip_checks=test_only_skip_checks)
     return ReceiverHandle(server, app, host)
 
 
@@ -298,6 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tls-key", metavar="PATH", help="the PEM private key of --tls-cert")
     parser.add_argument("--tls-client-ca", metavar="PATH",
                         help="with TLS: require client certificates issued by this CA (mutual TLS)")
+    parser.add_argument("--test-only-skip-check", action="append", default=[], metavar="NAME",
+                        choices=TEST_ONLY_SKIPPABLE_CHECKS,
+                        help="TEST ONLY: turn a check off so the receiver accepts what it must refuse (for testing "
+                             "the conformance run); never use it in a demo or a deployment")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -314,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         server, app = create_server(args.db, args.host, args.port, control=args.control,
                                     trust_certs=args.trust_cert, tls_cert=args.tls_cert, tls_key=args.tls_key,
                                     tls_client_ca=args.tls_client_ca,
-                                    max_request_bytes=max(1, int(args.max_request_mb * 2**20)))
+                                    max_request_bytes=max(1, int(args.max_request_mb * 2**20)),
+                                    test_only_skip_checks=args.test_only_skip_check)
     except (ValueError, ssl.SSLError, OSError) as exc:
         if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError) and exc.filename is None:
             raise  # e.g. the port is taken: the traceback says so

@@ -25,19 +25,25 @@ AREA = 1
 PERIOD_END = date(2026, 11, 28)
 
 
+def demo_settings(tmp_path, monkeypatch, *, persons: int, defect_rate: float, **overrides) -> Settings:
+    """A synthetic source in tmp_path, and settings with their own state DB and archive key, no Data Docs."""
+    source = f"sqlite:///{tmp_path / 'source.sqlite'}"
+    engine = create_engine_from_url(source)
+    create_source_schema(engine)
+    synthetic.generate(engine, persons=persons, defect_rate=defect_rate)
+    engine.dispose()
+    monkeypatch.setenv("AMS_ARCHIVE_KEY_FILE", str(tmp_path / "key"))
+    return Settings(home=tmp_path / "var", source_url=source, state_url=f"sqlite:///{tmp_path / 'state.sqlite'}",
+                    data_docs=False, **overrides)
+
+
 @pytest.fixture
 def world(tmp_path, monkeypatch):
     """A demo source, a state DB, a receiver on loopback, and settings with small batches."""
     from receiver.server import start_in_thread
 
-    source = f"sqlite:///{tmp_path / 'source.sqlite'}"
-    engine = create_engine_from_url(source)
-    create_source_schema(engine)
-    synthetic.generate(engine, persons=500, defect_rate=0.03)
-    engine.dispose()
-    monkeypatch.setenv("AMS_ARCHIVE_KEY_FILE", str(tmp_path / "key"))
-    settings = Settings(home=tmp_path / "var", source_url=source, state_url=f"sqlite:///{tmp_path / 'state.sqlite'}",
-                        batch_size=60, data_docs=False, delivery_attempts=3, backoff_seconds=0.05)
+    settings = demo_settings(tmp_path, monkeypatch, persons=500, defect_rate=0.03, batch_size=60,
+                             delivery_attempts=3, backoff_seconds=0.05)
     receiver = start_in_thread(tmp_path / "receiver.sqlite", control=True)
     yield settings, receiver
     receiver.stop()

@@ -49,7 +49,7 @@ from delivery.archive import PAYLOAD_FILE, verify_archive
 from delivery.client import AmsClient
 from delivery.pipeline import AreaDeliveryStopped, Settings, deliver_area, finish_archives, prepare_area
 from delivery.report import run_summary
-from delivery.state import IN_DOUBT, OUTSTANDING
+from delivery.state import IN_DOUBT
 from receiver.server import ReceiverProcess
 from receiver.store import ReceiverStore
 from transforms import mapping, synthetic

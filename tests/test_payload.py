@@ -15,7 +15,7 @@ from lxml import etree
 from transforms import payload
 from transforms.identifiers import make_cvr
 from transforms.payload import NAMESPACE, PayloadError, build_batch, generate_xsd, q, validate_payload
-from transforms.registry import AREAS, RECORD_ID_ELEMENT, Area, get_area
+from transforms.registry import AREAS, INTERFACE_VERSIONS, RECORD_ID_ELEMENT, V2_SAMPLE, Area, get_area
 
 XS = "{http://www.w3.org/2001/XMLSchema}"
 CPR = "0101901234"
@@ -135,8 +135,9 @@ def test_wsdl_loads_in_zeep_from_disk() -> None:
 
 def test_write_schema_to_another_directory(tmp_path) -> None:
     written = payload.write_schema(tmp_path)
-    assert [p.name for p in written] == [payload.XSD_NAME, payload.WSDL_NAME]
+    assert [p.name for p in written] == [name for v in INTERFACE_VERSIONS for name in (v.xsd_name, v.wsdl_name)]
     assert (tmp_path / payload.XSD_NAME).read_text(encoding="utf-8") == generate_xsd()
+    assert (tmp_path / V2_SAMPLE.xsd_name).read_text(encoding="utf-8") == generate_xsd(V2_SAMPLE)
     assert payload.main(["--check"]) == 0
 
 

@@ -341,6 +341,7 @@ def test_command_line_help_runs() -> None:
                          timeout=30, check=True)
     assert "--port-file" in out.stdout
     assert "--control" in out.stdout and "--no-control" not in out.stdout and "--max-request-mb" in out.stdout
+    assert "TEST ONLY" in out.stdout and "--test-only-skip-check" in out.stdout
 
 
 def test_stored_rows_read_by_attribute_or_key(receiver: ReceiverHandle) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transforms.registry import AREAS, REPO_ROOT, WEBSERVICE
+from transforms.registry import AREAS, INTERFACE_VERSIONS, REPO_ROOT, WEBSERVICE
 from transforms.rules import RULE_BY_ID, field_rules
 
 FIELDS_DOC = REPO_ROOT / "docs" / "fields.md"
@@ -33,6 +33,24 @@ def render() -> str:
         "re-send updates) and is either a record or an `Annulment` (deleted at the source after delivery).",
         "",
     ]
+    out += [
+        "## Interface versions (§ 49)",
+        "",
+        "The tables below are the first version's. Each later version states its changes; every version has its",
+        "own namespace and `schemas/ams-reporting-<version>.xsd` and `.wsdl`. A run sends the version in force on",
+        "its date (docs/operations.md, § 49).",
+        "",
+        "| version | effective | namespace | changes |",
+        "|---|---|---|---|",
+    ]
+    for version in INTERFACE_VERSIONS:
+        changes = [f"area {n}: adds `{f.name}` as `{f.element}`" for n, f, _ in version.added]
+        changes += [f"area {n}: removes `{name}`" for n, name in version.removed]
+        changes += [f"area {n}: `{name}` becomes `{element}`" for n, name, element in version.renamed]
+        when = version.effective.isoformat() if version.effective else "not scheduled"
+        label = f"{version.name} ({version.schema_version}){', SAMPLE' if version.sample else ''}"
+        out.append(f"| {label} | {when} | `{version.namespace}` | {'; '.join(changes) or version.description} |")
+    out.append("")
     for area in AREAS:
         channels = ", ".join("web service" if c == WEBSERVICE else "SFTP file (§ 51)" for c in area.channels)
         out += [

@@ -257,8 +257,8 @@ def map_records(area: Area, source: pd.DataFrame) -> MappedChunk:
     frame = source.copy()
     frame["record_key"] = frame["record_key"].map(_text)
     for f in area.fields:
-        if f.name not in frame.columns:
-            frame[f.name] = None
+        if f.name not in frame.columns:  # the source key as a field (an interface version may ask for it)
+            frame[f.name] = frame["record_key"] if f.name == area.key_column else None
         # Built as an object Series on purpose: letting pandas infer would turn None into NaN and 3 into
         # 3.0 depending on a chunk's other rows, and the content hash must not depend on neighbours.
         frame[f.name] = pd.Series([_NORMALISE[f.kind](v) for v in frame[f.name].tolist()], index=frame.index,

@@ -100,6 +100,9 @@ class Area:
     reconciliation_paragraph: str = ""
     person_field: str | None = "person_cpr"
     notes: tuple[str, ...] = ()
+    #: Fields whose value distinguishes the kinds of record the regulation names (§ 30 nr. 1-2, § 36,
+    #: § 42, stk. 1); with the conditions they define the record kinds of the conformance set (§ 46).
+    kind_fields: tuple[str, ...] = ()
 
     @property
     def code(self) -> str:
@@ -396,6 +399,7 @@ AREAS: tuple[Area, ...] = (
         channels_paragraph="§ 34",
         date_field="start_date",
         reconciliation_paragraph="§ 32",
+        kind_fields=("scheme",),
         fields=(
             _cpr("§ 31 nr. 1"),
             _municipality("§ 31 nr. 2", "personal_assistance_grants.municipality_code"),
@@ -427,6 +431,7 @@ AREAS: tuple[Area, ...] = (
         date_field="start_date",
         reconciliation_paragraph="§ 38",
         person_field=None,
+        kind_fields=("basis",),
         conditions=(
             Condition("per_person", "grant for an individual person", "§ 37 nr. 3, 4 and 7"),
             Condition("per_slot", "grant per slot (pr. plads, LAB § 80, stk. 2)", "§ 37 nr. 5, 6, 8 and 9"),
@@ -469,6 +474,7 @@ AREAS: tuple[Area, ...] = (
         channels_paragraph="§ 45",
         date_field="approved_on",
         reconciliation_paragraph="§ 43",
+        kind_fields=("aid_kind",),
         conditions=(Condition("company_receives", "the company receives the subsidy", "§ 42, stk. 2, nr. 2"),),
         fields=(
             _municipality("§ 42, stk. 2, nr. 1", "aid_grants.municipality_code"),
@@ -510,3 +516,125 @@ def get_area(ref: int | str) -> Area:
         if ref in (a.code, a.key):
             return a
     raise KeyError(f"no data area {ref!r}; known: {', '.join(a.code for a in AREAS)}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Interface versions (§ 46: the connection agreement fixes the interface descriptions; § 49: a change
+# to the reporting system goes live no sooner than 40 working days after notice)
+# --------------------------------------------------------------------------------------------------
+
+INTERFACE_NAMESPACE = "urn:dk:ams:employment-reporting:{name}"
+#: Schedules interface versions by configuration: "v2=2027-03-01,v3=..." (see docs/operations.md, § 49).
+INTERFACE_EFFECTIVE_ENV = "AMS_INTERFACE_EFFECTIVE"
+
+
+@dataclass(frozen=True)
+class InterfaceVersion:
+    """One version of the agency's interface: its fields and elements, and the date it takes effect.
+
+    A version states its changes against the version it is `based_on`; the first version is the
+    registry's areas as they are. Its XSD and WSDL are generated from the result (transforms.payload).
+    """
+
+    name: str  # "v1": names the namespace and the schema files
+    schema_version: str  # "1.0": the XSD's version attribute
+    effective: date | None  # first day records are sent in this version; None: not scheduled
+    description: str
+    based_on: InterfaceVersion | None = None
+    #: A sample that proves the mechanism; never the agency's interface. Sent only when scheduled.
+    sample: bool = False
+    #: (area number, field, name of the field it follows) for each field the version adds.
+    added: tuple[tuple[int, Field, str], ...] = ()
+    #: (area number, field name) for each field the version no longer carries.
+    removed: tuple[tuple[int, str], ...] = ()
+    #: (area number, field name, new element) for each element the version renames.
+    renamed: tuple[tuple[int, str, str], ...] = ()
+
+    @property
+    def namespace(self) -> str:
+        return INTERFACE_NAMESPACE.format(name=self.name)
+
+    @property
+    def xsd_name(self) -> str:
+        return f"ams-reporting-{self.name}.xsd"
+
+    @property
+    def wsdl_name(self) -> str:
+        return f"ams-reporting-{self.name}.wsdl"
+
+    def area(self, ref: int | str | Area) -> Area:
+        """The area as this version sends it: fields added, removed and renamed."""
+        number = ref.number if isinstance(ref, Area) else get_area(ref).number
+        base = self.based_on.area(number) if self.based_on else AREA_BY_NUMBER[number]
+        fields = [f for f in base.fields if (number, f.name) not in self.removed]
+        renames = {name: element for n, name, element in self.renamed if n == number}
+        fields = [replace(f, element=renames[f.name]) if f.name in renames else f for f in fields]
+        for n, added, after in self.added:
+            if n == number:
+                names = [f.name for f in fields]
+                fields.insert(names.index(after) + 1 if after in names else len(fields), added)
+        return replace(base, fields=tuple(fields)) if fields != list(base.fields) else base
+
+    def areas(self) -> tuple[Area, ...]:
+        return tuple(self.area(a.number) for a in AREAS)
+
+
+V1 = InterfaceVersion(
+    name="v1",
+    schema_version="1.0",
+    effective=date(2010, 1, 4),  # § 50, stk. 1: the order's entry into force
+    description="The interface of the executive order's fields (BEK 2010), the project's own contract (§ 46)",
+)
+
+V2_SAMPLE = InterfaceVersion(
+    name="v2",
+    schema_version="2.0-sample",
+    effective=None,  # a sample: in force only where AMS_INTERFACE_EFFECTIVE schedules it (tests, rehearsals)
+    based_on=V1,
+    sample=True,
+    description="an interface change that proves the mechanism of § 49 (area 3: one field added, one removed, "
+    "one element renamed); not announced by the agency",
+    added=((3, Field("interview_id", "InterviewIdentifier", "§ 14 (sample v2)", "followup_interviews.interview_id",
+                     "key", description="The municipality's own key of the interview (sample v2)"), "held_on"),),
+    removed=((3, "visitation_rules"),),
+    renamed=((3, "interview_form", "InterviewFormCode"),),
+)
+
+INTERFACE_VERSIONS: tuple[InterfaceVersion, ...] = (V1, V2_SAMPLE)
+VERSION_BY_NAME = {v.name: v for v in INTERFACE_VERSIONS}
+VERSION_BY_NAMESPACE = {v.namespace: v for v in INTERFACE_VERSIONS}
+
+
+def get_version(ref: str | InterfaceVersion) -> InterfaceVersion:
+    if isinstance(ref, InterfaceVersion):
+        return ref
+    try:
+        return VERSION_BY_NAME[ref]
+    except KeyError:
+        raise KeyError(f"no interface version {ref!r}; known: {', '.join(VERSION_BY_NAME)}") from None
+
+
+def interface_schedule(env: dict[str, str] | None = None) -> dict[str, date | None]:
+    """Each version's effective date: the registry's, or the one AMS_INTERFACE_EFFECTIVE sets."""
+    import os
+
+    schedule = {v.name: v.effective for v in INTERFACE_VERSIONS}
+    raw = (os.environ if env is None else env).get(INTERFACE_EFFECTIVE_ENV, "")
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        name, _, day = item.partition("=")
+        if name.strip() not in schedule or not day.strip():
+            raise ValueError(f"{INTERFACE_EFFECTIVE_ENV}: {item!r} is not <version>=<YYYY-MM-DD> with a version of "
+                             f"{', '.join(schedule)}")
+        try:
+            schedule[name.strip()] = date.fromisoformat(day.strip())
+        except ValueError:
+            raise ValueError(f"{INTERFACE_EFFECTIVE_ENV}: {day.strip()!r} is not a date (YYYY-MM-DD)") from None
+    return schedule
+
+
+def version_in_force(on: date, env: dict[str, str] | None = None) -> InterfaceVersion:
+    """The interface version records are sent in on `on` (a run's date): the latest scheduled
+    version whose effective date is on or before it; the first version before any."""
+    schedule = interface_schedule(env)
+    scheduled = [(day, i) for i, v in enumerate(INTERFACE_VERSIONS) if (day := schedule[v.name]) and day <= on]
+    return INTERFACE_VERSIONS[max(scheduled)[1]] if scheduled else INTERFACE_VERSIONS[0]

@@ -79,7 +79,7 @@ class AmsReceiverHook(BaseHook):
         paths or PEM text; AMS_SIGNING_KEY / AMS_SIGNING_CERT / AMS_CA_BUNDLE fill what is missing.
         The client refuses plain HTTP and unsigned requests unless AMS_INSECURE_FOR_TESTS=1 (tests only).
         """
-        from delivery.client import client_from_config
+        from delivery.client import client_from_config, client_from_connection
 
         conn = _connection(self.conn_id)
         if conn is None:
@@ -90,16 +90,7 @@ class AmsReceiverHook(BaseHook):
                     "where to deliver. Create the connection (docs/operations.md, 'Configuration').")
             return client_from_config({"wsdl": wsdl, "endpoint": os.environ.get("AMS_ENDPOINT_URL"),
                                        "timeout": os.environ.get("AMS_TIMEOUT", 30)})
-        extra = dict(conn.extra_dejson)
-        extra.pop("tls", None)  # an older spelling of https; https is the default now
-        scheme = str(extra.pop("scheme", None) or "https").strip().lower()
-        if scheme not in ("https", "http"):
-            raise ValueError(f"Airflow connection '{self.conn_id}': extra scheme={scheme!r} is not a web service "
-                             "scheme; use https (the default)")
-        base = f"{scheme}://{conn.host}{f':{conn.port}' if conn.port else ''}/{conn.schema or 'ams'}"
-        extra.setdefault("wsdl", f"{base}?wsdl")
-        extra.setdefault("endpoint", base)
-        return client_from_config(extra)
+        return client_from_connection(conn.host, conn.port, conn.schema, conn.extra_dejson, conn_id=self.conn_id)
 
 
 def settings() -> Settings:

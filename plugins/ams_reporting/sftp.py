@@ -52,6 +52,7 @@ from transforms.payload import (
     PayloadError,
     q,
     validate_payload,
+    version_of,
     xml_parser,
 )
 from transforms.registry import RECORD_ID_ELEMENT
@@ -99,15 +100,17 @@ def _parse_batch(payload: bytes, where: str) -> tuple[str, list[str], str]:
     except etree.XMLSyntaxError as exc:
         raise DeliveryError(f"{where}: the batch is not well-formed XML (line {exc.lineno}); it was not sent",
                             operation="SubmitBatch") from None
-    if root.tag != q("SubmitBatchRequest"):
-        raise DeliveryError(f"{where}: the file's root element is {etree.QName(root).localname}, not "
-                            "SubmitBatchRequest", operation="SubmitBatch")
-    header = root.find(q("BatchHeader"))
-    batch_id = (header.findtext(q("BatchIdentifier")) if header is not None else "") or ""
-    area = (header.findtext(q("DataArea")) if header is not None else "") or ""
-    records = root.find(q("Records"))
+    version = version_of(root)  # the batch's interface version (§ 49): the file keeps its namespace
+    if etree.QName(root).localname != "SubmitBatchRequest" or version is None:
+        raise DeliveryError(f"{where}: the file's root element is {etree.QName(root).localname}, not the "
+                            "SubmitBatchRequest of a known interface version", operation="SubmitBatch")
+    ns = version.namespace
+    header = root.find(q("BatchHeader", ns))
+    batch_id = (header.findtext(q("BatchIdentifier", ns)) if header is not None else "") or ""
+    area = (header.findtext(q("DataArea", ns)) if header is not None else "") or ""
+    records = root.find(q("Records", ns))
     ids = [] if records is None else [
-        (child.findtext(q(RECORD_ID_ELEMENT)) or "").strip() for child in records if isinstance(child.tag, str)]
+        (child.findtext(q(RECORD_ID_ELEMENT, ns)) or "").strip() for child in records if isinstance(child.tag, str)]
     return batch_id.strip(), ids, area.strip()
 
 
