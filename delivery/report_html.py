@@ -210,15 +210,17 @@ def _findings_rows(state: StateStore, run_id: str) -> list[dict]:
 
 
 def _rule_counts(findings: list[dict]) -> list[dict]:
+    """Per area and rule: records with an error, records with a warning (records, not findings: a record
+    with three fields outside their code lists counts once), and the findings themselves."""
     counts: dict[tuple[int, str], dict] = {}
     for f in findings:
-        entry = counts.setdefault((f["area"], f["rule"]), {"errors": 0, "warnings": 0, "records": set()})
-        entry["errors" if f["severity"] == "error" else "warnings"] += 1
-        entry["records"].add(f["record_key"])
+        entry = counts.setdefault((f["area"], f["rule"]), {"errors": set(), "warnings": set(), "findings": 0})
+        entry["errors" if f["severity"] == "error" else "warnings"].add(f["record_key"])
+        entry["findings"] += 1
     rows = []
     for (area, rule), entry in counts.items():
-        rows.append({"area": area, "rule": rule, **_rule_info(rule), "errors": entry["errors"],
-                     "warnings": entry["warnings"], "records": len(entry["records"])})
+        rows.append({"area": area, "rule": rule, **_rule_info(rule), "errors": len(entry["errors"]),
+                     "warnings": len(entry["warnings"]), "findings": entry["findings"]})
     rows.sort(key=lambda r: (r["area"], -r["errors"], -r["warnings"], r["rule"]))
     return rows
 
@@ -388,26 +390,29 @@ _RUN = """{% extends "layout" %}
 <td class="n">{{ run.totals[c] }}</td>{% endfor %}<td>{{ check(run.totals.difference) }}</td><td></td></tr></tbody>
 </table>
 <p class="muted small">Check: extracted = delivered + annulled + quarantined + unchanged + outstanding, per area.
-<b>warnings</b> counts records delivered with at least one warning. <b>outstanding</b> is staged or in doubt,
+<b>warnings</b> counts records sent in this run with at least one warning (records held back or
+unchanged are not counted). <b>outstanding</b> is staged or in doubt,
 not yet acknowledged by the agency (0 after a good run).</p>
 
 <h2 id="rules">Findings per area and rule</h2>
 {% if rules %}
 <table>
-<thead><tr><th>area</th><th>rule</th><th>what the rule demands</th><th>basis</th><th class="n">errors</th>
-<th class="n">warnings</th><th class="n">records</th></tr></thead>
+<thead><tr><th>area</th><th>rule</th><th>what the rule demands</th><th>basis</th>
+<th class="n">records held back</th><th class="n">records with a warning</th><th class="n">findings</th></tr></thead>
 <tbody>
 {% for r in rules %}
 <tr data-area="{{ r.area }}" data-rule="{{ r.rule }}"><td class="n">{{ r.area }}</td><td><code>{{ r.rule }}</code></td>
 <td>{{ r.title }}</td><td>{{ r.basis }}</td>
 <td class="n" data-errors="{{ r.errors }}">{{ count_badge(r.errors, "error") }}</td>
 <td class="n" data-warnings="{{ r.warnings }}">{{ count_badge(r.warnings, "warning") }}</td>
-<td class="n">{{ r.records }}</td></tr>
+<td class="n">{{ r.findings }}</td></tr>
 {% endfor %}
 </tbody>
 </table>
 <p class="muted small">An <b>error</b> holds the record back (quarantine) until it is fixed at the source; a
-<b>warning</b> lets it through and is reported. A record can break several rules.</p>
+<b>warning</b> lets it through and is reported. Counts are records: a record with three fields outside their code
+lists counts once under <code>code.invalid</code> (and three times under <b>findings</b>). A record can break
+several rules, so the rows do not add up to the quarantine.</p>
 {% else %}
 <p class="info">No findings in this run.</p>
 {% endif %}
