@@ -2,7 +2,8 @@
 
     ams-report demo            one daily cycle on the embedded defaults (what `make run` does)
     ams-report summary [RUN]   the summary of a run (default: the latest)
-    ams-report docs            regenerate the XSD and docs/fields.md from the registry
+    ams-report docs            regenerate the XSD and docs/fields.md from the registry, and the list of
+                               the Data Docs' vendored assets (expectations/vendor/README.md)
     ams-report verify-archive  check every archived batch against its manifest
     ams-report requeue --area N  re-send records the receiver refused, once its fault is fixed
 """
@@ -135,9 +136,12 @@ def docs(args: argparse.Namespace) -> int:
     from transforms.fields_doc import write_fields_doc
     from transforms.payload import write_schema
 
+    from expectations.data_docs import VENDOR_DIR, vendor_readme
+
     write_schema()
     path = write_fields_doc()
-    print(f"Wrote the XSD and {path}")
+    (VENDOR_DIR / "README.md").write_text(vendor_readme(), encoding="utf-8")
+    print(f"Wrote the XSD, {path} and {VENDOR_DIR / 'README.md'}")
     return 0
 
 
