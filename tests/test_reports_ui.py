@@ -72,10 +72,26 @@ def world(tmp_path_factory):
                     prepare_area(area, run_id=run_id, period_end=PERIOD_END, settings=settings)
                     deliver_area(area, run_id=run_id, settings=settings, client=client)
                 write_run_report(run_id, settings)  # writes summary.*, the run page and the index
+                if run_id == RUNS[0]:
+                    _withdraw_at_source(settings, source)  # so the second run releases some from quarantine
         finally:
             receiver.stop()
     assert len(cprs) > 100
     return settings, cprs
+
+
+#: Quarantined measures that the case system withdraws (soft-deletes) between the two runs.
+WITHDRAWN = 2
+
+
+def _withdraw_at_source(settings: Settings, source: str) -> None:
+    keys = sorted(q["record_key"] for q in settings.state().open_quarantine() if q["area"] in (1, 2))[:WITHDRAWN]
+    engine = create_engine_from_url(source)
+    with engine.begin() as conn:
+        for key in keys:
+            conn.execute(sa.text("UPDATE measures SET deleted_at = updated_at WHERE CAST(measure_id AS TEXT) = :k"),
+                         {"k": key})
+    engine.dispose()
 
 
 def _page_path(settings: Settings, run_id: str) -> Path:
@@ -148,6 +164,40 @@ def test_run_page_shows_counts_rules_and_every_quarantined_record(world):
     # Self-contained: no script, no external asset.
     assert "<script" not in page.lower()
     assert not re.search(r'(src|href)="(https?:)?//', page)
+
+
+def test_run_page_plots_answer_the_analysts_questions(world):
+    """Issue 11, item 3: quarantine per area over the runs, the top rules over time, time to release."""
+    settings, _ = world
+    state = settings.state()
+    page = _page_path(settings, RUNS[-1]).read_text(encoding="utf-8")
+    plots = page[page.index('id="plots"'):page.index('id="rules"')]
+    assert plots.count("<svg") == 3 and "<script" not in plots.lower()
+
+    quarantine = plots[plots.index('id="plot-quarantine"'):plots.index('id="plot-rules"')]
+    for area in AREAS:  # one line per area, through both runs, ending at this run's quarantine
+        assert f'data-series="area {area}"' in quarantine
+        now = {r["area"]: r for r in state.run_rows(RUNS[-1])}[area]["counts"]["quarantined"]
+        assert f"area {area}: {now}</text>" in quarantine
+    assert ">11-27</text>" in quarantine and ">11-28</text>" in quarantine  # the runs' dates on the axis
+
+    rules = plots[plots.index('id="plot-rules"'):plots.index('id="plot-release"')]
+    totals: dict[str, int] = {}
+    for run_id in RUNS:
+        for row in state.run_rows(run_id):
+            for key, n in row["counts"]["rules"].items():
+                totals[key] = totals.get(key, 0) + n
+    top = sorted(totals, key=lambda k: (-totals[k], k))[:report_html.TOP_RULES]
+    shown = re.findall(r'data-top-rule="([^"]+)"><td><code>[^<]+</code></td><td>(\w+)</td>.*?<td class="n">(\d+)</td>',
+                       rules, re.S)
+    assert [(f"{r}:{sev}", int(n)) for r, sev, n in shown] == [(k, totals[k]) for k in top]
+    for key in top:
+        rule, severity = key.rsplit(":", 1)
+        assert f'data-series="{rule} ({severity})"' in rules
+
+    release = plots[plots.index('id="plot-release"'):]
+    assert f"for the {WITHDRAWN} records released in these runs" in release
+    assert f'data-bucket="same day"><title>same day: {WITHDRAWN}</title>' in release
 
 
 def test_quarantine_csv_holds_the_whole_list_and_the_page_caps_it(world, monkeypatch):
@@ -474,7 +524,9 @@ def test_analyst_reads_the_findings_in_the_airflow_ui(chromium, world, api_serve
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            context = browser.new_context(viewport={"width": 1400, "height": 900})
+            tried = _offline(context)
+            page = context.new_page()
             page.set_default_timeout(30_000)
 
             # The analyst's way: Airflow UI -> nav link "AMS data quality" -> latest run, inside Airflow.
@@ -493,17 +545,32 @@ def test_analyst_reads_the_findings_in_the_airflow_ui(chromium, world, api_serve
             page.goto(f"{api_server}/ams-reports/")
             expect(page.locator("h1")).to_have_text("AMS data quality")
             _assert_no_raw_cpr(page.content(), cprs, "index page")
+            page.screenshot(path=str(shots / "reports-index.png"))
             page.get_by_role("link", name="Latest run", exact=True).click()
             page.wait_for_url(f"**/ams-reports/runs/{_safe(RUNS[-1])}/**")
             expect(page.locator("tr[data-quarantine-area] td.mono").first).to_have_text(MASKED)
             check_run_page(page.content(), "run page")
             page.screenshot(path=str(shots / "reports-ui.png"), full_page=True)
+            page.screenshot(path=str(shots / "reports-run.png"))  # what the page opens with: counts, first plot
+
+            # The plots, drawn by the browser at a readable size: one picture each for docs/analysts.md.
+            for figure in ("plot-quarantine", "plot-rules", "plot-release"):
+                plot = page.locator(f"#{figure} svg.plot")
+                expect(plot).to_be_visible()
+                box = plot.bounding_box()
+                assert box is not None and box["width"] >= 700 and box["height"] >= 200, (figure, box)
+                page.locator(f"#{figure}").screenshot(path=str(shots / f"{figure}.png"))
+            page.locator("#rules").scroll_into_view_if_needed()
+            page.screenshot(path=str(shots / "reports-rules.png"))
+            page.locator("#quarantine").scroll_into_view_if_needed()
+            page.screenshot(path=str(shots / "reports-quarantine.png"))
 
             # No report for an unknown run: a 404 page, not a server error.
             missing = page.goto(f"{api_server}/ams-reports/runs/no-such-run/")
             assert missing is not None and missing.status == 404
         finally:
             browser.close()
+    assert tried == [], f"requests that tried to leave the machine: {tried[:5]}"
     assert (shots / "reports-ui.png").stat().st_size > 10_000
 
 
