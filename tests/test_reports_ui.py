@@ -648,3 +648,16 @@ def test_data_docs_render_offline_inside_the_airflow_ui(chromium, world, api_ser
     assert tried == [], f"requests that tried to leave the machine: {tried[:5]}"
     assert not [u for u in failed if urlsplit(u).hostname == "127.0.0.1"], failed
     assert not [e for e in errors if "Content Security Policy" in e or "Failed to load" in e], errors
+
+
+def test_analysts_guide_shows_every_page_and_plot_with_a_screenshot_of_the_browser_test():
+    guide = (ROOT / "docs" / "analysts.md").read_text(encoding="utf-8")
+    shown = re.findall(r"!\[[^\]]+\]\(screenshots/([\w-]+\.png)\)", guide)
+    this_test = Path(__file__).read_text(encoding="utf-8")
+    written = set(re.findall(r'shots / "([\w-]+\.png)"', this_test))
+    written |= {f"{figure}.png" for figure in re.findall(r'"(plot-[a-z]+)"', this_test)}
+    assert set(shown) <= written, set(shown) - written  # made by the browser test, not by hand
+    for name in ("reports-index.png", "reports-run.png", "plot-quarantine.png", "plot-rules.png", "plot-release.png",
+                 "reports-rules.png", "reports-quarantine.png", "data-docs-index.png", "data-docs-validation.png"):
+        assert name in shown, name
+        assert (ROOT / "docs" / "screenshots" / name).stat().st_size > 10_000, name
