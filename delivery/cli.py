@@ -133,10 +133,9 @@ def summary(args: argparse.Namespace) -> int:
 
 
 def docs(args: argparse.Namespace) -> int:
+    from expectations.data_docs import VENDOR_DIR, vendor_readme
     from transforms.fields_doc import write_fields_doc
     from transforms.payload import write_schema
-
-    from expectations.data_docs import VENDOR_DIR, vendor_readme
 
     write_schema()
     path = write_fields_doc()

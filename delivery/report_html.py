@@ -35,9 +35,8 @@ from markupsafe import Markup, escape
 from delivery import plots
 from delivery.pipeline import Settings
 from delivery.report import _safe, area_row
-from delivery.state import StateStore
+from delivery.state import StateStore, run_areas
 from delivery.state import quarantine as quarantine_table
-from delivery.state import run_areas
 from transforms.registry import get_area
 from transforms.rules import RULE_BY_ID
 
@@ -505,8 +504,8 @@ A falling line means fixes at the source are coming through; a jump means new de
 <figure id="plot-release">
 <figcaption><b>How long does a fix take?</b> Days from the run that first held a record back to the run that
 released it (fixed at the source), for the {{ plots.release.released }} record{{ "s" if plots.release.released != 1
-else "" }} released in these runs{% if plots.release.median is not none %}; median {{ "%.1f"|format(plots.release.median) }}
-days{% endif %}.</figcaption>
+else "" }} released in these runs{% if plots.release.median is not none %}; median
+{{ "%.1f"|format(plots.release.median) }} days{% endif %}.</figcaption>
 {{ plots.release.chart }}
 </figure>
 

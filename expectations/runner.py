@@ -35,8 +35,8 @@ from great_expectations.data_context import AbstractDataContext  # noqa: E402
 from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: E402
 from great_expectations.datasource.fluent import PandasDatasource  # noqa: E402
 
-from expectations.data_docs import localise  # noqa: E402
 from expectations.checks import LIST_SEP, Check, area_checks, prepare_frame  # noqa: E402
+from expectations.data_docs import localise  # noqa: E402
 from expectations.suites import build_suite, fingerprint, suite_name  # noqa: E402
 from transforms.registry import Area, get_area  # noqa: E402
 from transforms.rules import ERROR, severity  # noqa: E402
