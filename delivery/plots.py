@@ -38,9 +38,11 @@ def _number(value: float) -> str:
     return f"{value:,.0f}"
 
 
-def _frame(what: str, y_label: str, top: float, x_labels: Sequence[str], slots: int) -> tuple[list[str], float,
-                                                                                             float]:
-    """SVG opening, axes, grid and x labels; returns (parts, plot width, y scale top)."""
+Frame = tuple[list[str], float, float]  # SVG parts so far, plot width, top of the y scale
+
+
+def _frame(what: str, y_label: str, top: float, x_labels: Sequence[str], slots: int) -> Frame:
+    """SVG opening, axes, grid and x labels."""
     ticks = _ticks(top)
     ymax = ticks[-1]
     plot_w, plot_h = WIDTH - _LEFT - _RIGHT, HEIGHT - _TOP - _BOTTOM
