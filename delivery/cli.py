@@ -2,7 +2,8 @@
 
     ams-report demo            one daily cycle on the embedded defaults (what `make run` does)
     ams-report summary [RUN]   the summary of a run (default: the latest)
-    ams-report docs            regenerate the XSD and docs/fields.md from the registry
+    ams-report docs            regenerate the XSD and docs/fields.md from the registry, and the list of
+                               the Data Docs' vendored assets (expectations/vendor/README.md)
     ams-report verify-archive  check every archived batch against its manifest
     ams-report requeue --area N  re-send records the receiver refused, once its fault is fixed
     ams-report interface-change --from v1 --to v2 --announced DATE --effective DATE
@@ -138,12 +139,14 @@ def summary(args: argparse.Namespace) -> int:
 
 
 def docs(args: argparse.Namespace) -> int:
+    from expectations.data_docs import VENDOR_DIR, vendor_readme
     from transforms.fields_doc import write_fields_doc
     from transforms.payload import write_schema
 
     write_schema()
     path = write_fields_doc()
-    print(f"Wrote the XSDs and WSDLs of every interface version (schemas/) and {path}")
+    (VENDOR_DIR / "README.md").write_text(vendor_readme(), encoding="utf-8")
+    print(f"Wrote the XSDs and WSDLs of every interface version (schemas/), {path} and {VENDOR_DIR / 'README.md'}")
     return 0
 
 

@@ -295,20 +295,27 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
                 docs_index = result.docs_index or docs_index
             found = pd.concat([f for f in findings if len(f)], ignore_index=True) if any(
                 len(f) for f in findings) else _empty_findings()
+            # A range is checked by both layers (registry bounds): one finding per record, rule and field.
+            found = found.drop_duplicates(["record_key", "rule", "field"], ignore_index=True)
             state.record_findings(run_id, area.number, found)
-            rules.update(f"{r.rule}:{r.severity}" for r in found.itertuples())
+            # Records, not findings: one record with three bad codes counts once for code.invalid.
+            rules.update(f"{r.rule}:{r.severity}" for r in
+                         found.drop_duplicates(["record_key", "rule", "severity"]).itertuples())
             errors = found[found["severity"] == "error"]
             bad = set(errors["record_key"])
             persons = dict(zip(live["record_key"], _masked_persons(area, live), strict=True))
             state.quarantine_rows(run_id, area.number, errors, persons)
             quarantined_keys |= bad
             counts["quarantined"] += len(bad)
-            counts["with_warnings"] += found.loc[found["severity"] == "warning", "record_key"].nunique()
 
             good = mapping.strip_not_applicable(area, records[~records["record_key"].isin(bad)])
             good = good.assign(content_hash=mapping.content_hashes(area, good))
             to_send, classified, refused = _classify(state, area, good)
             counts.update(classified)
+            # "warn": records sent for delivery with a warning (quarantined and unchanged ones are not).
+            warned = set(found.loc[found["severity"] == "warning", "record_key"])
+            sent = to_send.loc[to_send["action"] != mapping.ANNUL, "record_key"]
+            counts["with_warnings"] += int(sent.isin(warned).sum())
             rejected_by_receiver |= refused
             writer.add(to_send)
         batch_ids = writer.close()

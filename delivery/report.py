@@ -86,7 +86,7 @@ def format_summary(summary: dict) -> str:
             if severity == "error":
                 errors[f"area {r['area']} {rule}"] = errors.get(f"area {r['area']} {rule}", 0) + n
     if errors:
-        lines.append("Quarantined, by rule (a record can break several rules):")
+        lines.append("Quarantined records, by rule (records, not findings; a record can break several rules):")
         lines += [f"  {k}: {v}" for k, v in sorted(errors.items())]
         lines.append("")
     receipts = [(r["area"], rid) for r in summary["areas"] for rid in r["receipts"]]

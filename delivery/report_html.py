@@ -2,6 +2,8 @@
 
     var/reports/index.html                          the runs, newest first, with their counts and the trend
     var/reports/runs/<safe run id>/index.html       one run: counts per area with the reconciliation check,
+                                                    plots (quarantine per area over the runs, the top
+                                                    rules over time, time from first seen to released),
                                                     findings per area and rule, the open quarantine with
                                                     every failed rule, the Data Docs, the trend of 30 runs
     var/reports/runs/<safe run id>/quarantine.csv   the whole open quarantine, one line per failed rule
@@ -18,7 +20,9 @@ from __future__ import annotations
 
 import csv
 import glob
+import math
 import re
+import statistics
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,9 +32,10 @@ import sqlalchemy as sa
 from jinja2 import DictLoader, Environment, StrictUndefined
 from markupsafe import Markup, escape
 
+from delivery import plots
 from delivery.pipeline import Settings
 from delivery.report import _safe, area_row
-from delivery.state import StateStore
+from delivery.state import StateStore, run_areas
 from delivery.state import quarantine as quarantine_table
 from transforms.registry import get_area
 from transforms.rules import RULE_BY_ID
@@ -210,15 +215,17 @@ def _findings_rows(state: StateStore, run_id: str) -> list[dict]:
 
 
 def _rule_counts(findings: list[dict]) -> list[dict]:
+    """Per area and rule: records with an error, records with a warning (records, not findings: a record
+    with three fields outside their code lists counts once), and the findings themselves."""
     counts: dict[tuple[int, str], dict] = {}
     for f in findings:
-        entry = counts.setdefault((f["area"], f["rule"]), {"errors": 0, "warnings": 0, "records": set()})
-        entry["errors" if f["severity"] == "error" else "warnings"] += 1
-        entry["records"].add(f["record_key"])
+        entry = counts.setdefault((f["area"], f["rule"]), {"errors": set(), "warnings": set(), "findings": 0})
+        entry["errors" if f["severity"] == "error" else "warnings"].add(f["record_key"])
+        entry["findings"] += 1
     rows = []
     for (area, rule), entry in counts.items():
-        rows.append({"area": area, "rule": rule, **_rule_info(rule), "errors": entry["errors"],
-                     "warnings": entry["warnings"], "records": len(entry["records"])})
+        rows.append({"area": area, "rule": rule, **_rule_info(rule), "errors": len(entry["errors"]),
+                     "warnings": len(entry["warnings"]), "findings": entry["findings"]})
     rows.sort(key=lambda r: (r["area"], -r["errors"], -r["warnings"], r["rule"]))
     return rows
 
@@ -269,9 +276,89 @@ def _trend(state: StateStore, run_id: str | None, reports_dir: Path, href_prefix
         })
     totals_q = [o["totals"]["quarantined"] for o in chronological]
     totals_d = [o["totals"]["delivered"] for o in chronological]
-    return {"runs": overviews, "series": series, "count": len(overviews),
-            "total_quarantined": _bars(totals_q, labels, color="#c0392b", what="quarantined"),
+    return {"runs": overviews, "series": series, "count": len(overviews), "chronological": chronological,
+            "labels": labels, "total_quarantined": _bars(totals_q, labels, color="#c0392b", what="quarantined"),
             "total_delivered": _bars(totals_d, labels, color="#2e7d32", what="delivered")}
+
+
+# --- the plots: the questions analysts ask, over the runs of the trend ------------------------------
+
+#: Rules drawn in "the top rules over time".
+TOP_RULES = 5
+#: Buckets of "time from first seen to released": (label, days below which a release falls in it).
+RELEASE_BUCKETS = (("same day", 1), ("1 day", 2), ("2-3 days", 4), ("4-7 days", 8), ("8-30 days", 31),
+                   ("over 30 days", math.inf))
+
+
+def _run_label(overview: dict) -> str:
+    """Short x-axis label of a run: its logical date (11-27) where the run id has one, else its start."""
+    m = re.search(r"(\d{4})-(\d{2})-(\d{2})T", overview["run_id"])
+    if m:
+        return f"{m.group(2)}-{m.group(3)}"
+    started = _utc(overview["started"])
+    return started.strftime("%m-%d %H:%M") if started else overview["run_id"][:10]
+
+
+def _quarantine_plot(trend: dict) -> Markup:
+    runs = trend["chronological"]
+    series = []
+    for s in trend["series"]:
+        values = [{a["area"]: a for a in o["areas"]}.get(s["area"]) for o in runs]
+        series.append((f"area {s['area']}", [a["quarantined"] if a else None for a in values]))
+    return plots.line_chart(series, [_run_label(o) for o in runs], tooltips=trend["labels"],
+                            what=f"Records in quarantine per data area, last {len(runs)} runs",
+                            y_label="records held back")
+
+
+def _top_rules(trend: dict) -> tuple[Markup, list[dict]]:
+    """The rules that held back or warned about most records over the runs: a line each, and a table."""
+    runs = trend["chronological"]
+    per_run: list[dict[str, int]] = []
+    for o in runs:
+        counted: dict[str, int] = {}
+        for a in o["areas"]:
+            for key, n in a["rules"].items():
+                counted[key] = counted.get(key, 0) + int(n)
+        per_run.append(counted)
+    totals: dict[str, int] = {}
+    for counted in per_run:
+        for key, n in counted.items():
+            totals[key] = totals.get(key, 0) + n
+    top = sorted(totals, key=lambda k: (-totals[k], k))[:TOP_RULES]
+    series = []
+    rows = []
+    for key in top:
+        rule, severity = key.rsplit(":", 1)
+        label = f"{rule} ({severity})"
+        series.append((label, [counted.get(key, 0) for counted in per_run]))
+        rows.append({"rule": rule, "severity": severity, "title": _rule_info(rule)["title"], "total": totals[key],
+                     "last": per_run[-1].get(key, 0) if per_run else 0})
+    chart = plots.line_chart(series, [_run_label(o) for o in runs], tooltips=trend["labels"],
+                             what=f"The {len(top)} rules that flagged most records, last {len(runs)} runs",
+                             y_label="records", dashed={label for label, _ in series if label.endswith("(warning)")})
+    return chart, rows
+
+
+def _release_times(state: StateStore, trend: dict) -> dict:
+    """Records released from quarantine in the trend's runs: days from the run that first saw them to the
+    run that released them, as buckets, with the median."""
+    window = [o["run_id"] for o in trend["chronological"]]
+    with state.begin() as conn:
+        starts = dict(conn.execute(sa.select(run_areas.c.run_id, sa.func.min(run_areas.c.started_at))
+                                   .group_by(run_areas.c.run_id)).all())
+        released = conn.execute(sa.select(quarantine_table.c.first_seen_run, quarantine_table.c.released_run).where(
+            quarantine_table.c.status == "released", quarantine_table.c.released_run.in_(window))).all()
+    days = []
+    for first, last in released:
+        begin, end = _utc(starts.get(first)), _utc(starts.get(last))
+        if begin is not None and end is not None:
+            days.append(max((end - begin).total_seconds(), 0) / 86400)
+    counts = [sum(1 for d in days if low <= d < high)
+              for low, (_, high) in zip([0, *[h for _, h in RELEASE_BUCKETS[:-1]]], RELEASE_BUCKETS, strict=True)]
+    buckets = [(label, n) for (label, _), n in zip(RELEASE_BUCKETS, counts, strict=True)]
+    return {"chart": plots.bar_chart(buckets, what=f"Days from first seen to released, {len(days)} records "
+                                     f"released in the last {len(window)} runs", y_label="records released"),
+            "released": len(days), "median": statistics.median(days) if days else None, "buckets": buckets}
 
 
 def _data_docs_links(run_id: str, reports_dir: Path) -> dict:
@@ -326,6 +413,8 @@ ul.failed { margin: 0; padding-left: 16px; } ul.failed li { margin: 1px 0; }
 .note { background: var(--warn-bg); border-left: 4px solid #e0a800; padding: 6px 10px; margin: 8px 0; }
 .info { background: var(--band); border-left: 4px solid #9aa3b1; padding: 6px 10px; margin: 8px 0; }
 svg.spark { vertical-align: middle; }
+figure { margin: 10px 0 18px; } figcaption { max-width: 760px; margin: 0 0 6px; }
+svg.plot { display: block; max-width: 100%; height: auto; border: 1px solid var(--line); background: #fff; }
 details > summary { cursor: pointer; font-weight: 600; margin: 8px 0; }
 .run-id { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 12px;
   word-break: break-all; }
@@ -388,26 +477,57 @@ _RUN = """{% extends "layout" %}
 <td class="n">{{ run.totals[c] }}</td>{% endfor %}<td>{{ check(run.totals.difference) }}</td><td></td></tr></tbody>
 </table>
 <p class="muted small">Check: extracted = delivered + annulled + quarantined + unchanged + outstanding, per area.
-<b>warnings</b> counts records delivered with at least one warning. <b>outstanding</b> is staged or in doubt,
+<b>warnings</b> counts records sent in this run with at least one warning (records held back or
+unchanged are not counted). <b>outstanding</b> is staged or in doubt,
 not yet acknowledged by the agency (0 after a good run).</p>
+
+<h2 id="plots">At a glance: the last {{ trend.count }} run{{ "s" if trend.count != 1 else "" }}</h2>
+<figure id="plot-quarantine">
+<figcaption><b>Is the quarantine shrinking?</b> Records held back after each run, per data area (oldest left).
+A falling line means fixes at the source are coming through; a jump means new defects or a new rule.</figcaption>
+{{ plots.quarantine }}
+</figure>
+<figure id="plot-rules">
+<figcaption><b>Which rules matter most?</b> The rules that flagged most records over these runs, per run
+(records, not findings). Solid lines are errors, which hold a record back; dashed lines are warnings.</figcaption>
+{{ plots.top_rules }}
+{% if plots.top_rules_rows %}
+<table class="small">
+<thead><tr><th>rule</th><th>severity</th><th>what the rule demands</th><th class="n">records, all these runs</th>
+<th class="n">this run</th></tr></thead>
+<tbody>{% for r in plots.top_rules_rows %}
+<tr data-top-rule="{{ r.rule }}"><td><code>{{ r.rule }}</code></td><td>{{ r.severity }}</td><td>{{ r.title }}</td>
+<td class="n">{{ r.total }}</td><td class="n">{{ r.last }}</td></tr>{% endfor %}</tbody>
+</table>
+{% endif %}
+</figure>
+<figure id="plot-release">
+<figcaption><b>How long does a fix take?</b> Days from the run that first held a record back to the run that
+released it (fixed at the source), for the {{ plots.release.released }} record{{ "s" if plots.release.released != 1
+else "" }} released in these runs{% if plots.release.median is not none %}; median
+{{ "%.1f"|format(plots.release.median) }} days{% endif %}.</figcaption>
+{{ plots.release.chart }}
+</figure>
 
 <h2 id="rules">Findings per area and rule</h2>
 {% if rules %}
 <table>
-<thead><tr><th>area</th><th>rule</th><th>what the rule demands</th><th>basis</th><th class="n">errors</th>
-<th class="n">warnings</th><th class="n">records</th></tr></thead>
+<thead><tr><th>area</th><th>rule</th><th>what the rule demands</th><th>basis</th>
+<th class="n">records held back</th><th class="n">records with a warning</th><th class="n">findings</th></tr></thead>
 <tbody>
 {% for r in rules %}
 <tr data-area="{{ r.area }}" data-rule="{{ r.rule }}"><td class="n">{{ r.area }}</td><td><code>{{ r.rule }}</code></td>
 <td>{{ r.title }}</td><td>{{ r.basis }}</td>
 <td class="n" data-errors="{{ r.errors }}">{{ count_badge(r.errors, "error") }}</td>
 <td class="n" data-warnings="{{ r.warnings }}">{{ count_badge(r.warnings, "warning") }}</td>
-<td class="n">{{ r.records }}</td></tr>
+<td class="n">{{ r.findings }}</td></tr>
 {% endfor %}
 </tbody>
 </table>
 <p class="muted small">An <b>error</b> holds the record back (quarantine) until it is fixed at the source; a
-<b>warning</b> lets it through and is reported. A record can break several rules.</p>
+<b>warning</b> lets it through and is reported. Counts are records: a record with three fields outside their code
+lists counts once under <code>code.invalid</code> (and three times under <b>findings</b>). A record can break
+several rules, so the rows do not add up to the quarantine.</p>
 {% else %}
 <p class="info">No findings in this run.</p>
 {% endif %}
@@ -590,8 +710,12 @@ def _run_context(run_id: str, settings: Settings, state: StateStore) -> dict:
         text = Markup('<span class="run-id">{}</span>').format(other)
         return Markup('<a href="{}">{}</a>').format(href, text) if href else text
 
+    trend = _trend(state, run_id, reports_dir, "../")
+    top_rules_chart, top_rules = _top_rules(trend)
     return {
         "run": run,
+        "plots": {"quarantine": _quarantine_plot(trend), "top_rules": top_rules_chart, "top_rules_rows": top_rules,
+                  "release": _release_times(state, trend)},
         "rules": _rule_counts(findings),
         "findings": findings,
         "warnings": warnings,
@@ -600,7 +724,7 @@ def _run_context(run_id: str, settings: Settings, state: StateStore) -> dict:
         "quarantine_shown": min(len(quarantine), MAX_ROWS),
         "released": _released_in(state, run_id),
         "docs": _data_docs_links(run_id, reports_dir),
-        "trend": _trend(state, run_id, reports_dir, "../"),
+        "trend": trend,
         "run_ref": run_ref,
         "generated": _when(datetime.now(UTC)),
     }

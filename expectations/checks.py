@@ -34,15 +34,9 @@ from transforms.identifiers import (
     mask_cpr,
     se_status,
 )
-from transforms.registry import Area
+from transforms.registry import NUMBER_KINDS, Area
+from transforms.rules import range_problem, range_rule
 
-#: Plausible ranges per hours field ("hours.out_of_range"); any other hours field gets 0-60.
-HOURS_RANGE: dict[str, tuple[float, float]] = {
-    "weekly_hours": (0, 60),
-    "granted_hours": (0, 2000),  # granted mentor hours for the whole grant (§ 37 nr. 5)
-    "avg_paid_hours": (0, 60),
-}
-DEFAULT_HOURS_RANGE = (0.0, 60.0)
 #: Separator of several masked CPR numbers (and their statuses) in one cell (kind cpr_list).
 LIST_SEP = "; "
 
@@ -113,10 +107,9 @@ def area_checks(area: Area) -> tuple[Check, ...]:
             checks.append(Check("code.invalid", f.name, f.paragraph, col + "in_codelist", "true",
                                 problem=f"not in the code list '{f.codelist}' valid on the record's "
                                 f"{area.date_field} ({{{area.date_field}}})"))
-        elif f.kind == "hours":
-            low, high = HOURS_RANGE.get(f.name, DEFAULT_HOURS_RANGE)
-            checks.append(Check("hours.out_of_range", f.name, f.paragraph, f.name, "between", (low, high),
-                                f"outside {low:g}-{high:g} hours"))
+        elif f.kind in NUMBER_KINDS and f.bounds is not None:  # the registry's bounds, as the contract
+            checks.append(Check(range_rule(f), f.name, f.paragraph, f.name, "between", (f.bounds.low, f.bounds.high),
+                                range_problem(f)))
         elif f.kind == "date":
             if f.name != "end_date":  # a planned end after the period is normal for a running measure or grant
                 checks.append(Check("dates.future", f.name, f.paragraph, col + "not_future", "true",

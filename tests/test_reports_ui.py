@@ -20,6 +20,7 @@ import sys
 import time
 from datetime import date
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -71,10 +72,26 @@ def world(tmp_path_factory):
                     prepare_area(area, run_id=run_id, period_end=PERIOD_END, settings=settings)
                     deliver_area(area, run_id=run_id, settings=settings, client=client)
                 write_run_report(run_id, settings)  # writes summary.*, the run page and the index
+                if run_id == RUNS[0]:
+                    _withdraw_at_source(settings, source)  # so the second run releases some from quarantine
         finally:
             receiver.stop()
     assert len(cprs) > 100
     return settings, cprs
+
+
+#: Quarantined measures that the case system withdraws (soft-deletes) between the two runs.
+WITHDRAWN = 2
+
+
+def _withdraw_at_source(settings: Settings, source: str) -> None:
+    keys = sorted(q["record_key"] for q in settings.state().open_quarantine() if q["area"] in (1, 2))[:WITHDRAWN]
+    engine = create_engine_from_url(source)
+    with engine.begin() as conn:
+        for key in keys:
+            conn.execute(sa.text("UPDATE measures SET deleted_at = updated_at WHERE CAST(measure_id AS TEXT) = :k"),
+                         {"k": key})
+    engine.dispose()
 
 
 def _page_path(settings: Settings, run_id: str) -> Path:
@@ -103,10 +120,11 @@ def test_run_page_shows_counts_rules_and_every_quarantined_record(world):
     for area in AREAS:
         assert f'data-counts-area="{area}"' in page
 
-    # Counts per area and rule: errors and warnings apart, with the rule's title and basis.
+    # Counts per area and rule: records (not findings) with an error and with a warning apart, with the
+    # rule's title and basis.
     findings = state.run_findings(run_id)
     assert len(findings) and set(findings["severity"]) == {"error", "warning"}
-    expected = findings.groupby(["area", "rule", "severity"]).size().to_dict()
+    expected = findings.groupby(["area", "rule", "severity"])["record_key"].nunique().to_dict()
     for (area, rule) in {(a, r) for a, r, _ in expected}:
         m = re.search(rf'<tr data-area="{area}" data-rule="{re.escape(rule)}">(.*?)</tr>', page, re.S)
         assert m, f"no row for area {area} rule {rule}"
@@ -146,6 +164,40 @@ def test_run_page_shows_counts_rules_and_every_quarantined_record(world):
     # Self-contained: no script, no external asset.
     assert "<script" not in page.lower()
     assert not re.search(r'(src|href)="(https?:)?//', page)
+
+
+def test_run_page_plots_answer_the_analysts_questions(world):
+    """Issue 11, item 3: quarantine per area over the runs, the top rules over time, time to release."""
+    settings, _ = world
+    state = settings.state()
+    page = _page_path(settings, RUNS[-1]).read_text(encoding="utf-8")
+    plots = page[page.index('id="plots"'):page.index('id="rules"')]
+    assert plots.count("<svg") == 3 and "<script" not in plots.lower()
+
+    quarantine = plots[plots.index('id="plot-quarantine"'):plots.index('id="plot-rules"')]
+    for area in AREAS:  # one line per area, through both runs, ending at this run's quarantine
+        assert f'data-series="area {area}"' in quarantine
+        now = {r["area"]: r for r in state.run_rows(RUNS[-1])}[area]["counts"]["quarantined"]
+        assert f"area {area}: {now}</text>" in quarantine
+    assert ">11-27</text>" in quarantine and ">11-28</text>" in quarantine  # the runs' dates on the axis
+
+    rules = plots[plots.index('id="plot-rules"'):plots.index('id="plot-release"')]
+    totals: dict[str, int] = {}
+    for run_id in RUNS:
+        for row in state.run_rows(run_id):
+            for key, n in row["counts"]["rules"].items():
+                totals[key] = totals.get(key, 0) + n
+    top = sorted(totals, key=lambda k: (-totals[k], k))[:report_html.TOP_RULES]
+    shown = re.findall(r'data-top-rule="([^"]+)"><td><code>[^<]+</code></td><td>(\w+)</td>.*?<td class="n">(\d+)</td>',
+                       rules, re.S)
+    assert [(f"{r}:{sev}", int(n)) for r, sev, n in shown] == [(k, totals[k]) for k in top]
+    for key in top:
+        rule, severity = key.rsplit(":", 1)
+        assert f'data-series="{rule} ({severity})"' in rules
+
+    release = plots[plots.index('id="plot-release"'):]
+    assert f"for the {WITHDRAWN} records released in these runs" in release
+    assert f'data-bucket="same day"><title>same day: {WITHDRAWN}</title>' in release
 
 
 def test_quarantine_csv_holds_the_whole_list_and_the_page_caps_it(world, monkeypatch):
@@ -273,28 +325,110 @@ def test_app_serves_the_reports_read_only_and_refuses_traversal(world, tmp_path)
         secret.unlink()
 
 
-def test_app_requires_an_airflow_login(world, monkeypatch):
+def _as_user(monkeypatch, user) -> None:
+    """Airflow's login as `user` (None: nobody signed in), without a token round trip."""
     from airflow.api_fastapi.core_api import security
-    from ams_reporting.ui import create_app
     from fastapi import HTTPException
+
+    async def resolve(request, oauth_token, credentials):
+        if user is None:
+            raise HTTPException(401, "Not authenticated")
+        return user
+
+    monkeypatch.setattr(security, "get_user", resolve)
+
+
+def _auth_manager(monkeypatch, manager) -> None:
+    from airflow.api_fastapi import app as api_app
+
+    monkeypatch.setattr(api_app._AuthManagerState, "instance", manager)
+
+
+def test_app_requires_an_airflow_login(world, monkeypatch):
+    from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+    from ams_reporting.ui import create_app
     from fastapi.testclient import TestClient
 
     settings, _ = world
-
-    async def nobody(request, oauth_token, credentials):
-        raise HTTPException(401, "Not authenticated")
-
-    monkeypatch.setattr(security, "get_user", nobody)
+    _auth_manager(monkeypatch, SimpleAuthManager())
+    _as_user(monkeypatch, None)
     client = TestClient(create_app(reports_dir=settings.reports_dir))
     r = client.get("/")
     assert r.status_code == 401 and "sign in" in r.text.lower() and "Open quarantine" not in r.text
     assert client.get(f"/runs/{_safe(RUNS[-1])}/quarantine.csv").status_code == 401
+    assert client.get("/data_docs/index.html").status_code == 401
 
-    async def analyst(request, oauth_token, credentials):
-        return object()
-
-    monkeypatch.setattr(security, "get_user", analyst)
+    _as_user(monkeypatch, SimpleAuthManagerUser(username="ana", role="viewer"))
     assert client.get("/").status_code == 200
+
+
+def test_only_a_user_whom_the_auth_manager_lets_read_the_reports_sees_them(world, monkeypatch):
+    """Issue 11, item 2: the reports hold record keys and birth dates: Airflow's auth manager decides who
+    reads them, as the custom view "AMS Reports"."""
+    from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+    from ams_reporting.ui import RESOURCE_NAME, create_app
+    from fastapi.testclient import TestClient
+
+    settings, _ = world
+    safe = _safe(RUNS[-1])
+    pages = ("/", f"/runs/{safe}/", f"/runs/{safe}/quarantine.csv", f"/runs/{safe}/findings.csv",
+             f"/runs/{safe}/summary.json", "/data_docs/index.html")
+    client = TestClient(create_app(reports_dir=settings.reports_dir))
+
+    # Airflow's simple auth manager: a user with a role (viewer and up) may, a user without one may not.
+    _auth_manager(monkeypatch, SimpleAuthManager())
+    _as_user(monkeypatch, SimpleAuthManagerUser(username="ana", role="viewer"))
+    assert [client.get(p).status_code for p in pages] == [200] * len(pages)
+    _as_user(monkeypatch, SimpleAuthManagerUser(username="guest", role=None))
+    for path in pages:
+        r = client.get(path)
+        assert r.status_code == 403, path
+        assert "may not read the data-quality reports" in r.text and "guest" in r.text
+        assert "Open quarantine" not in r.text and not MASKED.search(r.text)
+
+    # Any auth manager (FAB, Keycloak, ...) is asked the same question: its answer is the rule.
+    class Roles:
+        def __init__(self) -> None:
+            self.asked: list[tuple[str, str, str]] = []
+
+        def is_authorized_custom_view(self, *, method, resource_name, user):
+            self.asked.append((method, resource_name, user.get_name()))
+            return user.get_name() == "reader"
+
+    roles = Roles()
+    _auth_manager(monkeypatch, roles)
+    _as_user(monkeypatch, SimpleAuthManagerUser(username="reader", role="viewer"))
+    assert client.get(f"/runs/{safe}/").status_code == 200
+    _as_user(monkeypatch, SimpleAuthManagerUser(username="operator", role="op"))
+    assert client.get(f"/runs/{safe}/").status_code == 403
+    assert roles.asked == [("GET", RESOURCE_NAME, "reader"), ("GET", RESOURCE_NAME, "operator")]
+
+
+def test_data_docs_are_sandboxed_and_their_static_files_need_no_login(world, monkeypatch):
+    from ams_reporting.ui import DOCS_CSP, create_app
+    from fastapi.testclient import TestClient
+
+    settings, _ = world
+    _as_user(monkeypatch, None)  # nobody signed in
+    client = TestClient(create_app(reports_dir=settings.reports_dir))
+    for asset in ("static/vendor/jquery-3.7.1/jquery.min.js", "static/styles/data_docs_default_styles.css",
+                  "static/vendor/fortawesome-fontawesome-free-6.6.0/webfonts/fa-solid-900.woff2"):
+        r = client.get(f"/data_docs/{asset}")
+        assert r.status_code == 200, asset
+        assert r.headers["access-control-allow-origin"] == "*"  # fonts, asked for by an opaque origin
+    for private in ("/data_docs/index.html", "/data_docs/static/../index.html", "/data_docs/static",
+                    "/data_docs/validations/"):
+        assert client.get(private).status_code in (401, 404), private
+
+    docs = TestClient(create_app(reports_dir=settings.reports_dir, require_login=False)).get("/data_docs/index.html")
+    policy = docs.headers["content-security-policy"]
+    assert policy == DOCS_CSP
+    directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))
+    assert directives["sandbox"] == "allow-scripts"  # an opaque origin: no allow-same-origin
+    assert directives["default-src"] == directives["connect-src"] == "'none'"
+    assert "http" not in policy and "*" not in policy  # nothing from another host
 
 
 # --- (c) in a browser, through the real Airflow API server ---------------------------------------
@@ -313,10 +447,11 @@ def _up(url: str) -> bool:
         return False
 
 
-@pytest.fixture
-def api_server(world, tmp_path):
+@pytest.fixture(scope="module")
+def api_server(world, tmp_path_factory):
     """`airflow api-server` on loopback with this module's reports (AMS_HOME) and no login (all admins)."""
     settings, _ = world
+    tmp_path = tmp_path_factory.mktemp("api-server")
     home = tmp_path / "airflow"
     port = _free_port()
     env = {
@@ -389,7 +524,9 @@ def test_analyst_reads_the_findings_in_the_airflow_ui(chromium, world, api_serve
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            context = browser.new_context(viewport={"width": 1400, "height": 900})
+            tried = _offline(context)
+            page = context.new_page()
             page.set_default_timeout(30_000)
 
             # The analyst's way: Airflow UI -> nav link "AMS data quality" -> latest run, inside Airflow.
@@ -408,15 +545,119 @@ def test_analyst_reads_the_findings_in_the_airflow_ui(chromium, world, api_serve
             page.goto(f"{api_server}/ams-reports/")
             expect(page.locator("h1")).to_have_text("AMS data quality")
             _assert_no_raw_cpr(page.content(), cprs, "index page")
+            page.screenshot(path=str(shots / "reports-index.png"))
             page.get_by_role("link", name="Latest run", exact=True).click()
             page.wait_for_url(f"**/ams-reports/runs/{_safe(RUNS[-1])}/**")
             expect(page.locator("tr[data-quarantine-area] td.mono").first).to_have_text(MASKED)
             check_run_page(page.content(), "run page")
             page.screenshot(path=str(shots / "reports-ui.png"), full_page=True)
+            page.screenshot(path=str(shots / "reports-run.png"))  # what the page opens with: counts, first plot
+
+            # The plots, drawn by the browser at a readable size: one picture each for docs/analysts.md.
+            for figure in ("plot-quarantine", "plot-rules", "plot-release"):
+                plot = page.locator(f"#{figure} svg.plot")
+                expect(plot).to_be_visible()
+                box = plot.bounding_box()
+                assert box is not None and box["width"] >= 700 and box["height"] >= 200, (figure, box)
+                page.locator(f"#{figure}").screenshot(path=str(shots / f"{figure}.png"))
+            page.locator("#rules").scroll_into_view_if_needed()
+            page.screenshot(path=str(shots / "reports-rules.png"))
+            page.locator("#quarantine").scroll_into_view_if_needed()
+            page.screenshot(path=str(shots / "reports-quarantine.png"))
 
             # No report for an unknown run: a 404 page, not a server error.
             missing = page.goto(f"{api_server}/ams-reports/runs/no-such-run/")
             assert missing is not None and missing.status == 404
         finally:
             browser.close()
+    assert tried == [], f"requests that tried to leave the machine: {tried[:5]}"
     assert (shots / "reports-ui.png").stat().st_size > 10_000
+
+
+def _offline(context) -> list[str]:
+    """Block every request that would leave 127.0.0.1; return the list of the ones tried."""
+    tried: list[str] = []
+
+    def route(r) -> None:
+        host = urlsplit(r.request.url).hostname
+        if r.request.url.startswith(("data:", "blob:", "about:")) or host == "127.0.0.1":
+            r.continue_()
+        else:
+            tried.append(r.request.url)
+            r.abort()
+
+    context.route("**/*", route)
+    return tried
+
+
+@pytest.mark.browser
+def test_data_docs_render_offline_inside_the_airflow_ui(chromium, world, api_server):
+    """Issue 11, item 1: with the internet out of reach, the Data Docs show their results, styled, from
+    the project's own copies of their libraries, sandboxed inside the Airflow UI."""
+    from playwright.sync_api import expect, sync_playwright
+
+    settings, cprs = world
+    shots = ROOT / "var" / "ci"
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1400, "height": 900})
+            tried = _offline(context)
+            failed: list[str] = []
+            context.on("requestfailed", lambda r: failed.append(r.url))
+            page = context.new_page()
+            page.set_default_timeout(30_000)
+            errors: list[str] = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+
+            # Airflow UI -> AMS data quality -> latest run -> Great Expectations Data Docs, all in the frame.
+            page.goto(f"{api_server}/")
+            page.get_by_role("link", name="AMS data quality").first.click()
+            frame = page.frame_locator("iframe[title='AMS data quality']")
+            frame.get_by_role("link", name="Latest run", exact=True).click()
+            frame.locator("nav.links").get_by_role("link", name="Great Expectations Data Docs").click()
+            rows = frame.locator("table.ge-index-page-validation-results-table tbody tr")
+            expect(rows.first).to_be_visible()
+            assert rows.count() >= len(AREAS), "the validation results list has no rows"
+            expect(rows.first).to_contain_text("area")
+            # Bootstrap's style sheet and Font Awesome's font came from this server
+            navbar = frame.locator("nav.navbar").first
+            assert navbar.evaluate("e => getComputedStyle(e).display") == "flex"
+            docs = next(f for f in page.frames if "/ams-reports/data_docs/" in f.url)
+            loaded = docs.evaluate("() => document.fonts.load('900 16px \"Font Awesome 6 Free\"')"
+                                   ".then(faces => faces.map(f => f.status))")
+            assert loaded == ["loaded"], loaded
+            # Sandboxed: an opaque origin, no access to Airflow's cookies or to the page around it.
+            assert docs.evaluate("() => window.origin") == "null"
+            assert docs.evaluate("() => { try { return document.cookie, 'cookie readable'; }"
+                                 " catch (e) { return 'blocked'; } }") == "blocked"
+            page.screenshot(path=str(shots / "data-docs-index.png"))
+
+            # A validation page: its expectations, with their results.
+            rows.first.click()
+            expectations = frame.locator("td", has_text="values must")
+            expect(expectations.first).to_be_visible()
+            assert expectations.count() >= 5
+            expect(frame.locator("h4", has_text="Expectation Validation Result")).to_be_visible()
+            docs = next(f for f in page.frames if "/ams-reports/data_docs/validations/" in f.url)
+            _assert_no_raw_cpr(docs.content(), cprs, "a Data Docs validation page")
+            page.screenshot(path=str(shots / "data-docs-validation.png"))
+        finally:
+            browser.close()
+    assert tried == [], f"requests that tried to leave the machine: {tried[:5]}"
+    assert not [u for u in failed if urlsplit(u).hostname == "127.0.0.1"], failed
+    assert not [e for e in errors if "Content Security Policy" in e or "Failed to load" in e], errors
+
+
+def test_analysts_guide_shows_every_page_and_plot_with_a_screenshot_of_the_browser_test():
+    guide = (ROOT / "docs" / "analysts.md").read_text(encoding="utf-8")
+    shown = re.findall(r"!\[[^\]]+\]\(screenshots/([\w-]+\.png)\)", guide)
+    this_test = Path(__file__).read_text(encoding="utf-8")
+    written = set(re.findall(r'shots / "([\w-]+\.png)"', this_test))
+    written |= {f"{figure}.png" for figure in re.findall(r'"(plot-[a-z]+)"', this_test)}
+    assert set(shown) <= written, set(shown) - written  # made by the browser test, not by hand
+    for name in ("reports-index.png", "reports-run.png", "plot-quarantine.png", "plot-rules.png", "plot-release.png",
+                 "reports-rules.png", "reports-quarantine.png", "data-docs-index.png", "data-docs-validation.png"):
+        assert name in shown, name
+        assert (ROOT / "docs" / "screenshots" / name).stat().st_size > 10_000, name

@@ -82,6 +82,23 @@ def _element_check(f: Field) -> pa.Check | None:
     return None
 
 
+def _bounds_check(f: Field) -> pa.Check | None:
+    """The registry's bounds of a count or hours field (the quality suite checks the same bounds).
+
+    Passes on empty values and on values that are not numbers: `format.number` reports those.
+    """
+    bounds = f.bounds
+    if bounds is None:
+        return None
+
+    def inside(value: object) -> bool:
+        if _empty(value) or isinstance(value, bool) or not isinstance(value, (int, float)):
+            return True
+        return bounds.contains(value)
+
+    return pa.Check(lambda s: s.map(inside).astype(bool), name=f"{rules.range_rule(f)}|{f.name}", ignore_na=False)
+
+
 def _required_check(f: Field) -> pa.Check:
     """§ ...: the field is required (always, or when its condition holds)."""
     if f.required is True:
@@ -110,8 +127,8 @@ def schema(area: Area) -> pa.DataFrameSchema:
         "action": pa.Column(checks=pa.Check.isin(["CREATE_OR_UPDATE", "ANNUL"]), nullable=False),
     }
     for f in area.fields:
-        check = _element_check(f)
-        columns[f.name] = pa.Column(checks=[check] if check else [], nullable=True)
+        checks = [c for c in (_element_check(f), _bounds_check(f)) if c is not None]
+        columns[f.name] = pa.Column(checks=checks, nullable=True)
     wide = [_required_check(f) for f in area.fields if f.required]
     wide += [_not_applicable_check(f) for f in area.fields if f.only_when]
     if area.number in (1, 2):
@@ -132,13 +149,15 @@ def _paragraph(area: Area, rule_id: str, field_name: str) -> str:
     return f.paragraph
 
 
-def _message(area: Area, rule_id: str, field_name: str, person: str) -> str:
+def _message(area: Area, rule_id: str, field_name: str, person: str, value: object = None) -> str:
     rule = rules.RULE_BY_ID[rule_id]
     where = f" [{person}]" if person else ""
     try:
         f = area.field(field_name)
     except KeyError:
         return f"{rule.title} ({rule_id}, {area.paragraph}){where}"
+    if f.bounds is not None and rule_id == rules.range_rule(f):  # worded as the quality suite words it
+        return f"{field_name} {value:g}: {rules.range_problem(f)} ({rule_id}, {f.paragraph}){where}"
     extra = ""
     if rule_id == "required.missing" and isinstance(f.required, str):
         extra = f" when: {area.condition(f.required).description}"
@@ -173,6 +192,7 @@ def check_contract(area: Area, records: pd.DataFrame) -> pd.DataFrame:
             "field": field_name,
             "paragraph": _paragraph(area, rule_id, field_name),
             "severity": rules.severity(rule_id),
-            "message": _message(area, rule_id, field_name, person),
+            "message": _message(area, rule_id, field_name, person,
+                                records.at[index, field_name] if field_name in records.columns else None),
         })
     return pd.DataFrame(out, columns=FINDING_COLUMNS)

@@ -20,6 +20,11 @@ def _required(area, f) -> str:
     return "optional"
 
 
+def _range(f) -> str:
+    """The field's bounds (counts and hours), checked by the contract and the quality suite alike."""
+    return f"{f.range_text}: {f.bounds.why}" if f.bounds is not None else ""
+
+
 def render() -> str:
     out = [
         "# Field reference",
@@ -27,7 +32,9 @@ def render() -> str:
         "Generated from `transforms/registry.py` by `make docs`; do not edit by hand.",
         "For every data area of the executive order: each field's paragraph, where it comes from in the",
         "source contract, its name in the records frame and in the payload (`schemas/ams-reporting-v1.xsd`),",
-        "when it is required, and the rules that guard it (`transforms/rules.py`; severities are configurable).",
+        "when it is required, the range of a count or hours field (from what the regulation's field means;",
+        "the record contract and the data-quality suite both check it), and the rules that guard it",
+        "(`transforms/rules.py`; severities are configurable).",
         "",
         "Every record also carries `RecordIdentifier` (a GUID the pipeline derives from the source key, so a",
         "re-send updates) and is either a record or an `Annulment` (deleted at the source after delivery).",
@@ -70,13 +77,13 @@ def render() -> str:
         out += [f"- {note}" for note in area.notes]
         out += [
             "",
-            "| paragraph | source column | record field | payload element | required | checks |",
-            "|---|---|---|---|---|---|",
+            "| paragraph | source column | record field | payload element | required | range | checks |",
+            "|---|---|---|---|---|---|---|",
         ]
         for f in area.fields:
             checks = ", ".join(f"`{r}`" for r in field_rules(area, f))
             out.append(f"| {f.paragraph} | `{f.source}` | `{f.name}` | `{f.element}` | {_required(area, f)} | "
-                       f"{checks} |")
+                       f"{_range(f)} | {checks} |")
         out.append("")
     out += ["## Rules", "", "| rule | engine | default severity | what it demands | basis |", "|---|---|---|---|---|"]
     out += [f"| `{r.id}` | {r.engine} | {r.severity} | {r.title} | {r.basis} |" for r in RULE_BY_ID.values()]

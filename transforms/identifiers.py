@@ -40,6 +40,17 @@ def normalise_cpr(value: object) -> str | None:
     return text.replace("-", "")
 
 
+_CPR_WRITTEN = re.compile(r"\s*(\d{6})-?(\d{4})\s*")
+
+
+def canonical_cpr(text: str) -> str:
+    """DDMMYYSSSS for a CPR number written `DDMMYY-SSSS` or with surrounding spaces; any other text
+    unchanged (the contract's `format.cpr` then reports it). The mapping applies this once, so the
+    contract and the data-quality suite see the same value."""
+    m = _CPR_WRITTEN.fullmatch(text)
+    return m.group(1) + m.group(2) if m else text
+
+
 @lru_cache(maxsize=200_000)
 def cpr_status(value: str | None) -> str:
     """Classify a CPR number; see the CPR_* constants."""

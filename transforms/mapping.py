@@ -18,6 +18,7 @@ from datetime import date, datetime
 import pandas as pd
 
 from transforms import codelists
+from transforms.identifiers import canonical_cpr
 from transforms.registry import Area
 
 #: Namespace of the record and batch GUIDs: uuid5 of it and a stable key gives the same id on every
@@ -30,7 +31,7 @@ ANNUL = "ANNUL"
 SELF_SUPPORTING = "99"  # § 9 nr. 7: "self-supporting" is recorded as such (reference/benefit_types.csv)
 CV_INTERVIEW_GROUPS = frozenset({"LAB2-2", "IL-LEDIG"})  # § 24 nr. 1-2
 
-_TEXT_KINDS = {"cpr", "municipality", "jobcentre", "cvr", "pnr", "se", "key", "text", "code"}
+_TEXT_KINDS = {"municipality", "jobcentre", "cvr", "pnr", "se", "key", "text", "code"}
 
 
 @dataclass
@@ -105,16 +106,23 @@ def _bool(value: object) -> object:
     return bool(value)
 
 
+def _cpr(value: object) -> object:
+    """A CPR number as 10 digits: `010190-1234` and ` 0101901234 ` become `0101901234` (DOMAIN.md)."""
+    text = _text(value)
+    return None if text is None else canonical_cpr(str(text))
+
+
 def _cpr_list(value: object) -> object:
     if _is_missing(value):
         return ()
     if isinstance(value, (list, tuple)):
-        return tuple(str(v).strip() for v in value if not _is_missing(v))
-    return tuple(part.strip() for part in str(value).split(",") if part.strip())
+        return tuple(canonical_cpr(str(v).strip()) for v in value if not _is_missing(v))
+    return tuple(canonical_cpr(part.strip()) for part in str(value).split(",") if part.strip())
 
 
 _NORMALISE: dict[str, Callable[[object], object]] = {
     **{kind: _text for kind in _TEXT_KINDS},
+    "cpr": _cpr,
     "date": _date,
     "hours": _number,
     "count": _count,

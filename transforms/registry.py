@@ -31,14 +31,45 @@ KINDS = (
     "se",  # SE number, 8 digits
     "key",  # a source system's key (text, <= 64)
     "date",
-    "hours",  # decimal hours, 0-99.99
-    "count",  # non-negative integer
+    "hours",  # decimal hours, within the field's `bounds`
+    "count",  # integer, within the field's `bounds`
     "text",  # free text (<= 200)
     "code",  # a value from a code list in reference/
     "bool",
 )
 
+#: Kinds that carry a number and so a range (`Field.bounds`).
+NUMBER_KINDS = ("hours", "count")
+
 WEBSERVICE = "webservice"
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The values a count or amount field can take, as the regulation's meaning gives them.
+
+    `low` and `high` are inclusive; `high=None` is "no upper limit". The contract (pandera) and the
+    data-quality suite (Great Expectations) both check a field against these bounds, so the two
+    layers cannot disagree; `why` says where the bounds come from (shown in docs/fields.md).
+    """
+
+    low: float
+    high: float | None
+    why: str
+
+    def contains(self, value: float) -> bool:
+        return value >= self.low and (self.high is None or value <= self.high)
+
+    def text(self) -> str:
+        """The range in words: "at least 1", "between 0.5 and 60"."""
+        if self.high is None:
+            return f"at least {self.low:g}"
+        return f"between {self.low:g} and {self.high:g}"
+
+
+#: Average hours per week of a measure or grant: something is done every week, and a week of work
+#: has at most 60 (the working-time directive's 48 with overtime; beyond it the value is a typo).
+WEEKLY_HOURS = Bounds(0.5, 60, "an average week of an activity: more than 0, at most 60 hours")
 SFTP = "sftp"
 
 
@@ -56,12 +87,23 @@ class Field:
     description: str = ""
     #: Allowed only when this condition holds (otherwise it must be empty): "only where ..."
     only_when: str | None = None
+    #: For kinds "hours" and "count" (and only them): the values the field can take.
+    bounds: Bounds | None = None
+
+    @property
+    def range_text(self) -> str:
+        """The bounds in words with the unit ("between 0.5 and 60 hours"); "" without bounds."""
+        if self.bounds is None:
+            return ""
+        return self.bounds.text() + (" hours" if self.kind == "hours" else "")
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"field {self.name}: unknown kind {self.kind!r}")
         if (self.kind == "code") != (self.codelist is not None):
             raise ValueError(f"field {self.name}: kind 'code' goes with a codelist, and only it")
+        if (self.kind in NUMBER_KINDS) != (self.bounds is not None):
+            raise ValueError(f"field {self.name}: kinds {', '.join(NUMBER_KINDS)} declare their bounds, and only they")
 
 
 @dataclass(frozen=True)
@@ -171,7 +213,7 @@ _MEASURE_FIELDS = {f.name: f for f in (
     Field("measure_type", "MeasureTypeCode", "", "measures.measure_type", "code", codelist="measure_types"),
     Field("start_date", "StartDate", "", "measures.start_date", "date"),
     Field("end_date", "EndDate", "", "measures.end_date", "date"),
-    Field("weekly_hours", "HoursPerWeek", "", "measures.weekly_hours", "hours",
+    Field("weekly_hours", "HoursPerWeek", "", "measures.weekly_hours", "hours", bounds=WEEKLY_HOURS,
           description="Gennemsnitligt ugentligt timetal"),
     Field("jobplan_id", "JobPlanIdentifier", "", "jobplans.jobplan_id", "key", required="jobplan", only_when="jobplan"),
     Field("jobplan_created_on", "JobPlanCreatedDate", "", "jobplans.created_on", "date", required="jobplan",
@@ -412,7 +454,7 @@ AREAS: tuple[Area, ...] = (
             Field("start_date", "StartDate", "§ 31 nr. 4", "personal_assistance_grants.start_date", "date"),
             Field("end_date", "EndDate", "§ 31 nr. 5", "personal_assistance_grants.end_date", "date"),
             Field("weekly_hours", "HoursPerWeek", "§ 31 nr. 6", "personal_assistance_grants.weekly_hours",
-                  "hours", description="Bevilget gennemsnitligt timetal pr. uge"),
+                  "hours", bounds=WEEKLY_HOURS, description="Bevilget gennemsnitligt timetal pr. uge"),
         ),
     ),
     Area(
@@ -449,11 +491,14 @@ AREAS: tuple[Area, ...] = (
                   "date",
                   description="Grant end (per person) or end of the period paid for (per slot)"),
             Field("granted_hours", "GrantedMentorHours", "§ 37 nr. 7", "mentor_grants.granted_hours", "hours",
-                  required="per_person", only_when="per_person"),
+                  required="per_person", only_when="per_person",
+                  bounds=Bounds(0.5, 2000, "a grant gives some mentor hours; 2000 is a full year's working hours")),
             Field("persons_paid", "PersonsPaidCount", "§ 37 nr. 8", "mentor_grants.persons_paid", "count",
-                  required="per_slot", only_when="per_slot"),
+                  required="per_slot", only_when="per_slot",
+                  bounds=Bounds(1, None, "a slot grant pays for at least one person (§ 37 nr. 10 names them)")),
             Field("avg_paid_hours", "AveragePaidHoursPerPerson", "§ 37 nr. 9", "mentor_grants.avg_paid_hours",
-                  "hours", required="per_slot", only_when="per_slot"),
+                  "hours", required="per_slot", only_when="per_slot",
+                  bounds=Bounds(0.5, 60, "hours paid per person and week: more than 0, at most 60")),
             Field("person_cprs", "PersonCivilRegistrationIdentifier", "§ 37 nr. 10",
                   "mentor_grant_persons -> persons.cpr", "cpr_list",
                   description="The persons who get mentor support (one for a person grant, one or more per slot)"),

@@ -20,10 +20,14 @@ WARNING = "warning"
 @dataclass(frozen=True)
 class Rule:
     id: str
-    engine: str  # "contract" (pandera) or "quality" (Great Expectations)
+    engine: str  # "contract" (pandera), "quality" (Great Expectations), both ("contract, quality") or "delivery"
     severity: str
     title: str  # what the rule demands, in words for analysts
     basis: str  # where the rule comes from (paragraph or DOMAIN.md source)
+
+    @property
+    def engines(self) -> tuple[str, ...]:
+        return tuple(self.engine.split(", "))
 
 
 RULES: tuple[Rule, ...] = (
@@ -32,7 +36,9 @@ RULES: tuple[Rule, ...] = (
          "the field's paragraph"),
     Rule("field.not_applicable", "contract", WARNING,
          "A field is filled where the regulation does not ask for it; it is not sent", "the field's paragraph"),
-    Rule("format.cpr", "contract", ERROR, "CPR number is not 10 digits (DDMMYY-SSSS)", "DOMAIN.md, cpr.dk"),
+    Rule("format.cpr", "contract", ERROR,
+         "CPR number is not 10 digits (a hyphen after the birth date and surrounding spaces are removed first)",
+         "DOMAIN.md, cpr.dk"),
     Rule("format.cvr", "contract", ERROR, "CVR number is not 8 digits without a leading zero", "DOMAIN.md"),
     Rule("format.pnr", "contract", ERROR, "P-number is not 10 digits", "DOMAIN.md, erhvervsstyrelsen.dk"),
     Rule("format.se", "contract", ERROR, "SE number is not 8 digits", "DOMAIN.md"),
@@ -41,6 +47,14 @@ RULES: tuple[Rule, ...] = (
     Rule("format.date", "contract", ERROR, "Not a valid date", "the field's paragraph"),
     Rule("format.number", "contract", ERROR, "Not a number", "the field's paragraph"),
     Rule("format.text", "contract", ERROR, "Text too long (200 characters at most)", "the project's XSD"),
+    # Ranges: declared per field in the registry (Field.bounds); both layers check them, and the
+    # pipeline keeps one finding per record, rule and field.
+    Rule("hours.out_of_range", "contract, quality", ERROR,
+         "Hours outside the field's range (e.g. weekly hours 0.5-60; see the field's bounds)",
+         "the field's paragraph and meaning (docs/fields.md, bounds)"),
+    Rule("count.out_of_range", "contract, quality", ERROR,
+         "Count outside the field's range (e.g. a slot grant pays for at least 1 person)",
+         "the field's paragraph and meaning (docs/fields.md, bounds)"),
     Rule("scope.no_target_group", "contract", ERROR,
          "No target group on the measure's start date: area 1 or 2 cannot be decided", "§ 2, § 8"),
     Rule("scope.status_changed", "contract", WARNING,
@@ -65,8 +79,6 @@ RULES: tuple[Rule, ...] = (
     Rule("dates.future", "quality", ERROR, "Date (other than a planned end date) lies after the reporting period",
          "§ 4 (continuous registration)"),
     Rule("dates.before_phase_in", "quality", ERROR, "Dated before the area's phase-in date", "§ 50"),
-    Rule("hours.out_of_range", "quality", ERROR, "Weekly hours outside 0-60 (or granted hours outside 0-2000)",
-         "the area's paragraph"),
     Rule("jobplan.revised_before_created", "quality", ERROR, "Job plan revised before it was created",
          "§ 3 nr. 11-12, § 9 nr. 10-11"),
     Rule("measure.overlap", "quality", ERROR,
@@ -110,7 +122,7 @@ _KIND_RULES = {
     "code": ("format.text", "code.invalid"),
     "date": ("format.date", "dates.future"),  # not on end_date: see field_rules
     "hours": ("format.number", "hours.out_of_range"),
-    "count": ("format.number",),
+    "count": ("format.number", "count.out_of_range"),
     "bool": ("format.number",),
 }
 _NAME_RULES = {
@@ -136,3 +148,13 @@ def field_rules(area, f) -> list[str]:  # (Area, Field) -> rule ids; untyped to 
     if f.name == area.person_field and area.reconciliation_paragraph and area.number in (1, 2, 3, 5, 6):
         found.append("reconcile.no_benefit_or_payment")
     return list(dict.fromkeys(found))
+
+
+def range_rule(f) -> str:  # (Field) -> the rule that checks its bounds
+    """`hours.out_of_range` or `count.out_of_range`: the rule of a numeric field's registry bounds."""
+    return f"{f.kind}.out_of_range"
+
+
+def range_problem(f) -> str:  # (Field) -> what a value outside its bounds is told, in both layers
+    """e.g. "must be at least 1 (a slot grant pays for at least one person ...)"."""
+    return f"must be {f.range_text} ({f.bounds.why})"

@@ -10,8 +10,13 @@ written by delivery.report / delivery.report_html) and nothing else:
     /runs/<safe run id>/<file>         quarantine.csv, findings.csv, summary.md, summary.json
     /data_docs/...                     the Great Expectations Data Docs (the site only, not data_docs/gx)
 
-Any other path, or one that would leave the folder, is a 404. Requests need an Airflow login, checked
-by Airflow's own auth manager (the UI's session cookie or a bearer token), as for Airflow's REST API.
+Any other path, or one that would leave the folder, is a 404. Requests need an Airflow login (the UI's
+session cookie or a bearer token, as for Airflow's REST API) of a user whom Airflow's auth manager
+allows to read the custom view "AMS Reports" (403 otherwise). Only the Data Docs' static files
+(styles, fonts, the vendored libraries: no report data) are served without one.
+
+Our own pages run under a strict Content-Security-Policy (no script at all); the Data Docs, GX's
+pages with scripts, run sandboxed in an opaque origin and load nothing from outside this server.
 
 Import is cheap and has no side effect: no database, no file, no Airflow core import; the reports
 folder is looked up per request.
@@ -55,6 +60,15 @@ _HEADERS = {
 #: Our own pages need nothing but inline CSS and inline SVG.
 _OWN_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'self'; "
             "base-uri 'none'; form-action 'none'")
+#: The Data Docs are GX's pages: scripts (the project's vendored copies, expectations/vendor) and inline
+#: scripts and styles. They load only from this server, send nothing anywhere (connect-src, form-action),
+#: and run sandboxed: in an opaque origin, so their scripts cannot reach Airflow's pages, its API with the
+#: analyst's session, its cookies or storage, nor the frame around them.
+DOCS_CSP = ("default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data:; font-src 'self'; connect-src 'none'; frame-src 'none'; worker-src 'none'; "
+            "frame-ancestors 'self'; base-uri 'none'; form-action 'none'; sandbox allow-scripts")
+#: Who may read the reports: Airflow's auth manager decides, for this custom view (plugin resource).
+RESOURCE_NAME = "AMS Reports"
 
 
 def external_view() -> dict:
@@ -72,16 +86,34 @@ def default_reports_dir() -> Path:
     return Settings.from_env().reports_dir
 
 
-async def _require_login(request: Request) -> None:
-    """Airflow's authentication: the UI's JWT cookie or an `Authorization: Bearer` token."""
+def _public_asset(relative: str) -> bool:
+    """Data Docs' static files (GX's styles, fonts, images and the vendored libraries): no report data,
+    served without a login, because the sandboxed Data Docs load them from an opaque origin, which
+    sends no cookie. Everything else needs a reader."""
+    parts = PurePosixPath(relative).parts
+    return len(parts) > 1 and parts[0] == "static" and ".." not in parts
+
+
+async def _require_reader(request: Request) -> None:
+    """An Airflow login (the UI's JWT cookie or an `Authorization: Bearer` token) whose user Airflow's
+    auth manager allows to read the custom view "AMS Reports" (RESOURCE_NAME): 401 without a login,
+    403 without the permission."""
     if not request.app.state.require_login:
         return
+    route = request.scope.get("route")
+    if getattr(route, "name", "") == "data_docs" and _public_asset(str(request.path_params.get("relative", ""))):
+        return
+    from airflow.api_fastapi.app import get_auth_manager
     from airflow.api_fastapi.core_api.security import bearer_scheme, get_user
 
     try:
-        await get_user(request, None, await bearer_scheme(request))
+        user = await get_user(request, None, await bearer_scheme(request))
+        allowed = get_auth_manager().is_authorized_custom_view(method="GET", resource_name=RESOURCE_NAME, user=user)
     except RuntimeError as exc:  # no auth manager: the app is not running inside Airflow's API server
         raise HTTPException(503, "Airflow's auth manager is not running: open this page through Airflow.") from exc
+    if not allowed:
+        raise HTTPException(403, f"Your Airflow user ({user.get_name()}) may not read the data-quality reports. "
+                                 f"Ask an Airflow administrator for read access to \"{RESOURCE_NAME}\".")
 
 
 def _page(status: int, title: str, text: str, link: tuple[str, str] | None = None, *,
@@ -95,10 +127,11 @@ def _page(status: int, title: str, text: str, link: tuple[str, str] | None = Non
     return HTMLResponse(body, status_code=status, headers={**_HEADERS, "Content-Security-Policy": _OWN_CSP})
 
 
-def _serve(path: Path, media_type: str, *, own_page: bool, download: str | None = None) -> FileResponse:
-    headers = dict(_HEADERS)
-    if own_page:
-        headers["Content-Security-Policy"] = _OWN_CSP
+def _serve(path: Path, media_type: str, *, csp: str | None, download: str | None = None,
+           extra: dict[str, str] | None = None) -> FileResponse:
+    headers = {**_HEADERS, **(extra or {})}
+    if csp:
+        headers["Content-Security-Policy"] = csp
     if download:
         headers["Content-Disposition"] = f'attachment; filename="{download}"'
     return FileResponse(path, media_type=media_type, headers=headers)
@@ -135,7 +168,7 @@ def create_app(*, reports_dir: Path | Callable[[], Path] | None = None, require_
             return fixed
 
     app = FastAPI(title=APP_NAME, docs_url=None, redoc_url=None, openapi_url=None,
-                  dependencies=[Depends(_require_login)])
+                  dependencies=[Depends(_require_reader)])
     app.state.require_login = require_login
 
     @app.exception_handler(StarletteHTTPException)
@@ -163,7 +196,7 @@ def create_app(*, reports_dir: Path | Callable[[], Path] | None = None, require_
         path = where() / "index.html"
         if not path.is_file():
             return no_run_yet()
-        return _serve(path, RUN_FILES["index.html"][0], own_page=True)
+        return _serve(path, RUN_FILES["index.html"][0], csp=_OWN_CSP)
 
     @app.api_route("/runs", methods=["GET", "HEAD"], response_model=None)
     def runs() -> Response:
@@ -194,7 +227,8 @@ def create_app(*, reports_dir: Path | Callable[[], Path] | None = None, require_
                 return no_run_yet()
             raise HTTPException(404)
         media_type, download = RUN_FILES[name]
-        return _serve(path, media_type, own_page=name == "index.html", download=f"{run}-{name}" if download else None)
+        return _serve(path, media_type, csp=_OWN_CSP if name == "index.html" else None,
+                      download=f"{run}-{name}" if download else None)
 
     @app.api_route("/data_docs/{relative:path}", methods=["GET", "HEAD"], response_model=None)
     def data_docs(relative: str) -> Response:
@@ -209,10 +243,13 @@ def create_app(*, reports_dir: Path | Callable[[], Path] | None = None, require_
                 return _page(404, "No Data Docs yet", "The Great Expectations Data Docs are built by the first "
                              "run of the DAG <code>employment_reporting</code> (unless AMS_DATA_DOCS=0).")
             raise HTTPException(404)
-        # Data Docs are GX's own HTML (scripts, CDN styles): served as is, without our strict CSP.
         media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         if media_type.startswith("text/") or media_type in ("application/javascript", "application/json"):
             media_type += "; charset=utf-8"
-        return _serve(path, media_type, own_page=False)
+        if _public_asset(relative):
+            # Sandboxed pages load these from an opaque origin: fonts need CORS, and no cookie comes along.
+            return _serve(path, media_type, csp=None, extra={"Access-Control-Allow-Origin": "*",
+                                                             "Cache-Control": "private, max-age=3600"})
+        return _serve(path, media_type, csp=DOCS_CSP)
 
     return app
