@@ -12,7 +12,7 @@ export AIRFLOW__CORE__UNIT_TEST_MODE := False
 export GX_ANALYTICS_ENABLED := false
 export NO_PROXY := *
 
-.PHONY: venv run test bench lint docs clean trial-pki
+.PHONY: venv run test soak bench lint docs clean trial-pki
 
 venv: $(STAMP)
 
@@ -29,6 +29,12 @@ run: $(STAMP)
 ## test: the whole test suite
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## soak: the delivery protocol's model-based test, random examples for SOAK_SECONDS (default 1200)
+SOAK_SECONDS ?= 1200
+soak: $(STAMP)
+	AMS_SOAK=1 AMS_SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/python -m pytest -p no:cacheprovider -s -q \
+		tests/test_delivery_model.py -k soak
 
 ## bench: throughput and peak memory of the contract and the data-quality suite
 bench: $(STAMP)

@@ -22,7 +22,8 @@ CONN_ID = "ams_test_endpoint"
 def connection(monkeypatch, receiver, **extra: object) -> None:
     host, port = receiver.base_url.split("://", 1)[1].rsplit(":", 1)
     monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(
-        {"conn_type": "http", "host": host, "port": int(port), "schema": "ams", "extra": {"timeout": 10, "scheme": "http", **extra}}))
+        {"conn_type": "http", "host": host, "port": int(port), "schema": "ams", "extra": {"timeout": 10, "scheme": "http",
+                                                                       **extra}}))
 
 
 @pytest.fixture
