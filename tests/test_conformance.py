@@ -21,9 +21,9 @@ CONN_ID = "ams_test_endpoint"
 
 def connection(monkeypatch, receiver, **extra: object) -> None:
     host, port = receiver.base_url.split("://", 1)[1].rsplit(":", 1)
+    extra = {"timeout": 10, "scheme": "http", **extra}
     monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(
-        {"conn_type": "http", "host": host, "port": int(port), "schema": "ams", "extra": {"timeout": 10, "scheme": "http",
-                                                                       **extra}}))
+        {"conn_type": "http", "host": host, "port": int(port), "schema": "ams", "extra": extra}))
 
 
 @pytest.fixture
