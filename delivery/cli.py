@@ -4,7 +4,8 @@
     ams-report summary [RUN]   the summary of a run (default: the latest)
     ams-report docs            regenerate the XSD and docs/fields.md from the registry, and the list of
                                the Data Docs' vendored assets (expectations/vendor/README.md)
-    ams-report verify-archive  check every archived batch against its manifest
+    ams-report verify-archive  check every archived batch against its manifest and the state DB
+    ams-report rotate-archive-key  re-encrypt the archive with the newest key (AMS_ARCHIVE_KEY)
     ams-report requeue --area N  re-send records the receiver refused, once its fault is fixed
     ams-report interface-change --from v1 --to v2 --announced DATE --effective DATE
                                check a § 49 notice (40 working days) and show what the change means
@@ -19,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from datetime import UTC, date, datetime
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -36,8 +38,11 @@ def _airflow_env(settings: Settings) -> dict[str, str]:
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": env.get("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING"),
+        # INFO: the tasks' own lines (counts, what to do) reach the run's log file, not only warnings.
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": env.get("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO"),
         "GX_ANALYTICS_ENABLED": "false",
+        # The demo makes its own archive key on first use; in production a missing key is an error.
+        "AMS_CREATE_ARCHIVE_KEY": env.get("AMS_CREATE_ARCHIVE_KEY", "1"),
         "AMS_HOME": str(settings.home),
         "AMS_SOURCE_URL": settings.source_url,
         "AMS_STATE_URL": settings.state_url,
@@ -90,7 +95,7 @@ def run_cycle(settings: Settings, receiver_url: str, *, log_path: Path, connecti
     code = _airflow(["dags", "test", DAG_ID], env, log_path)
     after = [r for r in settings.state().recent_runs(1000) if r not in before]
     if code != 0 or not after:
-        print(f"The Airflow run failed (exit code {code}). Its log: {log_path}")
+        print(f"The Airflow run failed (exit code {code}). Its log, with each task's output: {log_path}\n")
         if after:
             _print_summary(settings, after[0])
         raise SystemExit(1)
@@ -98,9 +103,10 @@ def run_cycle(settings: Settings, receiver_url: str, *, log_path: Path, connecti
 
 
 def _print_summary(settings: Settings, run_id: str) -> None:
-    from delivery.report import format_summary, run_summary, write_run_report
+    """Print a run's summary from the state DB: true in every state (failed, outstanding, killed), and
+    read-only (the report task writes the run's report files)."""
+    from delivery.report import format_summary, run_summary
 
-    write_run_report(run_id, settings)
     print(format_summary(run_summary(run_id, settings)))
 
 
@@ -114,13 +120,16 @@ def demo(args: argparse.Namespace) -> int:
     receiver_db = settings.home / "receiver" / "receiver.sqlite"
     receiver_db.parent.mkdir(parents=True, exist_ok=True)
     # As in production: TLS to the receiver and a WS-Security signature on every request. The demo's
-    # throw-away PKI is made anew on each run under var/keys (never in the repository).
-    pki = generate_test_pki(settings.home / "keys" / "demo-pki", name="AMS demo")
-    extra = {"ca_bundle": str(pki.ca_cert), "signing_key": str(pki.client_key), "signing_cert": str(pki.client_cert)}
-    with ReceiverProcess(receiver_db, trust_certs=[pki.client_cert], tls_cert=pki.server_cert,
-                         tls_key=pki.server_key) as receiver:
-        print(f"Local AMS receiver listening on {receiver.url} (TLS; requests must be signed)")
-        run_id = run_cycle(settings, receiver.url, log_path=log_path, connection_extra=extra)
+    # throw-away PKI is made anew on each run in a temporary folder outside the repository, and
+    # removed with the run: no private key is ever written inside the project.
+    with tempfile.TemporaryDirectory(prefix="ams-demo-pki-") as folder:
+        pki = generate_test_pki(Path(folder), name="AMS demo")
+        extra = {"ca_bundle": str(pki.ca_cert), "signing_key": str(pki.client_key),
+                 "signing_cert": str(pki.client_cert)}
+        with ReceiverProcess(receiver_db, trust_certs=[pki.client_cert], tls_cert=pki.server_cert,
+                             tls_key=pki.server_key) as receiver:
+            print(f"Local AMS receiver listening on {receiver.url} (TLS; requests must be signed)")
+            run_id = run_cycle(settings, receiver.url, log_path=log_path, connection_extra=extra)
     print("Local AMS receiver stopped.\n")
     _print_summary(settings, run_id)
     print(f"Airflow log of this run: {log_path}")
@@ -151,14 +160,29 @@ def docs(args: argparse.Namespace) -> int:
 
 
 def verify(args: argparse.Namespace) -> int:
+    """Every archived batch against its manifest and the state DB: missing batches, orphan folders,
+    acknowledged batches not archived yet."""
     from delivery.archive import verify_archive
 
     settings = Settings.from_env()
-    problems = verify_archive(settings.vault(), settings.archive_dir)
+    problems = verify_archive(settings.vault(), settings.archive_dir, settings.state().all_batches(),
+                              retention_days=settings.archive_retention_days)
     for p in problems:
         print(p)
     print("archive OK" if not problems else f"{len(problems)} problem(s) found")
     return 1 if problems else 0
+
+
+def rotate_key(args: argparse.Namespace) -> int:
+    """Re-encrypt the archive with the newest archive key (the first of AMS_ARCHIVE_KEY or the key file)."""
+    from delivery.archive import rotate_archive
+
+    settings = Settings.from_env()
+    vault = settings.vault()
+    count = rotate_archive(vault, settings.archive_dir)
+    print(f"Re-encrypted {count} archived file(s) with key {vault.key_id}. Older keys can be removed once "
+          "`ams-report verify-archive` passes without them.")
+    return 0
 
 
 def requeue(args: argparse.Namespace) -> int:
@@ -251,7 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_id", nargs="?")
     p.set_defaults(func=summary)
     sub.add_parser("docs", help="regenerate the XSD and docs/fields.md").set_defaults(func=docs)
-    sub.add_parser("verify-archive", help="check the archive against its manifests").set_defaults(func=verify)
+    sub.add_parser("verify-archive", help="check the archive against its manifests and the state DB"
+                   ).set_defaults(func=verify)
+    sub.add_parser("rotate-archive-key", help="re-encrypt the archive with the newest archive key"
+                   ).set_defaults(func=rotate_key)
     p = sub.add_parser("requeue", help="send an area's records the receiver refused again on the next run")
     p.add_argument("--area", type=int, required=True)
     p.set_defaults(func=requeue)

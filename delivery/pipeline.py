@@ -497,7 +497,7 @@ def _deliver_batch(receiver: _Receiver, state: StateStore, vault: Vault, batch: 
         except DeliveryError as exc:
             if in_doubt:
                 state.mark_in_doubt(batch_id, str(exc))
-            raise _stop(area, batch, f"{exc}. " + (may_have_arrived if in_doubt else
+            raise _stop(area, batch, f"{str(exc).rstrip('.')}. " + (may_have_arrived if in_doubt else
                                                    "Nothing was sent. Fix the cause, then clear this task.")
                         ) from None
     raise AssertionError("unreachable")

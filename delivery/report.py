@@ -57,9 +57,12 @@ def run_summary(run_id: str, settings: Settings) -> dict:
     state = settings.state()
     acknowledged = state.batches_acknowledged_in(run_id)
     rows = [area_row(r, acknowledged) for r in state.run_rows(run_id)]
+    states = state.batch_status_counts()
     return {
         "run_id": run_id,
         "areas": rows,
+        "in_doubt": states.get("sent", 0) + states.get("unknown", 0),
+        "unarchived": states.get("acknowledged", 0),
         "totals": {c: sum(r[c] for r in rows) for c in COLUMNS},
         "open_quarantine": len(state.open_quarantine()),
         "archive_dir": str(settings.archive_dir),
@@ -93,11 +96,24 @@ def format_summary(summary: dict) -> str:
     if receipts:
         lines.append("Receipts (ServiceReceipt.MessageIdentifier):")
         lines += [f"  area {a}: {rid}" for a, rid in receipts]
-    elif not any(r["delivered"] or r["annulled"] for r in summary["areas"]):
-        lines.append("Nothing new to send: every valid record was delivered before and is unchanged.")
+    # One line per area that did not finish: the verdict first, then what to do (docs/operations.md).
+    unfinished = []
     for r in summary["areas"]:
-        if r["message"]:
-            lines.append(f"  area {r['area']}: {r['message']}")
+        if r["status"] == "delivery_failed":
+            unfinished.append(f"Area {r['area']} FAILED: {r['message'] or 'see the task log'}")
+        elif r["status"] in ("preparing", "prepared"):
+            unfinished.append(f"Area {r['area']} did not finish: its {r['status'].removesuffix('d')}ing task stopped "
+                              "or is still running; clear its area.deliver task (docs/operations.md).")
+        elif r["outstanding"]:
+            unfinished.append(f"Area {r['area']}: {r['outstanding']} record(s) outstanding; the next run sends them.")
+    if unfinished:
+        lines.append("")
+        lines += unfinished
+    elif not receipts and not any(r["delivered"] or r["annulled"] for r in summary["areas"]):
+        lines.append("Nothing new to send: every valid record was delivered before and is unchanged.")
+    if summary.get("in_doubt") or summary.get("unarchived"):
+        lines.append(f"Batches in doubt (looked up before anything is sent again): {summary.get('in_doubt', 0)}; "
+                     f"acknowledged but not archived yet: {summary.get('unarchived', 0)}.")
     lines += ["", f"Open quarantine entries: {summary['open_quarantine']}",
               f"Run summary:         {Path(summary['reports_dir']) / 'runs' / _safe(summary['run_id']) / 'summary.md'}",
               f"Data Docs:           {Path(summary['reports_dir']) / 'data_docs' / 'index.html'}",

@@ -459,6 +459,12 @@ class StateStore:
             rows = conn.execute(sa.select(batches).order_by(batches.c.area, batches.c.created_at)).mappings().all()
         return [dict(r) for r in rows]
 
+    def batch_status_counts(self) -> dict[str, int]:
+        """How many batches are in each state (all areas)."""
+        with self.begin() as conn:
+            rows = conn.execute(sa.select(batches.c.status, sa.func.count()).group_by(batches.c.status)).all()
+        return {status: int(n) for status, n in rows}
+
     def batch(self, batch_id: str) -> dict | None:
         with self.begin() as conn:
             row = conn.execute(sa.select(batches).where(batches.c.batch_id == batch_id)).mappings().first()

@@ -310,3 +310,34 @@ def test_the_area_lock_on_postgresql_is_an_advisory_lock(pg_url):
     finally:
         first.engine.dispose()
         second.engine.dispose()
+
+
+# --- 12. the receiver down, as an operator sees it -----------------------------------------------
+
+def test_receiver_down_is_retried_recorded_and_summarised_truthfully(world, monkeypatch, capsys):
+    from delivery.report import format_summary, run_summary
+
+    settings, _, _ = world
+    prepare_area(AREA, run_id="run-1", period_end=PERIOD_END, settings=settings)
+    tries = []
+
+    def client():  # loading the WSDL of a receiver that is down
+        tries.append(1)
+        return AmsClient("http://127.0.0.1:9/ams?wsdl", timeout=2)
+
+    with pytest.raises(AreaDeliveryStopped, match="has not been sent: the receiver could not be reached"):
+        deliver_area(AREA, run_id="run-1", settings=settings, client=client)
+    assert len(tries) == settings.delivery_attempts  # AMS_DELIVERY_ATTEMPTS applies to the WSDL too
+    summary = run_summary("run-1", settings)
+    row = next(r for r in summary["areas"] if r["area"] == AREA)
+    assert row["status"] == "delivery_failed" and row["outstanding"] > 0 and row["delivered"] == 0
+    text = format_summary(summary)
+    assert f"Area {AREA} FAILED: " in text and "Nothing new to send" not in text
+    # `ams-report summary` reads: it prints the same and writes no report file.
+    from delivery import cli
+
+    monkeypatch.setenv("AMS_HOME", str(settings.home))
+    monkeypatch.setenv("AMS_STATE_URL", settings.state_url)
+    assert cli.main(["summary", "run-1"]) == 0
+    assert f"Area {AREA} FAILED: " in capsys.readouterr().out
+    assert not (settings.reports_dir / "runs").exists()
