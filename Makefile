@@ -48,9 +48,10 @@ lint: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/ams-report docs
 
-## trial-pki: a throw-away PKI for docker-compose's trial receiver in var/trial-pki (never committed)
+## trial-pki: a throw-away PKI for docker-compose's trial receiver, outside the repository
+AMS_TRIAL_PKI_DIR ?= $(HOME)/.ams/trial-pki
 trial-pki: $(STAMP)
-	$(BIN)/python -m delivery.security var/trial-pki --server-name ams-receiver --days 365
+	$(BIN)/python -m delivery.security $(AMS_TRIAL_PKI_DIR) --server-name ams-receiver --days 365
 
 clean:
 	rm -rf var
