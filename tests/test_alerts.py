@@ -119,7 +119,7 @@ def test_delivery_failure_sends_one_email_naming_area_run_and_action(smtp_server
     assert subject == f"[AMS reporting] area 1 (insured_measures) delivery failed - run {RUN_ID}"
     body = _body(message)
     for expected in ("employment_reporting", "area.deliver", "insured_measures", RUN_ID, "2026-11-27",
-                     "Check the agency's service status", "clear only this task instance",
+                     "Check the agency's service status", "clear this task instance", "--only-failed",
                      "asks the receiver about every batch", "docs/operations.md", LOG_URL):
         assert expected in body, expected
     assert "010190-****" in body

@@ -46,8 +46,9 @@ STEP_NAMES = {"prepare": "preparation", "deliver": "delivery", "report": "run re
 ACTION_DELIVER = (
     "1. Check the agency's service status and the network (for an area on the file channel: the SFTP "
     "server and the connection ams_sftp).\n"
-    "2. Then clear only this task instance: Grid view -> the red area.deliver task of this area -> Clear "
-    "(from the shell: airflow tasks clear employment_reporting -t 'area.deliver' -s <date> -e <date>).\n"
+    "2. Then clear this task instance: Grid view -> the red area.deliver task of this area -> Clear "
+    "(from the shell, the failed deliveries of that day only: airflow tasks clear employment_reporting "
+    "-t '^area\\.deliver$' --only-failed --downstream -s <date> -e <date> --yes).\n"
     "Clearing is safe: the delivery first asks the receiver about every batch whose outcome is unknown, so "
     "nothing is sent twice and nothing is lost."
 )
@@ -60,8 +61,8 @@ ACTION_ACCESS_CLOSED = (
 ACTION_PREPARE = (
     "1. Check the source connection ams_source: does the case-system database answer, do the source views "
     "exist?\n"
-    "2. Fix the cause, then clear area.prepare of this area (Grid view -> the task -> Clear). Unsent batches "
-    "are rebuilt with the same ids."
+    "2. Fix the cause, then clear area.prepare of this area (Grid view -> the task -> Clear). Batches never "
+    "sent are rebuilt byte-identically; batches that may have reached the receiver are kept."
 )
 ACTION_REPORT = (
     "The run summary could not be written. Check the state database (AMS_STATE_URL) and the disk under "
