@@ -12,7 +12,7 @@ export AIRFLOW__CORE__UNIT_TEST_MODE := False
 export GX_ANALYTICS_ENABLED := false
 export NO_PROXY := *
 
-.PHONY: venv run test soak bench lint docs clean trial-pki
+.PHONY: venv run ui test soak bench lint docs clean trial-pki
 
 venv: $(STAMP)
 
@@ -25,6 +25,10 @@ $(STAMP): pyproject.toml constraints.txt requirements.txt
 ## run: one daily reporting cycle on the embedded defaults (demo source DB, local AMS receiver)
 run: $(STAMP)
 	$(BIN)/ams-report demo
+
+## ui: the Airflow UI on the demo (airflow standalone + the local receiver); Ctrl-C stops everything
+ui: $(STAMP)
+	$(BIN)/ams-report ui $(UI_ARGS)
 
 ## test: the whole test suite
 test: $(STAMP)

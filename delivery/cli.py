@@ -1,6 +1,7 @@
 """`ams-report`: the command line of the project.
 
     ams-report demo            one daily cycle on the embedded defaults (what `make run` does)
+    ams-report ui              the Airflow UI on the demo (what `make ui` does); Ctrl-C stops it
     ams-report summary [RUN]   the summary of a run (default: the latest)
     ams-report docs            regenerate the XSD and docs/fields.md from the registry, and the list of
                                the Data Docs' vendored assets (expectations/vendor/README.md)
@@ -18,11 +19,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from delivery.pipeline import Settings
@@ -76,6 +82,15 @@ def ensure_demo_source(settings: Settings, persons: int) -> bool:
     return True
 
 
+def _receiver_connection(receiver_url: str, extra: dict | None) -> str:
+    """The Airflow connection `ams_receiver` (JSON, for AIRFLOW_CONN_AMS_RECEIVER) of a receiver URL."""
+    host_port = receiver_url.split("://", 1)[1].split("/", 1)[0]
+    host, port = host_port.rsplit(":", 1)
+    scheme = receiver_url.split("://", 1)[0]
+    return json.dumps({"conn_type": "http", "host": host, "port": int(port), "schema": "ams",
+                       "extra": {"timeout": 30, "scheme": scheme, **(extra or {})}})
+
+
 def run_cycle(settings: Settings, receiver_url: str, *, log_path: Path, connection_extra: dict | None = None) -> str:
     """Run the DAG once through `airflow dags test`; return the run id."""
     env = _airflow_env(settings)
@@ -84,12 +99,7 @@ def run_cycle(settings: Settings, receiver_url: str, *, log_path: Path, connecti
         print("Preparing Airflow's metadata database (first run only) ...")
         if _airflow(["db", "migrate"], env, log_path) != 0:
             raise SystemExit(f"airflow db migrate failed; see {log_path}")
-    host_port = receiver_url.split("://", 1)[1].split("/", 1)[0]
-    host, port = host_port.rsplit(":", 1)
-    scheme = receiver_url.split("://", 1)[0]
-    extra = {"timeout": 30, "scheme": scheme, **(connection_extra or {})}
-    env["AIRFLOW_CONN_AMS_RECEIVER"] = json.dumps(
-        {"conn_type": "http", "host": host, "port": int(port), "schema": "ams", "extra": extra})
+    env["AIRFLOW_CONN_AMS_RECEIVER"] = _receiver_connection(receiver_url, connection_extra)
     before = set(settings.state().recent_runs(1000))
     print("Running one reporting cycle through Airflow (airflow dags test) ...")
     code = _airflow(["dags", "test", DAG_ID], env, log_path)
@@ -110,30 +120,128 @@ def _print_summary(settings: Settings, run_id: str) -> None:
     print(format_summary(run_summary(run_id, settings)))
 
 
-def demo(args: argparse.Namespace) -> int:
+@contextmanager
+def demo_receiver(db: Path, *, control: bool = False) -> Iterator[tuple[Any, dict]]:
+    """The local AMS receiver as in production: TLS, and a WS-Security signature required on every
+    request. Its throw-away PKI is made anew in a temporary folder outside the repository and removed
+    with it: no private key is ever written inside the project. Yields (receiver, connection extras)."""
     from delivery.security import generate_test_pki
     from receiver.server import ReceiverProcess
 
+    with tempfile.TemporaryDirectory(prefix="ams-demo-pki-") as folder:
+        pki = generate_test_pki(Path(folder), name="AMS demo")
+        extra = {"ca_bundle": str(pki.ca_cert), "signing_key": str(pki.client_key),
+                 "signing_cert": str(pki.client_cert)}
+        with ReceiverProcess(db, trust_certs=[pki.client_cert], tls_cert=pki.server_cert, tls_key=pki.server_key,
+                             control=control) as receiver:
+            print(f"Local AMS receiver listening on {receiver.url} (TLS; requests must be signed"
+                  + ("; fault injection on: POST /_control" if control else "") + ")")
+            yield receiver, extra
+
+
+def demo(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     ensure_demo_source(settings, args.persons)
     log_path = settings.home / "logs" / "demo.log"
     receiver_db = settings.home / "receiver" / "receiver.sqlite"
     receiver_db.parent.mkdir(parents=True, exist_ok=True)
-    # As in production: TLS to the receiver and a WS-Security signature on every request. The demo's
-    # throw-away PKI is made anew on each run in a temporary folder outside the repository, and
-    # removed with the run: no private key is ever written inside the project.
-    with tempfile.TemporaryDirectory(prefix="ams-demo-pki-") as folder:
-        pki = generate_test_pki(Path(folder), name="AMS demo")
-        extra = {"ca_bundle": str(pki.ca_cert), "signing_key": str(pki.client_key),
-                 "signing_cert": str(pki.client_cert)}
-        with ReceiverProcess(receiver_db, trust_certs=[pki.client_cert], tls_cert=pki.server_cert,
-                             tls_key=pki.server_key) as receiver:
-            print(f"Local AMS receiver listening on {receiver.url} (TLS; requests must be signed)")
-            run_id = run_cycle(settings, receiver.url, log_path=log_path, connection_extra=extra)
+    with demo_receiver(receiver_db) as (receiver, extra):
+        run_id = run_cycle(settings, receiver.url, log_path=log_path, connection_extra=extra)
     print("Local AMS receiver stopped.\n")
     _print_summary(settings, run_id)
     print(f"Airflow log of this run: {log_path}")
     return 0
+
+
+def ui(args: argparse.Namespace) -> int:
+    """The Airflow UI on the demo, to try the operator's path: the demo source, the local receiver
+    (TLS, signed requests) and `airflow standalone` with every setting made; Ctrl-C stops them all."""
+    import requests
+
+    settings = Settings.from_env()
+    ensure_demo_source(settings, args.persons)
+    env = _airflow_env(settings)
+    home = Path(env["AIRFLOW_HOME"])
+    base = f"http://127.0.0.1:{args.port}"
+    env.update({
+        "AIRFLOW__API__HOST": "127.0.0.1",  # the demo's UI is for this machine only
+        "AIRFLOW__API__PORT": str(args.port),
+        "AIRFLOW__API__BASE_URL": base,
+        # The log servers' fixed default ports (8793, 8794) may be taken by another Airflow here.
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port()),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(_free_port()),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base}/execution/",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",  # standalone runs `airflow`
+    })
+    log_path = settings.home / "logs" / "ui.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    receiver_db = settings.home / "receiver" / "receiver.sqlite"
+    receiver_db.parent.mkdir(parents=True, exist_ok=True)
+    stop = {"now": False}
+
+    def _stop(signum: int, frame: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    with demo_receiver(receiver_db, control=args.control) as (receiver, extra):
+        env["AIRFLOW_CONN_AMS_RECEIVER"] = _receiver_connection(receiver.url, extra)
+        airflow = str(Path(sys.executable).with_name("airflow"))
+        with log_path.open("ab") as log:
+            # Its own process group: Ctrl-C reaches us, and we stop the scheduler, API server and
+            # DAG processor standalone starts, all together.
+            proc = subprocess.Popen([airflow, "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            print(f"Starting Airflow (airflow standalone; its log: {log_path}) ...", flush=True)
+            deadline = time.monotonic() + args.startup_timeout
+            while not stop["now"]:
+                if proc.poll() is not None:
+                    print(f"airflow standalone exited with code {proc.returncode}; see {log_path}")
+                    return 1
+                try:
+                    if requests.get(f"{base}/api/v2/monitor/health", timeout=3).status_code == 200:
+                        break
+                except requests.RequestException:
+                    pass
+                if time.monotonic() > deadline:
+                    print(f"Airflow did not answer within {args.startup_timeout} s; see {log_path}")
+                    return 1
+                time.sleep(1)
+            else:
+                return 0
+            print(f"\nAirflow UI: {base}   (log in as admin; the password is in "
+                  f"{home / 'simple_auth_manager_passwords.json.generated'})\n"
+                  f"DAG: {DAG_ID}. Trigger it, watch it, clear a failed area.deliver: docs/operations.md.\n"
+                  "Ctrl-C stops Airflow and the receiver.", flush=True)
+            while not stop["now"] and proc.poll() is None:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            _stop_group(proc)
+    print("Stopped Airflow and the local AMS receiver.")
+    return 0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to the process group, SIGKILL after 30 s."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def summary(args: argparse.Namespace) -> int:
@@ -271,6 +379,13 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("demo", help="one daily cycle on the embedded defaults")
     p.add_argument("--persons", type=int, default=5000, help="size of the demo source (first run only)")
     p.set_defaults(func=demo)
+    p = sub.add_parser("ui", help="the Airflow UI on the demo (airflow standalone and the local receiver)")
+    p.add_argument("--port", type=int, default=8080, help="the Airflow UI's port")
+    p.add_argument("--persons", type=int, default=5000, help="size of the demo source (first run only)")
+    p.add_argument("--control", action="store_true",
+                   help="let the local receiver take fault-injection commands (POST /_control), to try a re-run")
+    p.add_argument("--startup-timeout", type=float, default=300)
+    p.set_defaults(func=ui)
     p = sub.add_parser("summary", help="print a run's summary")
     p.add_argument("run_id", nargs="?")
     p.set_defaults(func=summary)

@@ -64,6 +64,14 @@ OPERATIONS = ("SubmitBatch", "GetBatchReceipt")
 DELIVERY_POINTS = tuple(p for p in failpoints.POINTS if not p.startswith("prepare") and p != "state.discard")
 PREPARE_POINTS = ("prepare.staged", "state.discard")
 SOAK = os.environ.get("AMS_SOAK") == "1"
+_FAULT = st.tuples(st.sampled_from(RECEIVER_MODES), st.sampled_from(OPERATIONS), st.integers(1, 2))
+#: Faults after which the batch may have arrived, the reply lost: the next try must ask first.
+_IN_DOUBT = st.tuples(st.sampled_from(("drop_reply", "timeout")), st.just("SubmitBatch"), st.just(1))
+#: Answers to the lookup that say nothing about the batch.
+_LOOKUP = st.tuples(st.sampled_from(RECEIVER_MODES), st.just("GetBatchReceipt"), st.integers(1, 2))
+#: No fault, one fault, or a lost answer followed by a fault on the lookup it leads to.
+FAULTS = st.one_of(st.just([]), _FAULT.map(lambda f: [f]), _IN_DOUBT.map(lambda f: [f]),
+                   st.tuples(_IN_DOUBT, _LOOKUP).map(list), _LOOKUP.map(lambda f: [f]))
 
 #: What the machine exercised, over every example of the session (printed by `make soak`).
 TALLY: Counter = Counter()
@@ -97,6 +105,7 @@ class DeliveryProtocol(RuleBasedStateMachine):
         self.client = AmsClient(self.receiver.wsdl_url, timeout=1.0)
         self.run_no = 0
         self.run_id = ""
+        self.steps_since_clean = 0
         self.keys: list[str] = []            # the measures the model changes (area 1)
         self.original: dict[str, tuple] = {}  # key -> (weekly_hours, activation_type) at the start
         self.deleted: set[str] = set()
@@ -164,11 +173,14 @@ class DeliveryProtocol(RuleBasedStateMachine):
                     "SELECT weekly_hours, activation_type FROM measures WHERE measure_id = ?", (key,)).fetchone()
 
     # --- source changes ---------------------------------------------------------------------------
-    @rule(kind=st.sampled_from(("update", "delete", "create", "break", "fix")), i=st.integers(0, 7),
+    @rule(kind=st.sampled_from(("update", "delete", "create", "break", "fix", "requeue")), i=st.integers(0, 7),
           hours=st.integers(1, 37))
     def change_source(self, kind: str, i: int, hours: int) -> None:
+        """A change at the source, or an operator's `ams-report requeue` of refused records."""
         key = self.keys[i]
-        if kind == "update":
+        if kind == "requeue":
+            self.state.requeue_rejected(AREA.number)
+        elif kind == "update":
             self._touch(key, "weekly_hours = ?", float(hours))
         elif kind == "delete":
             self._touch(key, "deleted_at = ?", datetime.now(UTC).isoformat(sep=" "))
@@ -198,13 +210,12 @@ class DeliveryProtocol(RuleBasedStateMachine):
             failpoints.disarm()
         TALLY["prepare: new run" if new_run else "prepare: cleared (same run)"] += 1
 
-    @rule(new_run=st.booleans(),
-          faults=st.lists(st.tuples(st.sampled_from(RECEIVER_MODES), st.sampled_from(OPERATIONS), st.integers(1, 2)),
-                          min_size=0, max_size=2),
-          crash=st.sampled_from((None, None, *DELIVERY_POINTS)))
-    def deliver(self, new_run: bool, faults: list[tuple[str, str, int]], crash: str | None) -> None:
+    @rule(new_run=st.booleans(), faults=FAULTS, crash=st.sampled_from((None, None, *DELIVERY_POINTS)),
+          then_report=st.booleans())
+    def deliver(self, new_run: bool, faults: list[tuple[str, str, int]], crash: str | None, then_report: bool) -> None:
         """A delivery (a new run's, or a clear of the current one) under up to two receiver faults in
-        sequence and perhaps a crash or an archive failure at a named point."""
+        sequence (a fault on SubmitBatch, then one on the lookup that follows) and perhaps a crash or an
+        archive failure at a named point; then perhaps the report task, which finishes archives."""
         if new_run or not self.run_id:
             self._new_run()
         if faults:
@@ -220,6 +231,27 @@ class DeliveryProtocol(RuleBasedStateMachine):
             TALLY[f"fault: crash at {crash}"] += 1
         self._deliver()
         TALLY["deliver: new run" if new_run else "deliver: cleared (same run)"] += 1
+        if then_report:
+            finish_archives(self.settings, self.state, self.settings.vault())
+            TALLY["report runs"] += 1
+
+    def _cycle(self, data) -> None:
+        """A whole daily run in one step: a source change, prepare (perhaps crashing), deliver under
+        faults (perhaps crashing), perhaps the report task. Denser than the separate rules, so that
+        faults of consecutive runs combine often."""
+        self.change_source(data.draw(st.sampled_from(("update", "delete", "create", "break", "fix"))),
+                           data.draw(st.integers(0, 7)), data.draw(st.integers(1, 37)))
+        self.prepare(data.draw(st.booleans()), data.draw(st.sampled_from((None, None, None, *PREPARE_POINTS))))
+        self.deliver(False, data.draw(FAULTS), data.draw(st.sampled_from((None, None, *DELIVERY_POINTS))),
+                     data.draw(st.booleans()))
+
+    @rule(data=st.data())
+    def daily_run(self, data) -> None:
+        self._cycle(data)
+
+    @rule(data=st.data())
+    def another_daily_run(self, data) -> None:  # the same again: runs are what the model does most
+        self._cycle(data)
 
     @precondition(lambda self: self.state.outstanding_batches(AREA.number))
     @rule(data=st.data())
@@ -228,16 +260,7 @@ class DeliveryProtocol(RuleBasedStateMachine):
         Path(batch["staged_path"]).unlink(missing_ok=True)
         TALLY["fault: staged payload lost"] += 1
 
-    @rule()
-    def report(self) -> None:
-        finish_archives(self.settings, self.state, self.settings.vault())
-        TALLY["report runs"] += 1
-
-    @rule()
-    def requeue(self) -> None:
-        self.state.requeue_rejected(AREA.number)
-        TALLY["requeues"] += 1
-
+    @precondition(lambda self: self.steps_since_clean >= 3)
     @rule()
     def clean_cycle(self) -> None:
         """A new run without faults, repeated until nothing is outstanding; then the strong checks."""
@@ -251,12 +274,14 @@ class DeliveryProtocol(RuleBasedStateMachine):
         else:
             raise AssertionError("four clean cycles left batches outstanding")
         TALLY["clean cycles"] += 1
+        self.steps_since_clean = 0
         self.check_converged()
 
     # --- invariants ------------------------------------------------------------------------------
     @invariant()
     def nothing_received_twice(self) -> None:
         TALLY["steps"] += 1
+        self.steps_since_clean += 1
         TALLY["invariant checks"] += 5
         again = [(r.record_id, r.resends) for r in self.store.records(AREA.number) if r.resends]
         assert not again, f"the receiver got records again unchanged: {again[:5]}"

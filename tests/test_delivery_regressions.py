@@ -27,8 +27,8 @@ from delivery.client import AmsClient
 from delivery.pipeline import AreaDeliveryStopped, deliver_area, finish_archives, prepare_area
 from delivery.state import StateStore, area_locks
 from receiver.store import ReceiverStore
-from transforms.payload import xml_parser
 from tests.test_delivery_faults import AREA, PERIOD_END, demo_settings
+from transforms.payload import xml_parser
 
 
 @pytest.fixture
@@ -44,15 +44,16 @@ def world(tmp_path, monkeypatch):
 
 
 def control(receiver, mode: str, count: int = 1, operation: str = "SubmitBatch", then: list | None = None) -> None:
-    requests.post(f"{receiver.base_url}/_control", json={"mode": mode, "count": count, "operation": operation,
-                                                          "delay": 1.5, "then": then or []}, timeout=5).raise_for_status()
+    data = {"mode": mode, "count": count, "operation": operation, "delay": 1.5, "then": then or []}
+    requests.post(f"{receiver.base_url}/_control", json=data, timeout=5).raise_for_status()
 
 
 def run(settings, receiver, run_id: str, *, prepare: bool = True, timeout: float = 5.0) -> dict | None:
     if prepare:
         prepare_area(AREA, run_id=run_id, period_end=PERIOD_END, settings=settings)
     try:
-        return deliver_area(AREA, run_id=run_id, settings=settings, client=AmsClient(receiver.wsdl_url, timeout=timeout))
+        client = AmsClient(receiver.wsdl_url, timeout=timeout)
+        return deliver_area(AREA, run_id=run_id, settings=settings, client=client)
     except AreaDeliveryStopped:
         return None
     finally:
