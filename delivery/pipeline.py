@@ -425,6 +425,13 @@ def _deliver_batch(receiver: _Receiver, state: StateStore, vault: Vault, batch: 
     staged = Path(batch["staged_path"])
     may_have_arrived = ("It may have reached the receiver: clear this task when the cause is fixed; the receiver "
                         "is asked about it first, so nothing is sent twice.")
+
+    def halt(exc: Exception, what: str) -> AreaDeliveryStopped:
+        """Stop the area; a batch that may have reached the receiver stays in doubt (never `built`)."""
+        if in_doubt:
+            state.mark_in_doubt(batch_id, str(exc))
+        return _stop(area, batch, what)
+
     for attempt in range(1, settings.delivery_attempts + 1):
         asking = False
         try:
@@ -437,12 +444,12 @@ def _deliver_batch(receiver: _Receiver, state: StateStore, vault: Vault, batch: 
                     log.info("%s: the receiver already had it; receipt %s recovered", label, receipt.message_id)
                     return _store(state, settings, vault, batch, receipt, run_id, lookup_request=receipt.request_bytes)
                 log.info("%s: not received by the receiver; sending it", label)
-            payload = vault.read(staged) if staged.exists() else None
+            payload = _read_staged(vault, staged)
             if payload is None or sha256(payload) != batch["payload_sha256"]:
                 # Never received (the receiver said so, or it was never sent) and its bytes are gone:
                 # free its records; the next preparation stages them again.
                 reason = ("its staged payload is missing" if payload is None
-                          else "its staged payload does not match the batch's checksum")
+                          else "its staged payload is damaged (checksum or decryption fails)")
                 state.mark_lost(batch_id, f"{reason}; the receiver does not have it")
                 log.error("%s: %s, and the receiver does not have it. Its %d record(s) are staged again by the "
                           "next run (docs/operations.md, 'Batch states').", label, reason, batch["record_count"])
@@ -469,38 +476,39 @@ def _deliver_batch(receiver: _Receiver, state: StateStore, vault: Vault, batch: 
                         label, exc, attempt, settings.delivery_attempts, pause)
             time.sleep(pause)
         except AccessClosed as exc:
-            if in_doubt:
-                state.mark_in_doubt(batch_id, str(exc))
-            raise _stop(area, batch, (
-                f"the agency has closed access (§ 48): {exc}. Nothing more is sent for this area. Contact the "
-                "agency; when access is restored, clear this task in the Airflow UI.")) from None
+            raise halt(exc, f"the agency has closed access (§ 48): {exc}. Nothing more is sent for this area. "
+                            "Contact the agency; when access is restored, clear this task in the Airflow UI.") from None
         except SignatureRefused as exc:
             # Our signing key or certificate is wrong, not the records: the batch is kept as it is.
-            if in_doubt:
-                state.mark_in_doubt(batch_id, str(exc))
-            raise _stop(area, batch, (
-                f"the receiver refused our WS-Security signature: {exc}. Check the signing key and "
-                "certificate (the connection's private_key / signing_cert, or AMS_SIGNING_KEY / "
-                "AMS_SIGNING_CERT), then clear this task.")) from None
+            raise halt(exc, f"the receiver refused our WS-Security signature: {exc}. Check the signing key and "
+                            "certificate (the connection's private_key / signing_cert, or AMS_SIGNING_KEY / "
+                            "AMS_SIGNING_CERT), then clear this task.") from None
         except BusinessFault as exc:
             if asking or exc.code == ERR_BATCH_REUSED:
                 # A refused lookup says nothing about the batch; 1030 says the receiver holds another
                 # batch under this id. Either way only a person can tell: the batch stays in doubt.
-                if in_doubt:
-                    state.mark_in_doubt(batch_id, str(exc))
-                raise _stop(area, batch, (
-                    f"the receiver answered {'the receipt lookup' if asking else 'the delivery'} with {exc}. "
-                    "The batch stays in doubt and nothing of it is sent again until the receiver answers "
-                    "the lookup. Contact the agency with the batch id.")) from None
+                raise halt(exc, f"the receiver answered {'the receipt lookup' if asking else 'the delivery'} with "
+                                f"{exc}. The batch stays in doubt and nothing of it is sent again until the receiver "
+                                "answers the lookup. Contact the agency with the batch id.") from None
             # The receiver refused the whole message (schema, validation): its records are quarantined.
             return _store(state, settings, vault, batch, _rejected_receipt(state, batch, exc), run_id)
         except DeliveryError as exc:
-            if in_doubt:
-                state.mark_in_doubt(batch_id, str(exc))
-            raise _stop(area, batch, f"{str(exc).rstrip('.')}. " + (may_have_arrived if in_doubt else
-                                                   "Nothing was sent. Fix the cause, then clear this task.")
-                        ) from None
+            raise halt(exc, f"{str(exc).rstrip('.')}. " + (
+                may_have_arrived if in_doubt else "Nothing was sent. Fix the cause, then clear this task.")) from None
     raise AssertionError("unreachable")
+
+
+def _read_staged(vault: Vault, path: Path) -> bytes | None:
+    """A staged payload, b"" when it cannot be decrypted (damaged, or no configured key opens it),
+    None when it is missing."""
+    from cryptography.fernet import InvalidToken
+
+    try:
+        return vault.read(path)
+    except FileNotFoundError:
+        return None
+    except InvalidToken:
+        return b""
 
 
 def _store(state: StateStore, settings: Settings, vault: Vault, batch: dict, receipt, run_id: str,
@@ -538,6 +546,8 @@ def _store(state: StateStore, settings: Settings, vault: Vault, batch: dict, rec
 def _archive(settings: Settings, state: StateStore, vault: Vault, batch: dict) -> bool:
     """Archive an acknowledged batch from its staging folder and remove the folder; False on failure
     (the batch stays acknowledged and the next deliver or report task tries again)."""
+    from cryptography.fernet import InvalidToken
+
     area = get_area(batch["area"])
     folder = settings.batch_staging(area, batch["batch_id"])
     label = f"area {area.number} batch {batch['batch_id']}"
@@ -554,8 +564,9 @@ def _archive(settings: Settings, state: StateStore, vault: Vault, batch: dict) -
             receipt_id=batch.get("receipt_message_id") or "", day=acknowledged.date(),
             lookup_request=vault.read(lookup) if lookup.exists() else None)
         failpoints.point("archive.written")
-    except (OSError, ValueError) as exc:
-        detail = f"{type(exc).__name__}: {exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
+    except (OSError, ValueError, InvalidToken) as exc:
+        detail = (f"{type(exc).__name__}: {exc.strerror or exc}" if isinstance(exc, OSError)
+                  else str(exc) or "a staged file cannot be decrypted with the configured key(s)")
         state.note_error(batch["batch_id"], f"archive failed: {detail}")
         log.error("%s: acknowledged, but the archive could not be written (%s); the next deliver or report "
                   "task tries again", label, detail)

@@ -102,7 +102,8 @@ class DeliveryProtocol(RuleBasedStateMachine):
         self.state = self.settings.state()
         self.store = ReceiverStore(self.receiver.db_path)
         self._control(mode="ok", reset=True)
-        self.client = AmsClient(self.receiver.wsdl_url, timeout=1.0)
+        self.client = AmsClient(self.receiver.wsdl_url, timeout=1.0)  # a 1.5 s "timeout" fault outlasts it
+        self.patient_client = AmsClient(self.receiver.wsdl_url, timeout=60.0)  # clean cycles on a busy machine
         self.run_no = 0
         self.run_id = ""
         self.steps_since_clean = 0
@@ -146,9 +147,10 @@ class DeliveryProtocol(RuleBasedStateMachine):
             TALLY["crashes in prepare"] += 1
             return None
 
-    def _deliver(self) -> dict | None:
+    def _deliver(self, patient: bool = False) -> dict | None:
         try:
-            return deliver_area(AREA.number, run_id=self.run_id, settings=self.settings, client=self.client)
+            return deliver_area(AREA.number, run_id=self.run_id, settings=self.settings,
+                                client=self.patient_client if patient else self.client)
         except AreaDeliveryStopped:
             TALLY["deliveries stopped"] += 1
             return None
@@ -268,7 +270,7 @@ class DeliveryProtocol(RuleBasedStateMachine):
             self._new_run()
             prepared = self._prepare()
             assert prepared is not None
-            self._deliver()
+            self._deliver(patient=True)
             if prepared.get("pending", 0) == 0 and not self.state.outstanding_batches(AREA.number):
                 break
         else:
