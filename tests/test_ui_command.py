@@ -4,11 +4,12 @@ made, says where to log in, and Ctrl-C stops every process it started."""
 from __future__ import annotations
 
 import os
-import select
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -38,26 +39,33 @@ def test_ui_starts_airflow_and_the_receiver_and_ctrl_c_stops_both(tmp_path):
                 "PYTHONUNBUFFERED": "1"})
     command = [str(Path(sys.executable).with_name("ams-report")), "ui", "--port", str(port), "--persons", "150"]
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line.rstrip()) for line in proc.stdout], daemon=True)
+    reader.start()
+    seen: list[str] = []
     try:
         deadline = time.monotonic() + 400
-        while time.monotonic() < deadline and not any("Ctrl-C stops" in line for line in lines):
-            ready, _, _ = select.select([proc.stdout], [], [], 5)
-            if ready:
-                line = proc.stdout.readline()
-                if not line and proc.poll() is not None:
+        while time.monotonic() < deadline and not any("Ctrl-C stops" in line for line in seen):
+            try:
+                seen.append(lines.get(timeout=5))
+            except queue.Empty:
+                if proc.poll() is not None:
                     break
-                lines.append(line.strip())
-        output = "\n".join(lines)
+        output = "\n".join(seen)
+
         assert f"Airflow UI: http://127.0.0.1:{port}" in output, output
         assert "simple_auth_manager_passwords.json.generated" in output and "Ctrl-C stops" in output
-        receiver_url = next(line.split(" on ", 1)[1].split(" ")[0] for line in lines if "receiver listening" in line)
+        receiver_url = next(line.split(" on ", 1)[1].split(" ")[0] for line in seen if "receiver listening" in line)
         assert receiver_url.startswith("https://")
         assert _answers(f"http://127.0.0.1:{port}/api/v2/monitor/health")
         assert _answers(receiver_url.replace("/ams", "/_health"))
         proc.send_signal(signal.SIGINT)  # Ctrl-C
-        rest, _ = proc.communicate(timeout=90)
-        assert proc.returncode == 0 and "Stopped Airflow and the local AMS receiver" in rest
+        assert proc.wait(timeout=90) == 0
+        reader.join(timeout=10)
+        rest = []
+        while not lines.empty():
+            rest.append(lines.get())
+        assert "Stopped Airflow and the local AMS receiver." in rest
         time.sleep(2)
         assert not _answers(f"http://127.0.0.1:{port}/api/v2/monitor/health")
         assert not _answers(receiver_url.replace("/ams", "/_health"))
