@@ -10,7 +10,6 @@ import email
 import html
 import json
 import logging
-import socket
 import sys
 from email.message import Message
 from types import SimpleNamespace
@@ -24,6 +23,8 @@ if str(REPO_ROOT / "plugins") not in sys.path:
     sys.path.insert(0, str(REPO_ROOT / "plugins"))
 
 from ams_reporting import alerts  # noqa: E402
+
+from tests.support import free_port
 
 CPR = "0101901234"
 RUN_ID = "scheduled__2026-11-27T00:00:00+00:00"
@@ -41,10 +42,6 @@ class Inbox:
         return "250 Message accepted for delivery"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _smtp_connection(port: int) -> str:
@@ -56,7 +53,7 @@ def _smtp_connection(port: int) -> str:
 @pytest.fixture
 def smtp_server(monkeypatch):
     inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=_free_port())
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
     controller.start()
     monkeypatch.setenv("AMS_ALERT_SMTP_CONN_ID", "ams_alert_smtp")
     monkeypatch.setenv("AIRFLOW_CONN_AMS_ALERT_SMTP", _smtp_connection(controller.port))
@@ -155,7 +152,7 @@ def test_no_recipients_means_no_email_and_no_error(smtp_server, monkeypatch, ale
 def test_smtp_server_down_is_logged_not_raised(monkeypatch, alert_log):
     monkeypatch.setenv("AMS_ALERT_EMAIL", "drift@kommune.example")
     monkeypatch.delenv("AMS_ALERT_SMTP_CONN_ID", raising=False)
-    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", _smtp_connection(_free_port()))  # nothing listens there
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", _smtp_connection(free_port()))  # nothing listens there
     alerts.on_failure(_context())  # must not raise
     errors = [r for r in alert_log.records if r.levelno >= logging.ERROR and "could not be sent" in r.getMessage()]
     assert errors and "smtp_default" in errors[0].getMessage()

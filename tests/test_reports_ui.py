@@ -14,7 +14,6 @@ import os
 import re
 import runpy
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from conftest import ROOT
 from delivery import report_html
 from delivery.pipeline import Settings, deliver_area, prepare_area
 from delivery.report import _safe, write_run_report
+from tests.support import free_port
 from transforms import synthetic
 from transforms.source import create_engine_from_url
 
@@ -434,10 +434,6 @@ def test_data_docs_are_sandboxed_and_their_static_files_need_no_login(world, mon
 # --- (c) in a browser, through the real Airflow API server ---------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _up(url: str) -> bool:
@@ -453,7 +449,7 @@ def api_server(world, tmp_path_factory):
     settings, _ = world
     tmp_path = tmp_path_factory.mktemp("api-server")
     home = tmp_path / "airflow"
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "AIRFLOW_HOME": str(home),

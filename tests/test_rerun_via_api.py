@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import requests
 
 from conftest import ROOT
 from receiver.store import ReceiverStore
+from tests.support import free_port
 from transforms import synthetic
 from transforms.source import create_engine_from_url, create_source_schema
 
@@ -23,10 +23,6 @@ pytestmark = pytest.mark.slow
 DAG_ID = "employment_reporting"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait(predicate, timeout: float, what: str, step: float = 1.0):
@@ -53,7 +49,7 @@ def standalone(tmp_path):
     create_source_schema(engine)
     synthetic.generate(engine, persons=300, defect_rate=0.03)
     engine.dispose()
-    port = _free_port()
+    port = free_port()
     host_port = receiver.url.split("://", 1)[1].split("/", 1)[0]
     rhost, rport = host_port.rsplit(":", 1)
     home = tmp_path / "airflow"

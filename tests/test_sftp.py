@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import sys
 import threading
 from datetime import date
@@ -32,6 +31,8 @@ if str(REPO_ROOT / "plugins") not in sys.path:
 
 from ams_reporting.hooks import ChannelNotAllowed, channel_for_area, client_for_area  # noqa: E402
 from ams_reporting.sftp import SftpFileDropClient, message_id  # noqa: E402
+
+from tests.support import free_port
 
 AREA = 1
 PERIOD_END = date(2026, 11, 28)
@@ -123,10 +124,6 @@ def _connection(port: int, key_file: Path, remote_dir: str = "inbox") -> str:
                                  "remote_dir": remote_dir, "conn_timeout": 5, "timeout": 10}})
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -354,7 +351,7 @@ def test_permission_denied_is_access_closed(sftp_server, settings):
 
 
 def test_connection_refused_is_transient(monkeypatch, tmp_path):
-    monkeypatch.setenv("AIRFLOW_CONN_AMS_SFTP", _connection(_free_port(), tmp_path / "no-key"))
+    monkeypatch.setenv("AIRFLOW_CONN_AMS_SFTP", _connection(free_port(), tmp_path / "no-key"))
     with pytest.raises(TransientDeliveryError, match="connection failed"):
         SftpFileDropClient().get_batch_receipt("00000000-0000-4000-8000-000000000000")
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,11 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.support import free_port
 
 
 def _answers(url: str) -> bool:
@@ -32,7 +27,7 @@ def _answers(url: str) -> bool:
 
 @pytest.mark.slow
 def test_ui_starts_airflow_and_the_receiver_and_ctrl_c_stops_both(tmp_path):
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AMS_", "AIRFLOW_"))}
     env.update({"AMS_HOME": str(tmp_path / "var"), "AIRFLOW_HOME": str(tmp_path / "airflow"),
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path / 'airflow' / 'airflow.db'}",
