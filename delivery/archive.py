@@ -91,13 +91,14 @@ class Vault:
     keys: bytes | list[bytes]
 
     def __post_init__(self) -> None:
-        keys = [self.keys] if isinstance(self.keys, bytes | str) else list(self.keys)
-        self.keys = [k.encode() if isinstance(k, str) else k for k in keys]
-        self._fernet = MultiFernet([Fernet(k) for k in self.keys])
+        given = [self.keys] if isinstance(self.keys, bytes | str) else list(self.keys)
+        self._keys: list[bytes] = [k.encode() if isinstance(k, str) else k for k in given]
+        self._fernet = MultiFernet([Fernet(k) for k in self._keys])
 
     @property
     def key_id(self) -> str:
-        return key_id(self.keys[0])  # type: ignore[index]
+        """The id of the key that encrypts (the newest)."""
+        return key_id(self._keys[0])
 
     def seal(self, data: bytes) -> bytes:
         return self._fernet.encrypt(gzip.compress(data, mtime=0))

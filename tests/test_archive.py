@@ -74,3 +74,28 @@ def test_retention_setting_is_applied_by_the_pipeline(vault, tmp_path, monkeypat
     old.mkdir(parents=True)
     assert apply_archive_retention(Settings(home=tmp_path)) == []  # unset: keep everything
     assert apply_archive_retention(Settings(home=tmp_path, archive_retention_days=365)) == [old.parent]
+
+
+def test_a_missing_key_is_an_error_outside_the_demo(tmp_path, monkeypatch):
+    from delivery.archive import ArchiveKeyMissing
+
+    monkeypatch.delenv("AMS_ARCHIVE_KEY", raising=False)
+    monkeypatch.delenv("AMS_ARCHIVE_KEY_FILE", raising=False)
+    monkeypatch.delenv("AMS_CREATE_ARCHIVE_KEY", raising=False)
+    with pytest.raises(ArchiveKeyMissing, match="No archive key.*AMS_ARCHIVE_KEY"):
+        load_key(tmp_path / "keys" / "archive.key")
+    assert not (tmp_path / "keys" / "archive.key").exists()  # no key made up
+
+
+def test_keys_rotate_without_losing_the_archive(tmp_path, monkeypatch):
+    from delivery.archive import key_id, rotate_archive
+
+    old, new = Fernet.generate_key(), Fernet.generate_key()
+    folder = _archive(Vault(old), tmp_path)
+    both = Vault([new, old])  # the new key in front, the old one still listed
+    assert both.read(folder / "payload.xml.gz.enc") == PAYLOAD
+    assert rotate_archive(both, tmp_path) == 2
+    assert verify_archive(Vault(new), tmp_path) == []  # the old key can go
+    assert json.loads((folder / "manifest.json").read_text())["key_id"] == key_id(new)
+    monkeypatch.setenv("AMS_ARCHIVE_KEY", f"{new.decode()},{old.decode()}")
+    assert load_key() == new
