@@ -31,6 +31,7 @@ import os
 import sqlite3
 import tempfile
 import time
+import uuid
 from collections import Counter
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -86,6 +87,7 @@ def receiver_process():
 
 class DeliveryProtocol(RuleBasedStateMachine):
     receiver: ReceiverProcess  # set by the test function
+    postgres: str | None = None  # a PostgreSQL URL: the state DB in a fresh schema per example
 
     def __init__(self) -> None:
         super().__init__()
@@ -96,8 +98,15 @@ class DeliveryProtocol(RuleBasedStateMachine):
         create_source_schema(engine)
         synthetic.generate(engine, persons=60, defect_rate=0.0)
         engine.dispose()
+        state_url = f"sqlite:///{root / 'state.sqlite'}"
+        self.schema = None
+        if self.postgres:  # as in production: the state DB on PostgreSQL (advisory locks)
+            self.schema = f"model_{uuid.uuid4().hex[:12]}"
+            with sa.create_engine(self.postgres).begin() as conn:
+                conn.execute(sa.text(f'CREATE SCHEMA "{self.schema}"'))
+            state_url = f"{self.postgres}?options=-csearch_path%3D{self.schema}"
         self.settings = Settings(home=root / "var", source_url=self.source_url,
-                                 state_url=f"sqlite:///{root / 'state.sqlite'}", batch_size=4, data_docs=False,
+                                 state_url=state_url, batch_size=4, data_docs=False,
                                  delivery_attempts=2, backoff_seconds=0.01, lock_wait_seconds=5)
         self.state = self.settings.state()
         self.store = ReceiverStore(self.receiver.db_path)
@@ -117,6 +126,11 @@ class DeliveryProtocol(RuleBasedStateMachine):
         failpoints.disarm()
         self._control(mode="ok")
         self.state.engine.dispose()
+        if self.schema:
+            engine = sa.create_engine(self.postgres)
+            with engine.begin() as conn:
+                conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE'))
+            engine.dispose()
         self.tmp.cleanup()
 
     # --- helpers ---------------------------------------------------------------------------------
@@ -374,8 +388,9 @@ class DeliveryProtocol(RuleBasedStateMachine):
         assert row["extracted"] == row["delivered"] + row["annulled"] + row["quarantined"] + row["unchanged"]
 
 
-def _run(receiver, examples: int, steps: int, deadline: float | None = None) -> None:
+def _run(receiver, examples: int, steps: int, postgres: str | None = None) -> None:
     DeliveryProtocol.receiver = receiver
+    DeliveryProtocol.postgres = postgres
     DeliveryProtocol.TestCase.settings = settings(
         max_examples=examples, stateful_step_count=steps, deadline=None, derandomize=not SOAK,
         suppress_health_check=list(HealthCheck), database=None)
@@ -387,6 +402,15 @@ def test_delivery_protocol_model(receiver_process):
     """CI: a bounded, derandomised run (the same examples every time)."""
     _run(receiver_process, examples=int(os.environ.get("AMS_MODEL_EXAMPLES", 6)), steps=12)
     assert TALLY["clean cycles"] and TALLY["invariant checks"]
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_delivery_protocol_model_on_postgresql(receiver_process, pg_url):
+    """The same protocol with the state DB on PostgreSQL (its transactions, its advisory locks)."""
+    _run(receiver_process, examples=int(os.environ.get("AMS_MODEL_EXAMPLES_PG", 3)), steps=10,
+         postgres=pg_url.split("?", 1)[0])
+    assert TALLY["clean cycles"]
 
 
 @pytest.mark.skipif(not SOAK, reason="the soak runs with `make soak` (AMS_SOAK=1)")
