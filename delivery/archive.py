@@ -188,27 +188,39 @@ def verify_archive(vault: Vault, archive_dir: Path, batches: Iterable[dict] | No
 
     With `batches` (the state store's rows) the archive is also checked against the ledger: every
     archived batch has its folder, whose payload is the batch's payload (SHA-256 recorded when it was
-    built); an acknowledged batch not yet archived is reported; a folder no archived batch owns is an
-    orphan. Batches older than `retention_days` may be gone."""
+    built); an acknowledged batch not yet archived is reported (its folder, if a failed attempt left
+    one, is rewritten when it is archived); a folder no batch owns is an orphan. Batches older than
+    `retention_days` may be gone."""
     problems: list[str] = []
-    folders = {p.parent for p in archive_dir.glob("area*/*/*/manifest.json")}
-    folders |= {p for p in archive_dir.glob("area*/*/*") if p.is_dir()}
-    for folder in sorted(folders):
+    folders = sorted(p for p in archive_dir.glob("area*/*/*") if p.is_dir())
+    by_id = None if batches is None else {b["batch_id"]: b for b in batches}
+    for folder in folders:
+        if by_id is not None:
+            owner = by_id.get(folder.name)
+            if owner is None or owner["status"] not in ("archived", "acknowledged") or (
+                    owner["status"] == "archived" and Path(owner["archive_path"] or "") != folder):
+                problems.append(f"{folder}: an orphan folder: no archived batch in the state database owns it")
+                continue
+            if owner["status"] == "acknowledged":
+                continue  # an archive attempt in progress or failed: reported below, rewritten when archived
         problems += _check_folder(vault, folder)[1]
-    if batches is None:
+    if by_id is None:
         return problems
     cutoff = datetime.now(UTC) - timedelta(days=retention_days) if retention_days is not None else None
-    owned: set[Path] = set()
-    for batch in batches:
+    for batch in by_id.values():
         label = f"area {batch['area']} batch {batch['batch_id']}"
         if batch["status"] == "acknowledged":
-            problems.append(f"{label}: acknowledged but not archived yet (the next deliver or report task "
-                            "finishes it; if it stays, see docs/operations.md)")
+            if "payload lost before archiving" in (batch.get("last_error") or ""):
+                problems.append(f"{label}: acknowledged, but its staged payload was lost before it was archived: "
+                                "the receiver holds the batch, the exact bytes sent are not archived "
+                                "(docs/operations.md, 'Batch and area states')")
+            else:
+                problems.append(f"{label}: acknowledged but not archived yet (the next deliver or report task "
+                                "finishes it; if it stays, see docs/operations.md)")
             continue
         if batch["status"] != "archived":
             continue
         folder = Path(batch["archive_path"] or "")
-        owned.add(folder)
         archived_at = batch.get("archived_at")
         if cutoff is not None and archived_at is not None and _aware(archived_at) < cutoff:
             continue
@@ -223,8 +235,6 @@ def verify_archive(vault: Vault, archive_dir: Path, batches: Iterable[dict] | No
             problems.append(f"{label}: the folder's manifest names batch {manifest.get('batch_id')}")
         elif batch.get("payload_sha256") and payload.get("plaintext_sha256") != batch["payload_sha256"]:
             problems.append(f"{label}: the archived payload is not the payload that was built and sent")
-    for folder in sorted(folders - owned):
-        problems.append(f"{folder}: an orphan folder: no archived batch in the state database owns it")
     return problems
 
 

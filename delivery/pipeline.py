@@ -543,18 +543,31 @@ def _store(state: StateStore, settings: Settings, vault: Vault, batch: dict, rec
     return counts
 
 
+PAYLOAD_LOST = "payload lost before archiving"
+
+
 def _archive(settings: Settings, state: StateStore, vault: Vault, batch: dict) -> bool:
-    """Archive an acknowledged batch from its staging folder and remove the folder; False on failure
-    (the batch stays acknowledged and the next deliver or report task tries again)."""
+    """Archive an acknowledged batch from its staging folder and remove the folder. False on a failure
+    worth retrying (disk full, folder not writable): the batch stays acknowledged and the next deliver
+    or report task tries again. A staged payload that is gone or damaged cannot be archived as the
+    exact bytes sent by any retry: the batch stays acknowledged, the error says so (verify-archive
+    reports it), and the area is not blocked for it."""
     from cryptography.fernet import InvalidToken
 
     area = get_area(batch["area"])
     folder = settings.batch_staging(area, batch["batch_id"])
     label = f"area {area.number} batch {batch['batch_id']}"
+    payload = _read_staged(vault, folder / PAYLOAD_FILE)
+    if payload is None or sha256(payload) != batch["payload_sha256"]:
+        if PAYLOAD_LOST not in (batch.get("last_error") or ""):
+            state.note_error(batch["batch_id"], f"{PAYLOAD_LOST}: the staged payload is "
+                             f"{'missing' if payload is None else 'damaged'}; the receiver holds the batch and the "
+                             "ledger knows its receipt, but the exact bytes sent cannot be archived")
+            log.error("%s: acknowledged, but its staged payload is %s: the exact bytes sent cannot be archived. "
+                      "The receipt stays staged; `ams-report verify-archive` reports the batch.", label,
+                      "missing" if payload is None else "damaged")
+        return True
     try:
-        payload = vault.read(folder / PAYLOAD_FILE)
-        if sha256(payload) != batch["payload_sha256"]:
-            raise ValueError("the staged payload does not match the checksum recorded when it was built")
         lookup = folder / LOOKUP_REQUEST_FILE
         acknowledged = batch.get("acknowledged_at") or datetime.now(UTC)
         target = archive_batch(

@@ -342,3 +342,21 @@ def test_receiver_down_is_retried_recorded_and_summarised_truthfully(world, monk
     assert cli.main(["summary", "run-1"]) == 0
     assert f"Area {AREA} FAILED: " in capsys.readouterr().out
     assert not (settings.reports_dir / "runs").exists()
+
+
+def test_a_payload_lost_after_the_receiver_got_it_is_reported_and_does_not_block_the_area(world):
+    settings, receiver, tmp_path = world
+    state = settings.state()
+    prepare_area(AREA, run_id="run-1", period_end=PERIOD_END, settings=settings)
+    first = state.outstanding_batches(AREA)[0]
+    control(receiver, "drop_reply", then=[{"mode": "error500", "operation": "GetBatchReceipt", "count": 10}])
+    assert run(settings, receiver, "run-1", prepare=False) is None  # the receiver has it; we do not know
+    Path(first["staged_path"]).unlink()
+    result = run(settings, receiver, "run-1", prepare=False)  # the lookup recovers the receipt
+    assert result is not None and result["recovered"] == 1
+    assert state.batch(first["batch_id"])["status"] == "acknowledged"
+    problems = verify_archive(settings.vault(), settings.archive_dir, state.all_batches())
+    assert [p for p in problems if first["batch_id"] in p and "payload was lost" in p]
+    touch(tmp_path, state.ledger_rows(AREA)["record_key"].iloc[-1], "weekly_hours = ?", 3.5)
+    assert run(settings, receiver, "run-2") is not None  # the area goes on
+    no_record_received_twice(receiver)
