@@ -137,6 +137,16 @@ def test_failed_delivery_is_cleared_through_the_rest_api(standalone):
     states = _task_states(base, session, run_id)
     assert states["area.deliver[0]"] == "failed" and states["area.prepare[0]"] == "success"
     assert ReceiverStore(receiver.db_path).records(1) == []
+    # The operator reads the task's log: the first ERROR line says what happened and what to do.
+    log = session.get(f"{base}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/area.deliver/logs/1",
+                      params={"map_index": 0}, headers={"Accept": "application/json"}, timeout=30)
+    log.raise_for_status()
+    content = log.json()["content"]
+    entries = content if isinstance(content, list) else [{"event": line} for line in str(content).splitlines()]
+    errors = [str(e.get("event", "")) for e in entries if str(e.get("level", "")).lower() == "error"]
+    assert errors, entries[-5:]
+    assert errors[0].startswith("Area 1, batch ") and "no receipt after 2 attempts" in errors[0]
+    assert "clear this task" in errors[0].lower()
 
     # The agency is back. Operations clear the failed delivery, as the UI's Clear button does.
     requests.post(f"{receiver.base_url}/_control", json={"mode": "ok"}, timeout=5)
