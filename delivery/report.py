@@ -6,13 +6,15 @@ Counts per area (all in records):
 - delivered: new or changed records the receiver accepted this run;
 - annulled: records deleted at the source that the receiver annulled this run;
 - unchanged: accepted before with the same content (or deleted before ever being sent): nothing sent;
-- outstanding: staged or in doubt, not yet acknowledged (0 after a good run; a re-run resolves them).
+- outstanding: staged or in doubt, not yet acknowledged, or waiting for the outcome of a batch an
+  earlier run left in doubt (0 after a good run; a re-run resolves them).
 extracted = delivered + annulled + quarantined + unchanged + outstanding.
 """
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 from delivery.pipeline import Settings
@@ -22,10 +24,15 @@ COLUMNS = ("extracted", "delivered", "annulled", "quarantined", "unchanged", "ou
 
 
 def area_row(row: dict, acknowledged: list[dict]) -> dict:
-    """One area's counts. Delivery counts come from the batches acknowledged in the run (durable
-    state), so a delivery that was killed half-way and re-run still adds up."""
+    """One area's counts. Delivery counts come from the receipts of the batches the run's latest
+    preparation staged (durable state), so a delivery that was killed half-way and re-run still adds up. `outstanding`
+    is what is left: records staged or in doubt, or waiting for an earlier run's batch in doubt. It
+    is never clamped: a negative value would show a counting error instead of hiding it."""
     counts = row["counts"]
-    mine = [b for b in acknowledged if b["area"] == row["area"]]
+    # Only the batches of the run's latest preparation: a cleared `prepare` counts the records anew,
+    # and what an earlier attempt delivered is then "unchanged" (or, while in doubt, outstanding).
+    started = _utc(row["started_at"])
+    mine = [b for b in acknowledged if b["area"] == row["area"] and _utc(b["created_at"]) >= started]
     accepted = sum(b["accepted_count"] or 0 for b in mine)
     annulled = sum(b["annulled_count"] or 0 for b in mine)
     rejected = sum(b["rejected_count"] or 0 for b in mine)
@@ -43,7 +50,7 @@ def area_row(row: dict, acknowledged: list[dict]) -> dict:
         "annulled": annulled,
         "quarantined": quarantined,
         "unchanged": unchanged,
-        "outstanding": max(outstanding, 0),
+        "outstanding": outstanding,
         "warnings": counts.get("with_warnings", 0),
         "out_of_scope": counts.get("out_of_scope", 0),
         "rules": counts.get("rules", {}),
@@ -55,7 +62,7 @@ def area_row(row: dict, acknowledged: list[dict]) -> dict:
 
 def run_summary(run_id: str, settings: Settings) -> dict:
     state = settings.state()
-    acknowledged = state.batches_acknowledged_in(run_id)
+    acknowledged = state.batches_delivered_for(run_id)
     rows = [area_row(r, acknowledged) for r in state.run_rows(run_id)]
     states = state.batch_status_counts()
     return {
@@ -105,7 +112,8 @@ def format_summary(summary: dict) -> str:
             unfinished.append(f"Area {r['area']} did not finish: its {r['status'].removesuffix('d')}ing task stopped "
                               "or is still running; clear its area.deliver task (docs/operations.md).")
         elif r["outstanding"]:
-            unfinished.append(f"Area {r['area']}: {r['outstanding']} record(s) outstanding; the next run sends them.")
+            unfinished.append(f"Area {r['area']}: {r['outstanding']} record(s) outstanding (staged, in doubt, or "
+                              "waiting for an earlier batch's receipt); the next run resolves them.")
     if unfinished:
         lines.append("")
         lines += unfinished
@@ -133,6 +141,10 @@ def write_run_report(run_id: str, settings: Settings) -> dict:
     write_run_page(run_id, settings)
     write_index(settings)
     return {"run_id": run_id, **summary["totals"]}
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _safe(run_id: str) -> str:

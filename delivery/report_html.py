@@ -157,7 +157,7 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def _areas_of_run(state: StateStore, run_id: str) -> list[dict]:
-    acknowledged = state.batches_acknowledged_in(run_id)
+    acknowledged = state.batches_delivered_for(run_id)
     rows = []
     for raw in state.run_rows(run_id):
         row = area_row(raw, acknowledged)

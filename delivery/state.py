@@ -69,7 +69,7 @@ batches = sa.Table(
     "ams_batches", metadata,
     sa.Column("batch_id", sa.String(36), primary_key=True),
     sa.Column("area", sa.Integer, nullable=False, index=True),
-    sa.Column("run_id", sa.String(250), nullable=False),
+    sa.Column("run_id", sa.String(250), nullable=False, index=True),  # the run that prepared it
     sa.Column("status", sa.String(24), nullable=False),  # built | sent | unknown | acknowledged | archived | lost
     sa.Column("outcome", sa.String(24)),  # the receipt's BatchStatus (lower case), or refused_<code>
     sa.Column("record_count", sa.Integer, nullable=False),
@@ -559,10 +559,14 @@ class StateStore:
                 rejected_count=rejected, annulled_count=annulled, recovered=recovered))
         return accepted, rejected
 
-    def batches_acknowledged_in(self, run_id: str) -> list[dict]:
+    def batches_delivered_for(self, run_id: str) -> list[dict]:
+        """The batches a run prepared that the receiver has answered (acknowledged or archived),
+        whichever later run's delivery got the answer: a run's counts are about the records it
+        extracted, so a batch an earlier run left in doubt counts for that earlier run."""
         with self.begin() as conn:
-            rows = conn.execute(sa.select(batches).where(batches.c.acknowledged_run_id == run_id)
-                                .order_by(batches.c.area, batches.c.created_at)).mappings().all()
+            rows = conn.execute(sa.select(batches).where(
+                batches.c.run_id == run_id, batches.c.status.in_((ACKNOWLEDGED, ARCHIVED)))
+                .order_by(batches.c.area, batches.c.created_at)).mappings().all()
         return [dict(r) for r in rows]
 
 
