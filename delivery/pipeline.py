@@ -44,6 +44,7 @@ from delivery.archive import (
     sha256,
 )
 from delivery.state import ACKNOWLEDGED, OUTSTANDING, AreaBusy, StateStore
+from delivery.timing import PhaseTimer, peak_rss_mib
 from transforms import mapping
 from transforms.contracts import FINDING_COLUMNS, check_contract
 from transforms.identifiers import mask_cpr
@@ -157,8 +158,9 @@ class _BatchWriter:
     interface version (§ 49): a batch never mixes versions."""
 
     def __init__(self, area: Area, run_id: str, settings: Settings, state: StateStore, vault: Vault,
-                 created: dict[str, str], version: InterfaceVersion):
+                 created: dict[str, str], version: InterfaceVersion, timer: PhaseTimer | None = None):
         self.area, self.run_id, self.settings, self.state, self.vault = area, run_id, settings, state, vault
+        self.timer = timer or PhaseTimer()
         self.created = created  # batch id -> CreatedDateTime of a discarded, never-sent build
         self.version = version
         self.pending: list[pd.DataFrame] = []
@@ -187,17 +189,22 @@ class _BatchWriter:
         self.pending_rows = len(rest)
         batch_id = _batch_id(self.area, self.run_id, batch, lambda b: self.state.batch(b) is not None)
         created = datetime.fromisoformat(self.created[batch_id]) if batch_id in self.created else datetime.now(UTC)
-        payload = build_batch(self.area, batch, batch_id=batch_id, created=created,
-                              sender_municipality=self.settings.sender_municipality, run_id=self.run_id,
-                              version=self.version)
-        validate_payload(payload)  # nothing leaves that the XSD does not accept
+        with self.timer.phase("payload"):
+            payload = build_batch(self.area, batch, batch_id=batch_id, created=created,
+                                  sender_municipality=self.settings.sender_municipality, run_id=self.run_id,
+                                  version=self.version)
+        with self.timer.phase("xsd"):
+            validate_payload(payload)  # nothing leaves that the XSD does not accept
         path = self.settings.batch_staging(self.area, batch_id) / PAYLOAD_FILE
-        self.vault.write(path, payload)
+        with self.timer.phase("encrypt"):
+            self.vault.write(path, payload)
         failpoints.point("prepare.staged")
-        members = batch[["record_key", "record_id", "content_hash", "action"]].assign(
-            masked_person=_masked_persons(self.area, batch).to_numpy())
-        self.state.add_batch(batch_id=batch_id, area=self.area.number, run_id=self.run_id, staged_path=str(path),
-                             payload_sha256=sha256(payload), payload_created=created.isoformat(), members=members)
+        with self.timer.phase("add_batch"):
+            members = batch[["record_key", "record_id", "content_hash", "action"]].assign(
+                masked_person=_masked_persons(self.area, batch).to_numpy())
+            self.state.add_batch(batch_id=batch_id, area=self.area.number, run_id=self.run_id,
+                                 staged_path=str(path), payload_sha256=sha256(payload),
+                                 payload_created=created.isoformat(), members=members)
         self.batch_ids.append(batch_id)
 
 
@@ -273,7 +280,8 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
     discarded = state.discard_unsent_batches(area.number)
     created = {old["batch_id"]: old["payload_created"] for old in discarded if old.get("payload_created")}
     _remove_stale_staging(settings, state, area)
-    writer = _BatchWriter(area, run_id, settings, state, vault, created, version)
+    timer = PhaseTimer()
+    writer = _BatchWriter(area, run_id, settings, state, vault, created, version, timer)
     docs_dir = settings.reports_dir / "data_docs" if settings.data_docs else None
     counts: Counter = Counter()
     rules: Counter = Counter()
@@ -282,35 +290,49 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
     docs_index = None
     engine = create_engine_from_url(settings.source_url)
     try:
-        for index, chunk in enumerate(extract_chunks(engine, area, chunksize=settings.chunksize)):
-            mapped = mapping.map_records(area, chunk)
+        chunks = extract_chunks(engine, area, chunksize=settings.chunksize)
+        index = -1
+        while True:
+            with timer.phase("extract"):
+                chunk = next(chunks, None)
+            if chunk is None:
+                break
+            index += 1
+            with timer.phase("map"):
+                mapped = mapping.map_records(area, chunk)
             counts["out_of_scope"] += len(mapped.out_of_scope)
             records = mapped.records
             counts["extracted"] += len(records)
             live = records[records["action"] != mapping.ANNUL]
-            findings = [check_contract(area, live)]
+            with timer.phase("contract"):
+                findings = [check_contract(area, live)]
             if len(live):
-                result = _quality(area, live, period_end, f"{run_id}-{index}", docs_dir)
+                with timer.phase("quality"):
+                    result = _quality(area, live, period_end, f"{run_id}-{index}", docs_dir)
                 findings.append(result.findings)
                 docs_index = result.docs_index or docs_index
             found = pd.concat([f for f in findings if len(f)], ignore_index=True) if any(
                 len(f) for f in findings) else _empty_findings()
             # A range is checked by both layers (registry bounds): one finding per record, rule and field.
             found = found.drop_duplicates(["record_key", "rule", "field"], ignore_index=True)
-            state.record_findings(run_id, area.number, found)
+            with timer.phase("findings"):
+                state.record_findings(run_id, area.number, found)
             # Records, not findings: one record with three bad codes counts once for code.invalid.
             rules.update(f"{r.rule}:{r.severity}" for r in
                          found.drop_duplicates(["record_key", "rule", "severity"]).itertuples())
             errors = found[found["severity"] == "error"]
             bad = set(errors["record_key"])
             persons = dict(zip(live["record_key"], _masked_persons(area, live), strict=True))
-            state.quarantine_rows(run_id, area.number, errors, persons)
+            with timer.phase("findings"):
+                state.quarantine_rows(run_id, area.number, errors, persons)
             quarantined_keys |= bad
             counts["quarantined"] += len(bad)
 
-            good = mapping.strip_not_applicable(area, records[~records["record_key"].isin(bad)])
-            good = good.assign(content_hash=mapping.content_hashes(area, good))
-            to_send, classified, refused = _classify(state, area, good)
+            with timer.phase("hash"):
+                good = mapping.strip_not_applicable(area, records[~records["record_key"].isin(bad)])
+                good = good.assign(content_hash=mapping.content_hashes(area, good))
+            with timer.phase("diff"):
+                to_send, classified, refused = _classify(state, area, good)
             counts.update(classified)
             # "warn": records sent for delivery with a warning (quarantined and unchanged ones are not).
             warned = set(found.loc[found["severity"] == "warning", "record_key"])
@@ -322,11 +344,14 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
     finally:
         engine.dispose()
     # Records the receiver refused stay in quarantine until their content changes.
-    state.release_quarantine(run_id, area.number, keep=rejected_by_receiver)
+    with timer.phase("findings"):
+        state.release_quarantine(run_id, area.number, keep=rejected_by_receiver)
     counts["quarantined"] += counts.pop("rejected_unchanged", 0)
     counts["batches_staged"] = len(batch_ids)
     summary = {"area": area.number, **{k: int(v) for k, v in counts.items()}}
-    state.update_area_run(run_id, area.number, status="prepared", counts={**summary, "rules": dict(rules)},
+    state.update_area_run(run_id, area.number, status="prepared",
+                          counts={**summary, "rules": dict(rules), "phases": timer.seconds_rounded(),
+                                  "peak_rss_mib": round(peak_rss_mib())},
                           data_docs=str(docs_index) if docs_index else None)
     log.info("area %s prepared in interface version %s: %s", area.number, version.name,
              json.dumps(summary, sort_keys=True))
@@ -368,12 +393,14 @@ def deliver_area(area_ref: int | str, *, run_id: str, settings: Settings, client
     receiver = _Receiver(client)
     counts: Counter = Counter()
     receipts: list[str] = []
+    timer = PhaseTimer()
     try:
         vault = settings.vault()
         with state.area_lock(area.number, f"deliver {run_id}", settings.lock_wait_seconds):
-            unarchived = finish_archives(settings, state, vault, area.number)
+            with timer.phase("archive"):
+                unarchived = finish_archives(settings, state, vault, area.number)
             for batch in state.outstanding_batches(area.number):
-                result = _deliver_batch(receiver, state, vault, batch, settings, run_id, area)
+                result = _deliver_batch(receiver, state, vault, batch, settings, run_id, area, timer)
                 if result is None:
                     counts["batches_lost"] += 1
                     continue
@@ -395,7 +422,8 @@ def deliver_area(area_ref: int | str, *, run_id: str, settings: Settings, client
         state.update_area_run(run_id, area.number, status="delivery_failed", message=str(exc), finished=True)
         raise
     summary = {k: int(v) for k, v in counts.items() if k != "receipt"}
-    state.update_area_run(run_id, area.number, status="delivered", message="", finished=True)
+    state.update_area_run(run_id, area.number, status="delivered", message="", finished=True,
+                          counts={"phases": timer.seconds_rounded(), "peak_rss_mib": round(peak_rss_mib())})
     return {"area": area.number, "receipts": receipts, **summary}
 
 
@@ -404,7 +432,7 @@ def _stop(area: Area, batch: dict, what: str) -> AreaDeliveryStopped:
 
 
 def _deliver_batch(receiver: _Receiver, state: StateStore, vault: Vault, batch: dict, settings: Settings,
-                   run_id: str, area: Area) -> dict | None:
+                   run_id: str, area: Area, timer: PhaseTimer | None = None) -> dict | None:
     """Resolve one outstanding batch: its counts (with "receipt"), or None when it was lost.
 
     A batch is in doubt once a POST may have reached the receiver (status sent/unknown, or a failure
@@ -423,6 +451,7 @@ def _deliver_batch(receiver: _Receiver, state: StateStore, vault: Vault, batch: 
     label = f"area {area.number} batch {batch_id}"
     in_doubt = batch["status"] in ("sent", "unknown")
     staged = Path(batch["staged_path"])
+    timer = timer or PhaseTimer()
     may_have_arrived = ("It may have reached the receiver: clear this task when the cause is fixed; the receiver "
                         "is asked about it first, so nothing is sent twice.")
     for attempt in range(1, settings.delivery_attempts + 1):
@@ -431,11 +460,13 @@ def _deliver_batch(receiver: _Receiver, state: StateStore, vault: Vault, batch: 
             client = receiver.get()
             if in_doubt:
                 asking = True
-                receipt = client.get_batch_receipt(batch_id)
+                with timer.phase("send"):
+                    receipt = client.get_batch_receipt(batch_id)
                 asking = False
                 if receipt is not None:
                     log.info("%s: the receiver already had it; receipt %s recovered", label, receipt.message_id)
-                    return _store(state, settings, vault, batch, receipt, run_id, lookup_request=receipt.request_bytes)
+                    return _store(state, settings, vault, batch, receipt, run_id,
+                                  lookup_request=receipt.request_bytes, timer=timer)
                 log.info("%s: not received by the receiver; sending it", label)
             payload = vault.read(staged) if staged.exists() else None
             if payload is None or sha256(payload) != batch["payload_sha256"]:
@@ -450,9 +481,10 @@ def _deliver_batch(receiver: _Receiver, state: StateStore, vault: Vault, batch: 
             state.mark_sending(batch_id)
             in_doubt = True
             failpoints.point("deliver.before_post")
-            receipt = client.submit(payload)
+            with timer.phase("send"):
+                receipt = client.submit(payload)
             failpoints.point("deliver.after_reply")
-            return _store(state, settings, vault, batch, receipt, run_id)
+            return _store(state, settings, vault, batch, receipt, run_id, timer=timer)
         except TransientDeliveryError as exc:
             if in_doubt:
                 state.mark_in_doubt(batch_id, str(exc))
@@ -493,7 +525,7 @@ def _deliver_batch(receiver: _Receiver, state: StateStore, vault: Vault, batch: 
                     "The batch stays in doubt and nothing of it is sent again until the receiver answers "
                     "the lookup. Contact the agency with the batch id.")) from None
             # The receiver refused the whole message (schema, validation): its records are quarantined.
-            return _store(state, settings, vault, batch, _rejected_receipt(state, batch, exc), run_id)
+            return _store(state, settings, vault, batch, _rejected_receipt(state, batch, exc), run_id, timer=timer)
         except DeliveryError as exc:
             if in_doubt:
                 state.mark_in_doubt(batch_id, str(exc))
@@ -504,7 +536,7 @@ def _deliver_batch(receiver: _Receiver, state: StateStore, vault: Vault, batch: 
 
 
 def _store(state: StateStore, settings: Settings, vault: Vault, batch: dict, receipt, run_id: str,
-           lookup_request: bytes | None = None) -> dict:
+           lookup_request: bytes | None = None, timer: PhaseTimer | None = None) -> dict:
     """Stage the receipt's bytes, store it in the ledger (acknowledged), then archive. The staged
     receipt lets a later task finish the archive when this one cannot (disk full, crash)."""
     area = get_area(batch["area"])
@@ -515,9 +547,12 @@ def _store(state: StateStore, settings: Settings, vault: Vault, batch: dict, rec
     failpoints.point("deliver.receipt_staged")
     results = {r.record_id: (r.status, None if r.error_code is None else str(r.error_code), r.error_text)
                for r in receipt.records}
-    stored = state.apply_receipt(
-        batch["batch_id"], run_id=run_id, outcome=str(receipt.batch_status).lower(), message_id=receipt.message_id,
-        event_date=str(receipt.event_date), record_results=results, recovered=lookup_request is not None)
+    timer = timer or PhaseTimer()
+    with timer.phase("receipt"):
+        stored = state.apply_receipt(
+            batch["batch_id"], run_id=run_id, outcome=str(receipt.batch_status).lower(),
+            message_id=receipt.message_id, event_date=str(receipt.event_date), record_results=results,
+            recovered=lookup_request is not None)
     if stored is None:  # stored before by another try: nothing to count twice
         return {}
     accepted, rejected = stored
@@ -525,7 +560,8 @@ def _store(state: StateStore, settings: Settings, vault: Vault, batch: dict, rec
     members = state.batch_members(batch["batch_id"])
     annulled = int(members.loc[members["record_id"].map(
         lambda rid: results.get(rid, ("REJECTED",))[0] == "ACCEPTED"), "action"].eq("ANNUL").sum())
-    archived = _archive(settings, state, vault, state.batch(batch["batch_id"]) or batch)
+    with timer.phase("archive"):
+        archived = _archive(settings, state, vault, state.batch(batch["batch_id"]) or batch)
     counts = {"accepted": accepted, "rejected": rejected, "annulled": annulled,
               "recovered" if lookup_request is not None else "batches_sent": 1, "unarchived": int(not archived)}
     if not str(receipt.message_id).startswith("fault-"):

@@ -276,7 +276,9 @@ class StateStore:
                 merged: dict = {}
             else:
                 merged = json.loads(row.counts or "{}")
-            merged.update(counts or {})
+            for key, value in (counts or {}).items():  # nested counts (phases) merge one level deep
+                merged[key] = {**merged[key], **value} if isinstance(value, dict) and isinstance(
+                    merged.get(key), dict) else value
             values: dict = {"counts": json.dumps(merged, sort_keys=True)}
             if status:
                 values["status"] = status
