@@ -209,36 +209,38 @@ class _BatchWriter:
 
 
 def _classify(state: StateStore, area: Area, records: pd.DataFrame) -> tuple[pd.DataFrame, Counter, set[str]]:
-    """Split validated records into what must be sent and what is unchanged since the last delivery."""
+    """Split validated records into what must be sent and what is unchanged since the last delivery.
+
+    Column operations over the chunk's ledger diff (StateStore.ledger_diff), first matching rule wins:
+    - in flight: its batch's outcome is not known yet; the delivery resolves it first (pending);
+    - a deletion (§ 4 / principle 4): annulled at the receiver when the receiver holds an active
+      version. What the receiver holds follows the last *accepted* action: a refused update after an
+      accepted version leaves that version live, so it must be annulled too. Else unchanged;
+    - accepted with this content and active at the receiver: unchanged;
+    - refused with this exact content: stays in quarantine (rejected_unchanged);
+    - else: to_update when a version was accepted before, to_create otherwise."""
     counts: Counter = Counter()
-    keys = records["record_key"].tolist()
-    ledger = state.ledger_for(area.number, keys)
-    in_flight = state.in_flight_keys(area.number, keys)
-    send = []
-    refused: set[str] = set()
-    for row in records[["record_key", "action", "content_hash"]].itertuples(index=False):
-        entry = ledger.get(row.record_key)
-        if row.record_key in in_flight:
-            counts["pending"] += 1  # its batch's outcome is not known yet: the delivery resolves it first
-            send.append(False)
-        elif row.action == mapping.ANNUL:
-            # § 4 / principle 4: a record deleted at the source after delivery is annulled at the receiver.
-            # What the receiver holds follows the last *accepted* action: a refused update after an
-            # accepted version leaves that version live, so it must be annulled too.
-            delivered = entry is not None and entry["receiver_state"] == "active"
-            counts["to_annul" if delivered else "unchanged"] += 1
-            send.append(delivered)
-        elif entry is not None and entry["accepted_hash"] == row.content_hash and entry["receiver_state"] == "active":
-            counts["unchanged"] += 1
-            send.append(False)
-        elif entry is not None and entry["rejected_hash"] == row.content_hash:
-            counts["rejected_unchanged"] += 1  # the receiver refused this exact content: stays in quarantine
-            refused.add(row.record_key)
-            send.append(False)
-        else:
-            counts["to_update" if entry is not None and entry["accepted_hash"] else "to_create"] += 1
-            send.append(True)
-    return records.loc[send], counts, refused
+    diff = state.ledger_diff(area.number, records["record_key"].tolist())
+    hashes = records["content_hash"].to_numpy(dtype=object)
+    action = records["action"].to_numpy(dtype=object)
+    in_flight = diff["in_flight"].to_numpy(dtype=bool)
+    active = (diff["receiver_state"] == "active").to_numpy(dtype=bool)
+    accepted_hash = diff["accepted_hash"].to_numpy(dtype=object)
+    known = diff["accepted_hash"].notna().to_numpy(dtype=bool)
+    annul = (action == mapping.ANNUL) & ~in_flight
+    live = ~in_flight & ~annul
+    same = live & active & (accepted_hash == hashes)
+    refused_same = live & ~same & (diff["rejected_hash"].to_numpy(dtype=object) == hashes)
+    changed = live & ~same & ~refused_same
+    to_annul = annul & active
+    counts["pending"] += int(in_flight.sum())
+    counts["to_annul"] += int(to_annul.sum())
+    counts["unchanged"] += int((annul & ~active).sum() + same.sum())
+    counts["rejected_unchanged"] += int(refused_same.sum())
+    counts["to_update"] += int((changed & known).sum())
+    counts["to_create"] += int((changed & ~known).sum())
+    refused = set(records["record_key"].to_numpy(dtype=object)[refused_same])
+    return records.loc[to_annul | changed], +counts, refused
 
 
 def prepare_area(area_ref: int | str, *, run_id: str, period_end: date, settings: Settings) -> dict:

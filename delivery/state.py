@@ -96,7 +96,7 @@ batches = sa.Table(
 batch_records = sa.Table(
     "ams_batch_records", metadata,
     sa.Column("batch_id", sa.String(36), primary_key=True),
-    sa.Column("record_key", sa.String(64), primary_key=True, index=True),
+    sa.Column("record_key", sa.String(64), primary_key=True, index=True),  # the ledger diff joins on it
     sa.Column("position", sa.Integer),  # the record's place in the payload (a rebuild keeps the order)
     sa.Column("record_id", sa.String(36), nullable=False),
     sa.Column("content_hash", sa.String(64), nullable=False),
@@ -329,27 +329,34 @@ class StateStore:
 
     @staticmethod
     def _quarantine(conn: Connection, run_id: str, area: int, errors: pd.DataFrame, persons: dict[str, str]) -> None:
-        by_key: dict[str, list[dict]] = {}
-        for row in errors.to_dict("records"):
-            by_key.setdefault(str(row["record_key"]), []).append(
-                {k: row[k] for k in ("rule", "field", "paragraph", "severity", "message")})
-        for keys in _chunks(sorted(by_key)):
-            existing = {r.record_key: r for r in conn.execute(sa.select(
-                quarantine.c.record_key, quarantine.c.status, quarantine.c.first_seen_run).where(
-                quarantine.c.area == area, quarantine.c.record_key.in_(keys)))}
-            for key in keys:
-                text = mask_cpr_in_text(json.dumps(by_key[key], ensure_ascii=False))
-                values = dict(masked_person=persons.get(key), findings=text, status="open", last_seen_run=run_id,
-                              released_run=None, updated_at=now())
-                old = existing.get(key)
-                if old is None:
-                    conn.execute(quarantine.insert().values(area=area, record_key=key, first_seen_run=run_id,
-                                                            **values))
-                else:
-                    if old.status != "open":
-                        values["first_seen_run"] = run_id
-                    conn.execute(quarantine.update().where(
-                        quarantine.c.area == area, quarantine.c.record_key == key).values(**values))
+        """Set operations, not a statement per record: the existing entries in one read per 500 keys,
+        then one executemany INSERT for the new and one executemany UPDATE for the rest."""
+        columns = ["rule", "field", "paragraph", "severity", "message"]
+        keyed = errors.assign(record_key=errors["record_key"].astype(str))
+        texts: dict[str, list[dict]] = {}
+        for key, items in zip(keyed["record_key"], keyed[columns].to_dict("records"), strict=True):
+            texts.setdefault(key, []).append(items)
+        stamp = now()
+        for keys in _chunks(sorted(texts)):
+            existing = set(conn.execute(sa.select(quarantine.c.record_key).where(
+                quarantine.c.area == area, quarantine.c.record_key.in_(keys))).scalars())
+            rows = [{"b_key": key, "b_person": persons.get(key), "b_stamp": stamp,
+                     "b_findings": mask_cpr_in_text(json.dumps(texts[key], ensure_ascii=False))} for key in keys]
+            new = [r for r in rows if r["b_key"] not in existing]
+            old = [r for r in rows if r["b_key"] in existing]
+            if new:
+                conn.execute(quarantine.insert(), [
+                    dict(area=area, record_key=r["b_key"], masked_person=r["b_person"], findings=r["b_findings"],
+                         status="open", first_seen_run=run_id, last_seen_run=run_id, released_run=None,
+                         updated_at=stamp) for r in new])
+            if old:
+                # SET expressions read the row's old values: a released entry opens again as first seen now.
+                conn.execute(quarantine.update().where(
+                    quarantine.c.area == area, quarantine.c.record_key == sa.bindparam("b_key")).values(
+                    masked_person=sa.bindparam("b_person"), findings=sa.bindparam("b_findings"), status="open",
+                    first_seen_run=sa.case((quarantine.c.status != "open", run_id),
+                                           else_=quarantine.c.first_seen_run),
+                    last_seen_run=run_id, released_run=None, updated_at=sa.bindparam("b_stamp")), old)
 
     def release_quarantine(self, run_id: str, area: int, keep: Iterable[str] = ()) -> int:
         """Release every open entry not seen with an error in this run (fixed or gone at the source)."""
@@ -379,6 +386,32 @@ class StateStore:
 
     # --- ledger ---------------------------------------------------------------------------------
 
+    def ledger_diff(self, area: int, keys: list[str]) -> pd.DataFrame:
+        """For each key (in order): its ledger entry (receiver_state, accepted_hash, rejected_hash; None
+        when it has none) and `in_flight` (it belongs to a built, sent or unknown batch).
+
+        A set operation: the keys go into a temporary table (one executemany, COPY on PostgreSQL) and
+        the ledger and the open batches are joined to it, two statements per call whatever its size."""
+        out = pd.DataFrame({"record_key": pd.Series(keys, dtype=object)})
+        if not keys:
+            return out.assign(receiver_state=None, accepted_hash=None, rejected_hash=None, in_flight=False)
+        with self.begin() as conn:
+            _load_keys(conn, list(dict.fromkeys(keys)))
+            found = pd.DataFrame(conn.execute(sa.text(
+                "SELECT k.record_key, l.receiver_state, l.accepted_hash, l.rejected_hash "
+                "FROM ams_diff_keys k JOIN ams_ledger l ON l.area = :area AND l.record_key = k.record_key"),
+                {"area": area}).all(), columns=["record_key", "receiver_state", "accepted_hash", "rejected_hash"])
+            flying = set(conn.execute(sa.text(
+                "SELECT br.record_key FROM ams_diff_keys k "
+                "JOIN ams_batch_records br ON br.record_key = k.record_key "
+                "JOIN ams_batches b ON b.batch_id = br.batch_id "
+                "WHERE b.area = :area AND b.status IN ('built', 'sent', 'unknown')"), {"area": area}).scalars())
+            conn.execute(sa.text("DELETE FROM ams_diff_keys"))
+        out = out.merge(found, on="record_key", how="left", sort=False)
+        out = out.astype({c: object for c in ("receiver_state", "accepted_hash", "rejected_hash")})
+        out = out.where(out.notna(), None)
+        return out.assign(in_flight=out["record_key"].isin(flying))
+
     def ledger_for(self, area: int, keys: list[str]) -> dict[str, dict]:
         out: dict[str, dict] = {}
         with self.begin() as conn:
@@ -390,15 +423,7 @@ class StateStore:
 
     def in_flight_keys(self, area: int, keys: list[str]) -> set[str]:
         """The keys that belong to a batch whose outcome is open (built, sent or unknown)."""
-        out: set[str] = set()
-        with self.begin() as conn:
-            for part in _chunks(keys):
-                q = (sa.select(batch_records.c.record_key)
-                     .join(batches, batches.c.batch_id == batch_records.c.batch_id)
-                     .where(batches.c.area == area, batches.c.status.in_(OUTSTANDING),
-                            batch_records.c.record_key.in_(part)))
-                out.update(r.record_key for r in conn.execute(q))
-        return out
+        return set(self.ledger_diff(area, keys).query("in_flight")["record_key"])
 
     def requeue_rejected(self, area: int) -> int:
         """Forget the receiver's refusals of an area, so the next run sends those records again
@@ -505,41 +530,68 @@ class StateStore:
                       ) -> tuple[int, int] | None:
         """Store a receipt in one transaction: the ledger per record, the refused records in quarantine
         with the receiver's reason, and the batch as `acknowledged`. Only an outstanding batch takes a
-        receipt (None otherwise: it was stored before). Returns (accepted, rejected)."""
+        receipt (None otherwise: it was stored before). Returns (accepted, rejected).
+
+        The ledger is written as set operations: the members that have a ledger row are found with one
+        join, then one executemany UPDATE and one executemany INSERT. What a rejection keeps
+        (accepted_hash, receiver_state) is kept by COALESCE with the row's old value."""
         members = self.batch_members(batch_id)
         batch = self.batch(batch_id)
         if batch is None or batch["status"] not in OUTSTANDING:
             return None
         area = batch["area"]
-        accepted = rejected = annulled = 0
+        stamp = now()
+        rows: list[dict] = []
         refused: list[dict] = []
+        accepted = rejected = annulled = 0
+        missing = ("REJECTED", "missing", "no receipt line")
+        for m in members[["record_key", "record_id", "content_hash", "action", "masked_person"]].to_dict("records"):
+            status, code, text = record_results.get(m["record_id"], missing)
+            row = {"b_key": m["record_key"], "b_id": m["record_id"], "b_stamp": stamp}
+            if status == "ACCEPTED":
+                accepted += 1
+                is_annul = m["action"] == "ANNUL"
+                annulled += is_annul
+                row.update(b_status="annulled" if is_annul else "accepted",
+                           b_receiver="annulled" if is_annul else "active",
+                           b_accepted=None if is_annul else m["content_hash"],  # None: keep the old one
+                           b_rejected=None, b_code=None, b_text=None)
+            else:
+                rejected += 1
+                # The receiver keeps what it held before: receiver_state and accepted_hash stay (None: keep).
+                row.update(b_status="rejected", b_receiver=None, b_accepted=None, b_rejected=m["content_hash"],
+                           b_code=code, b_text=mask_cpr_in_text(text))
+                refused.append({**m, "code": code, "text": text})
+            rows.append(row)
         with self.begin() as conn:
             moved = conn.execute(batches.update().where(
                 batches.c.batch_id == batch_id, batches.c.status.in_(OUTSTANDING)).values(status=ACKNOWLEDGED))
             if not moved.rowcount:
                 return None  # another task stored it between the read and this write
-            for m in members.to_dict("records"):
-                status, code, text = record_results.get(m["record_id"], ("REJECTED", "missing", "no receipt line"))
-                values: dict = dict(record_id=m["record_id"], last_batch_id=batch_id, updated_at=now())
-                if status == "ACCEPTED":
-                    accepted += 1
-                    is_annul = m["action"] == "ANNUL"
-                    annulled += is_annul
-                    values.update(status="annulled" if is_annul else "accepted",
-                                  receiver_state="annulled" if is_annul else "active",
-                                  rejected_hash=None, error_code=None, error_text=None)
-                    if not is_annul:
-                        values["accepted_hash"] = m["content_hash"]
-                else:
-                    rejected += 1
-                    # The receiver keeps what it held before: receiver_state and accepted_hash stay.
-                    values.update(status="rejected", rejected_hash=m["content_hash"], error_code=code,
-                                  error_text=mask_cpr_in_text(text))
-                    refused.append({**m, "code": code, "text": text})
-                updated = conn.execute(ledger.update().where(
-                    ledger.c.area == area, ledger.c.record_key == m["record_key"]).values(**values))
-                if updated.rowcount == 0:
-                    conn.execute(ledger.insert().values(area=area, record_key=m["record_key"], **values))
+            have = set(conn.execute(
+                sa.select(ledger.c.record_key).join(batch_records, sa.and_(
+                    batch_records.c.record_key == ledger.c.record_key, batch_records.c.batch_id == batch_id))
+                .where(ledger.c.area == area)).scalars())
+            old = [r for r in rows if r["b_key"] in have]
+            new = [r for r in rows if r["b_key"] not in have]
+            if old:
+                conn.execute(ledger.update().where(
+                    ledger.c.area == area, ledger.c.record_key == sa.bindparam("b_key")).values(
+                    record_id=sa.bindparam("b_id"), status=sa.bindparam("b_status"),
+                    receiver_state=sa.func.coalesce(sa.bindparam("b_receiver", type_=sa.String),
+                                                    ledger.c.receiver_state),
+                    accepted_hash=sa.func.coalesce(sa.bindparam("b_accepted", type_=sa.String),
+                                                   ledger.c.accepted_hash),
+                    rejected_hash=sa.bindparam("b_rejected", type_=sa.String),
+                    error_code=sa.bindparam("b_code", type_=sa.String),
+                    error_text=sa.bindparam("b_text", type_=sa.Text),
+                    last_batch_id=batch_id, updated_at=sa.bindparam("b_stamp")), old)
+            if new:
+                conn.execute(ledger.insert(), [dict(
+                    area=area, record_key=r["b_key"], record_id=r["b_id"], status=r["b_status"],
+                    receiver_state=r["b_receiver"], accepted_hash=r["b_accepted"], rejected_hash=r["b_rejected"],
+                    error_code=r["b_code"], error_text=r["b_text"], last_batch_id=batch_id, updated_at=stamp)
+                    for r in new])
             if refused:
                 errors = pd.DataFrame({
                     "record_key": [r["record_key"] for r in refused],
@@ -560,6 +612,19 @@ class StateStore:
             rows = conn.execute(sa.select(batches).where(batches.c.acknowledged_run_id == run_id)
                                 .order_by(batches.c.area, batches.c.created_at)).mappings().all()
         return [dict(r) for r in rows]
+
+
+def _load_keys(conn: Connection, keys: list[str]) -> None:
+    """The session's temporary key table `ams_diff_keys`, holding exactly `keys` (COPY on PostgreSQL)."""
+    conn.execute(sa.text("CREATE TEMPORARY TABLE IF NOT EXISTS ams_diff_keys (record_key VARCHAR(64) PRIMARY KEY)"))
+    conn.execute(sa.text("DELETE FROM ams_diff_keys"))
+    if conn.dialect.name == "postgresql":
+        cursor = conn.connection.driver_connection.cursor()  # psycopg 3
+        with cursor.copy("COPY ams_diff_keys (record_key) FROM STDIN") as copy:
+            for key in keys:
+                copy.write_row((key,))
+        return
+    conn.execute(sa.text("INSERT INTO ams_diff_keys (record_key) VALUES (:k)"), [{"k": k} for k in keys])
 
 
 def _holder_is_gone(owner: str) -> bool:
