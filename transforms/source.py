@@ -389,9 +389,19 @@ def _plain(value: Any) -> Any:
     return value
 
 
+_NONE = type(None)
+#: Per converter, the value types it returns unchanged: a column holding only these is taken as it is.
+_UNCHANGED: dict[Callable[[Any], Any], frozenset[type]] = {
+    _date: frozenset({str, _NONE}), _float: frozenset({float, _NONE}), _count: frozenset({int, _NONE}),
+    _flag: frozenset({int, _NONE}), _plain: frozenset({str, int, float, _NONE}),
+}
+
+
 def _converter(kind: str) -> Callable[[Any], Any]:
     if kind in _TEXT_KINDS:
-        return _text_converter(kind)
+        convert = _text_converter(kind)
+        convert.unchanged = frozenset({str, _NONE})  # type: ignore[attr-defined]
+        return convert
     return {
         "date": _date,
         "timestamp": _timestamp,
@@ -412,10 +422,12 @@ def column_kind(area: Area | int | str, column: str) -> str | None:
 
 
 def _frame(rows: Sequence[Sequence[Any]], columns: list[str], converters: list[Callable[[Any], Any]]) -> pd.DataFrame:
-    data = {
-        column: [convert(row[i]) for row in rows]
-        for i, (column, convert) in enumerate(zip(columns, converters, strict=True))
-    }
+    # Transposed in C; a column whose values the converter would leave alone is not walked in Python.
+    values = list(zip(*rows, strict=True)) if rows else [() for _ in columns]
+    data = {}
+    for column, convert, held in zip(columns, converters, values, strict=True):
+        unchanged = _UNCHANGED.get(convert) or getattr(convert, "unchanged", frozenset())
+        data[column] = list(held) if unchanged and set(map(type, held)) <= unchanged else [convert(v) for v in held]
     return pd.DataFrame(data, columns=columns, dtype=object)
 
 
