@@ -481,6 +481,23 @@ _RUN = """{% extends "layout" %}
 unchanged are not counted). <b>outstanding</b> is staged or in doubt,
 not yet acknowledged by the agency (0 after a good run).</p>
 
+{% if run.areas | selectattr("phases") | list %}
+<h2 id="phases">Where the time went</h2>
+<table class="small">
+<thead><tr><th>area</th>{% for p in phase_names %}<th class="n">{{ p }}</th>{% endfor %}
+<th class="n">peak memory</th></tr></thead>
+<tbody>{% for a in run.areas if a.phases %}
+<tr data-phases-area="{{ a.area }}"><td class="n">{{ a.area }}</td>
+{% for p in phase_names %}{% set t = a.phases.get(p, 0) %}
+<td class="n{% if not t %} zero{% endif %}">{{ "%.1f s" | format(t) }}</td>{% endfor %}
+<td class="n">{{ a.peak_rss_mib }} MiB</td></tr>{% endfor %}</tbody>
+</table>
+<p class="muted small">Seconds per phase of the area's prepare and deliver tasks (delivery.timing): extract,
+map, contract (pandera), quality (Great Expectations), findings and quarantine stored, hash (content hashes),
+diff (against the ledger), payload, xsd, encrypt and add_batch (staging), send (to the agency), receipt
+(stored in the ledger), archive. Peak memory is the larger task's.</p>
+{% endif %}
+
 <h2 id="plots">At a glance: the last {{ trend.count }} run{{ "s" if trend.count != 1 else "" }}</h2>
 <figure id="plot-quarantine">
 <figcaption><b>Is the quarantine shrinking?</b> Records held back after each run, per data area (oldest left).
@@ -717,6 +734,7 @@ def _run_context(run_id: str, settings: Settings, state: StateStore) -> dict:
         "plots": {"quarantine": _quarantine_plot(trend), "top_rules": top_rules_chart, "top_rules_rows": top_rules,
                   "release": _release_times(state, trend)},
         "rules": _rule_counts(findings),
+        "phase_names": list(dict.fromkeys(p for a in run["areas"] for p in (a.get("phases") or {}))),
         "findings": findings,
         "warnings": warnings,
         "warnings_shown": min(len(warnings), MAX_ROWS),

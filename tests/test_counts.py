@@ -262,7 +262,7 @@ def test_an_unchanged_record_with_a_warning_is_not_counted_again(counted):
     state = settings.state()
     for batch in state.outstanding_batches(3):  # pretend the receiver accepted them
         results = {rid: ("ACCEPTED", None, None) for rid in state.batch_members(batch["batch_id"])["record_id"]}
-        state.apply_receipt(batch["batch_id"], run_id="r2", batch_status="accepted", message_id="m",
+        state.apply_receipt(batch["batch_id"], run_id="r2", outcome="accepted", message_id="m",
                             event_date="2025-12-31", record_results=results)
     third = prepare_area(3, run_id="r3", period_end=date(2025, 12, 31), settings=settings)
     assert third["unchanged"] == 3 and third["with_warnings"] == 0
