@@ -30,6 +30,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from delivery import failpoints
@@ -289,6 +290,7 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
     rules: Counter = Counter()
     quarantined_keys: set[str] = set()
     rejected_by_receiver: set[str] = set()
+    read_hashes: list[np.ndarray] = []  # hash(record_key) of every record read: 8 bytes a record, not the key
     docs_index = None
     engine = create_engine_from_url(settings.source_url)
     try:
@@ -318,7 +320,9 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
             # A range is checked by both layers (registry bounds): one finding per record, rule and field.
             found = found.drop_duplicates(["record_key", "rule", "field"], ignore_index=True)
             with timer.phase("findings"):
-                state.record_findings(run_id, area.number, found)
+                counts["findings_stored"] += state.record_findings(run_id, area.number, found,
+                                                                   read=records["record_key"].tolist())
+                read_hashes.append(np.fromiter(map(hash, records["record_key"].tolist()), dtype=np.int64))
             # Records, not findings: one record with three bad codes counts once for code.invalid.
             rules.update(f"{r.rule}:{r.severity}" for r in
                          found.drop_duplicates(["record_key", "rule", "severity"]).itertuples())
@@ -348,6 +352,9 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
     # Records the receiver refused stay in quarantine until their content changes.
     with timer.phase("findings"):
         state.release_quarantine(run_id, area.number, keep=rejected_by_receiver)
+        read = np.unique(np.concatenate(read_hashes)) if read_hashes else np.empty(0, dtype=np.int64)
+        del read_hashes
+        counts["findings_stored"] += state.resolve_findings_not_read(run_id, area.number, read)
     counts["quarantined"] += counts.pop("rejected_unchanged", 0)
     counts["batches_staged"] = len(batch_ids)
     summary = {"area": area.number, **{k: int(v) for k, v in counts.items()}}

@@ -40,6 +40,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -128,6 +129,11 @@ findings = sa.Table(
     sa.Column("paragraph", sa.String(120)),
     sa.Column("severity", sa.String(10), nullable=False),
     sa.Column("message", sa.Text, nullable=False),
+    # The run from which the finding no longer holds (fixed, changed or the record gone); NULL while it
+    # holds. A finding is stored once, by the run that first found it (`run_id`), not again by every
+    # run that finds it unchanged (issue 9): a run's findings are those that held when it ran.
+    sa.Column("resolved_run", sa.String(250)),
+    sa.Index("ix_ams_findings_area_key", "area", "record_key"),
 )
 
 run_areas = sa.Table(
@@ -193,6 +199,9 @@ class StateStore:
                     if column.name not in have and column.nullable:
                         kind = column.type.compile(dialect=self.engine.dialect)
                         conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+                        if (table.name, column.name) == ("ams_findings", "resolved_run"):
+                            # Before issue 9 every run stored all its findings: each row is its run's only.
+                            conn.execute(findings.update().values(resolved_run=findings.c.run_id))
 
     # --- the area lock ----------------------------------------------------------------------------
 
@@ -261,7 +270,6 @@ class StateStore:
     def start_area_run(self, run_id: str, area: int) -> None:
         with self.begin() as conn:
             conn.execute(run_areas.delete().where(run_areas.c.run_id == run_id, run_areas.c.area == area))
-            conn.execute(findings.delete().where(findings.c.run_id == run_id, findings.c.area == area))
             conn.execute(run_areas.insert().values(
                 run_id=run_id, area=area, status="preparing", started_at=now(), counts="{}"))
 
@@ -306,17 +314,56 @@ class StateStore:
 
     # --- findings and quarantine ----------------------------------------------------------------
 
-    def record_findings(self, run_id: str, area: int, frame: pd.DataFrame) -> None:
-        if frame.empty:
-            return
-        rows = frame.assign(run_id=run_id, area=area)[
-            ["run_id", "area", "record_key", "rule", "field", "paragraph", "severity", "message"]]
+    def record_findings(self, run_id: str, area: int, frame: pd.DataFrame, read: Iterable[str] | None = None,
+                        ) -> int:
+        """Store what changed in the findings of the records `read` (default: those `frame` names): a
+        new or changed finding is inserted, one that no longer holds gets `resolved_run`, an unchanged
+        one is left alone, so a day with no change stores nothing. Returns the rows written.
+        A set operation: the keys go into the temporary key table and the open findings are joined."""
+        columns = ["record_key", "rule", "field", "paragraph", "severity", "message"]
+        new = frame[columns].assign(message=frame["message"].map(mask_cpr_in_text)) if len(frame) else (
+            pd.DataFrame(columns=columns))
+        keys = list(dict.fromkeys([*(read if read is not None else []), *new["record_key"].tolist()]))
+        if not keys:
+            return 0
         with self.begin() as conn:
-            self._insert_findings(conn, rows)
+            _load_keys(conn, keys)
+            old = pd.DataFrame(conn.execute(sa.text(
+                "SELECT f.id, f.record_key, f.rule, f.field, f.paragraph, f.severity, f.message "
+                "FROM ams_diff_keys k JOIN ams_findings f ON f.area = :area AND f.record_key = k.record_key "
+                "WHERE f.resolved_run IS NULL"), {"area": area}).all(), columns=["id", *columns])
+            conn.execute(sa.text("DELETE FROM ams_diff_keys"))
+            both = new.fillna("").merge(old.fillna(""), on=columns, how="outer", indicator=True)
+            gone = both.loc[both["_merge"] == "right_only", "id"].astype(int).tolist()
+            added = both.loc[both["_merge"] == "left_only", columns]
+            for part in _chunks(gone):
+                conn.execute(findings.update().where(findings.c.id.in_(part)).values(resolved_run=run_id))
+            if len(added):
+                self._insert_findings(conn, added.assign(run_id=run_id, area=area), masked=True)
+        return len(gone) + len(added)
+
+    def resolve_findings_not_read(self, run_id: str, area: int, read_hashes: np.ndarray) -> int:
+        """After a full read: resolve the open findings of records the source no longer has. `read_hashes`
+        holds hash(record_key) of every record read, sorted (8 bytes a record instead of the key)."""
+        gone: list[int] = []
+        with self.begin() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=50_000).execute(
+                sa.select(findings.c.id, findings.c.record_key).where(
+                    findings.c.area == area, findings.c.resolved_run.is_(None), findings.c.run_id != run_id))
+            for rows in result.partitions():
+                hashes = np.fromiter((hash(r.record_key) for r in rows), dtype=np.int64, count=len(rows))
+                missing = ~np.isin(hashes, read_hashes)
+                gone += [int(r.id) for r, m in zip(rows, missing, strict=True) if m]
+            for part in _chunks(gone):
+                conn.execute(findings.update().where(findings.c.id.in_(part)).values(resolved_run=run_id))
+        return len(gone)
 
     @staticmethod
-    def _insert_findings(conn: Connection, rows: pd.DataFrame) -> None:
-        rows = rows.assign(message=rows["message"].map(mask_cpr_in_text))
+    def _insert_findings(conn: Connection, rows: pd.DataFrame, *, masked: bool = False,
+                         resolved_run: str | None = None) -> None:
+        rows = rows if masked else rows.assign(message=rows["message"].map(mask_cpr_in_text))
+        rows = rows[["run_id", "area", "record_key", "rule", "field", "paragraph", "severity", "message"]].assign(
+            resolved_run=resolved_run)
         for part in _chunks(rows.to_dict("records"), 5000):
             conn.execute(findings.insert(), part)
 
@@ -381,8 +428,22 @@ class StateStore:
         return [{**r, "findings": json.loads(r["findings"])} for r in rows]
 
     def run_findings(self, run_id: str) -> pd.DataFrame:
+        """Every finding that held in the run's areas when the run ran: stored by it or by an earlier run
+        and not resolved before it (runs ordered by their start), and the receiver's refusals of the run."""
+        starts = (sa.select(run_areas.c.run_id, sa.func.min(run_areas.c.started_at).label("t"))
+                  .group_by(run_areas.c.run_id).subquery())
+        first, resolved = starts.alias("first"), starts.alias("resolved")
         with self.begin() as conn:
-            return pd.read_sql(sa.select(findings).where(findings.c.run_id == run_id), conn)
+            at = conn.execute(sa.select(starts.c.t).where(starts.c.run_id == run_id)).scalar()
+            areas = sa.select(run_areas.c.area).where(run_areas.c.run_id == run_id)
+            query = (sa.select(findings).select_from(findings)
+                     .join(first, first.c.run_id == findings.c.run_id, isouter=True)
+                     .join(resolved, resolved.c.run_id == findings.c.resolved_run, isouter=True)
+                     .where(findings.c.area.in_(areas), sa.or_(
+                         findings.c.run_id == run_id,
+                         sa.and_(first.c.t <= at, sa.or_(findings.c.resolved_run.is_(None), resolved.c.t > at))))
+                     .order_by(findings.c.id))
+            return pd.read_sql(query, conn)
 
     # --- ledger ---------------------------------------------------------------------------------
 
@@ -599,7 +660,8 @@ class StateStore:
                     "message": [f"The receiver rejected the record: {r['code']} {r['text'] or ''} "
                                 f"(receiver.rejected, § 46) [{r['masked_person']}]" for r in refused]})
                 self._quarantine(conn, run_id, area, errors, {r["record_key"]: r["masked_person"] for r in refused})
-                self._insert_findings(conn, errors.assign(run_id=run_id, area=area))
+                # An event of this run, not a standing finding: resolved by the run that records it.
+                self._insert_findings(conn, errors.assign(run_id=run_id, area=area), resolved_run=run_id)
             failpoints.point("state.apply_receipt")
             conn.execute(batches.update().where(batches.c.batch_id == batch_id).values(
                 outcome=outcome, receipt_message_id=message_id, receipt_event_date=event_date,

@@ -184,3 +184,31 @@ def test_the_scaled_source_copies_the_demo_with_its_own_persons_and_keys(tmp_pat
     assert len(records.records) == made["measures"] and records.out_of_scope.empty
     assert records.records["record_key"].is_unique
     assert change_measures(url, 0.1) >= made["measures"] * 0.08
+
+
+def test_a_day_without_change_stores_no_finding_and_a_fix_resolves_one(tmp_path, monkeypatch):
+    from delivery.pipeline import prepare_area
+    from tests.test_delivery_faults import demo_settings
+    from transforms.source import create_engine_from_url
+
+    settings_ = demo_settings(tmp_path, monkeypatch, persons=150, defect_rate=0.1)
+    day = date(2026, 11, 28)
+    first = prepare_area(1, run_id="r1", period_end=day, settings=settings_)
+    state = settings_.state()
+    found = state.run_findings("r1")
+    assert first["findings_stored"] == len(found) > 0
+    second = prepare_area(1, run_id="r2", period_end=day, settings=settings_)
+    assert second.get("findings_stored", 0) == 0
+    again = state.run_findings("r2")
+    columns = ["record_key", "rule", "field", "message"]
+    assert again[columns].sort_values(columns).values.tolist() == found[columns].sort_values(columns).values.tolist()
+    # a record leaves the source: from the next run on, its findings no longer hold
+    gone = found["record_key"].iloc[0]
+    engine = create_engine_from_url(settings_.source_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM measures WHERE measure_id = :k"), {"k": gone})
+    engine.dispose()
+    third = prepare_area(1, run_id="r3", period_end=day, settings=settings_)
+    assert third["findings_stored"] == (found["record_key"] == gone).sum()
+    assert gone not in set(state.run_findings("r3")["record_key"])
+    assert gone in set(state.run_findings("r1")["record_key"])  # what held then is kept
