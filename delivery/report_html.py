@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import csv
 import glob
+import hashlib
 import math
+import os
 import re
+import shutil
 import statistics
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -42,6 +45,8 @@ from transforms.rules import RULE_BY_ID
 
 #: Rows of a list shown on a page; the CSV beside the page holds all of them.
 MAX_ROWS = 500
+#: Under runs/: one copy of each distinct findings.csv, hard-linked from the runs that wrote it.
+SHARED_FILES = ".shared"
 #: Runs in the trend (up to and including the run of the page).
 TREND_RUNS = 30
 #: Runs listed on the index page.
@@ -136,14 +141,40 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _write_csv(path: Path, header: Iterable[str], rows: Iterable[Iterable[object]]) -> None:
+def _write_csv(path: Path, header: Iterable[str], rows: Iterable[Iterable[object]], *,
+               shared: Path | None = None) -> None:
+    """Write a CSV atomically. With `shared` (a folder), a file with the same content as one written
+    before is not stored again: both names are hard links to one copy in `shared` (issue 9: a day with
+    no change adds no 14 MB findings.csv), falling back to a plain file where links are not possible."""
     tmp = path.with_name(path.name + ".tmp")
+    digest = hashlib.sha256()
     with tmp.open("w", newline="", encoding="utf-8-sig") as fh:  # BOM: spreadsheets read § and æøå right
         writer = csv.writer(fh)
         writer.writerow(list(header))
         for row in rows:
             writer.writerow([_csv_cell(v) for v in row])
-    tmp.replace(path)
+    if shared is None:
+        tmp.replace(path)
+        return
+    with tmp.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    kept = shared / f"{digest.hexdigest()}{path.suffix}"
+    try:
+        shared.mkdir(parents=True, exist_ok=True)
+        if kept.exists():
+            tmp.unlink()
+        else:
+            tmp.replace(kept)
+        link = path.with_name(path.name + ".link")
+        link.unlink(missing_ok=True)
+        os.link(kept, link)
+        link.replace(path)
+    except OSError:  # no hard links here (another file system): a plain copy
+        if tmp.exists():
+            tmp.replace(path)
+        elif kept.exists():
+            shutil.copyfile(kept, path)
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -769,7 +800,8 @@ def write_run_page(run_id: str, settings: Settings) -> Path:
     _write_csv(folder / "findings.csv",
                ("area", "record_key", "rule", "rule_title", "severity", "field", "paragraph", "message"),
                ((f["area"], f["record_key"], f["rule"], _rule_info(f["rule"])["title"], f["severity"], f["field"],
-                 f["paragraph"], f["message"]) for f in context["findings"]))
+                 f["paragraph"], f["message"]) for f in context["findings"]),
+               shared=settings.reports_dir / "runs" / SHARED_FILES)
     page = folder / "index.html"
     _write_text(page, _env().get_template("run").render(**context))
     return page

@@ -202,6 +202,14 @@ def test_a_day_without_change_stores_no_finding_and_a_fix_resolves_one(tmp_path,
     again = state.run_findings("r2")
     columns = ["record_key", "rule", "field", "message"]
     assert again[columns].sort_values(columns).values.tolist() == found[columns].sort_values(columns).values.tolist()
+    # ... and its report does not store the same findings.csv again: one copy, two names
+    from delivery.report import write_run_report
+
+    write_run_report("r1", settings_)
+    write_run_report("r2", settings_)
+    runs = settings_.reports_dir / "runs"
+    assert (runs / "r1" / "findings.csv").read_bytes() == (runs / "r2" / "findings.csv").read_bytes()
+    assert (runs / "r1" / "findings.csv").stat().st_ino == (runs / "r2" / "findings.csv").stat().st_ino
     # a record leaves the source: from the next run on, its findings no longer hold
     gone = found["record_key"].iloc[0]
     engine = create_engine_from_url(settings_.source_url)
