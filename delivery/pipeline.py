@@ -16,6 +16,7 @@ No Airflow import here; configuration arrives as `Settings`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -75,6 +76,8 @@ class Settings:
     delivery_attempts: int = 4
     backoff_seconds: float = 1.0
     lock_wait_seconds: float = 60.0
+    full_read: bool = False  # read the whole source, not only its changes (`ams-report demo --full`)
+    full_read_every_days: int = 7  # the safety net: a full read at least this often
 
     def __post_init__(self) -> None:
         self.home = Path(self.home)
@@ -95,6 +98,8 @@ class Settings:
             delivery_attempts=int(os.environ.get("AMS_DELIVERY_ATTEMPTS", 4)),
             backoff_seconds=float(os.environ.get("AMS_BACKOFF_SECONDS", 1.0)),
             lock_wait_seconds=float(os.environ.get("AMS_LOCK_WAIT_SECONDS", 60)),
+            full_read=os.environ.get("AMS_FULL_READ", "0").lower() in ("1", "true", "yes"),
+            full_read_every_days=int(os.environ.get("AMS_FULL_READ_EVERY_DAYS", 7)),
         )
 
     @property
@@ -244,6 +249,61 @@ def _classify(state: StateStore, area: Area, records: pd.DataFrame) -> tuple[pd.
     return records.loc[to_annul | changed], +counts, refused
 
 
+@dataclass
+class ReadPlan:
+    """How much of the source a preparation reads (DESIGN.md principle 9)."""
+
+    full: bool
+    reason: str
+    params: dict[str, Any]  # the query's change-detection parameters (empty: the full read)
+    mark: str | None  # the source's change mark before the read: where the next read starts
+    fingerprint: str
+
+
+def _fingerprint(version: InterfaceVersion) -> str:
+    """What the checks depend on beyond the source rows: the interface version, the code lists and the
+    rule settings. When it changes, every record must be checked again: a full read."""
+    from transforms.codelists import reference_dir
+
+    digest = hashlib.sha256(version.name.encode())
+    for name in ("AMS_RULE_SEVERITY", "AMS_AREA2_JOBPLAN_FROM"):
+        digest.update(f"\n{name}={os.environ.get(name, '')}".encode())
+    for path in sorted(reference_dir().glob("*.csv")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _read_plan(state: StateStore, area: Area, engine: Any, settings: Settings, period_end: date,
+               version: InterfaceVersion, discarded: int) -> ReadPlan:
+    """A full read when asked (--full), when the safety net is due, when nothing says where the last read
+    got to, when the checks' inputs changed (fingerprint), when the period goes back, or when batches
+    were discarded (their records must be staged again); else the changes since the last read."""
+    from transforms.source import change_mark, db_value, supports_incremental
+
+    fingerprint = _fingerprint(version)
+    if not supports_incremental(area, engine):
+        return ReadPlan(True, "the area's query reads everything", {}, None, fingerprint)
+    mark = change_mark(engine, area)
+    last = state.watermark(area.number)
+    full_at = last and last["full_at"]
+    if full_at is not None and full_at.tzinfo is None:
+        full_at = full_at.replace(tzinfo=UTC)
+    reason = ("asked for (--full / AMS_FULL_READ)" if settings.full_read else
+              "no earlier read to continue from" if last is None or last["since"] is None else
+              "the interface version, code lists or rule settings changed" if last["fingerprint"] != fingerprint else
+              "the reporting period went back" if last["period_end"] > period_end.isoformat() else
+              "batches never sent were discarded" if discarded else
+              f"the weekly safety net ({settings.full_read_every_days} days)"
+              if full_at is None or (datetime.now(UTC) - full_at).days >= settings.full_read_every_days else "")
+    if reason:
+        return ReadPlan(True, reason, {}, mark, fingerprint)
+    assert last is not None
+    since = db_value(datetime.fromisoformat(last["since"]), engine)
+    recheck = date.fromisoformat(last["period_end"]) if last["period_end"] < period_end.isoformat() else None
+    params = {"since": since, "recheck_after": None if recheck is None else db_value(recheck, engine)}
+    return ReadPlan(False, f"changes since {last['since']}", params, mark, fingerprint)
+
+
 def prepare_area(area_ref: int | str, *, run_id: str, period_end: date, settings: Settings) -> dict:
     """Extract, check and stage one area's batches. Returns small counts (fit for XCom)."""
 
@@ -294,7 +354,10 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
     docs_index = None
     engine = create_engine_from_url(settings.source_url)
     try:
-        chunks = extract_chunks(engine, area, chunksize=settings.chunksize)
+        plan = _read_plan(state, area, engine, settings, period_end, version, len(discarded))
+        counts["full_read"] = int(plan.full)
+        log.info("area %s: %s read (%s)", area.number, "full" if plan.full else "incremental", plan.reason)
+        chunks = extract_chunks(engine, area, chunksize=settings.chunksize, params=plan.params)
         index = -1
         while True:
             with timer.phase("extract"):
@@ -351,10 +414,19 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
         engine.dispose()
     # Records the receiver refused stay in quarantine until their content changes.
     with timer.phase("findings"):
-        state.release_quarantine(run_id, area.number, keep=rejected_by_receiver)
         read = np.unique(np.concatenate(read_hashes)) if read_hashes else np.empty(0, dtype=np.int64)
         del read_hashes
-        counts["findings_stored"] += state.resolve_findings_not_read(run_id, area.number, read)
+        # After a read of the changes only, a record not read has not changed: its quarantine entry and
+        # findings stand. After a full read, a record not read is gone from the source.
+        state.release_quarantine(run_id, area.number, keep=rejected_by_receiver,
+                                 read_hashes=None if plan.full else read)
+        if plan.full:
+            counts["findings_stored"] += state.resolve_findings_not_read(run_id, area.number, read)
+    # Where the next read starts. Records left pending (their batch's outcome unknown) were not staged
+    # with their current content: the next preparation reads the whole source again to reach them.
+    state.set_watermark(area.number, since=plan.mark if not counts.get("pending") else None,
+                        period_end=period_end.isoformat(), fingerprint=plan.fingerprint, run_id=run_id,
+                        full=plan.full)
     counts["quarantined"] += counts.pop("rejected_unchanged", 0)
     counts["batches_staged"] = len(batch_ids)
     summary = {"area": area.number, **{k: int(v) for k, v in counts.items()}}

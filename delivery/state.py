@@ -148,6 +148,19 @@ run_areas = sa.Table(
     sa.Column("data_docs", sa.Text),
 )
 
+# Change detection (DESIGN.md principle 9): where the last read of an area's source got to. A read
+# from `since` on sees every source row stamped at or after it; `period_end` and `fingerprint` (the
+# interface version, code lists and rule settings) tell when the whole source must be read again.
+watermarks = sa.Table(
+    "ams_watermarks", metadata,
+    sa.Column("area", sa.Integer, primary_key=True),
+    sa.Column("since", sa.String(40)),  # the source's change mark before the last read
+    sa.Column("period_end", sa.String(10), nullable=False),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("full_at", sa.DateTime(timezone=True), nullable=False),  # the last full read
+    sa.Column("run_id", sa.String(250), nullable=False),
+)
+
 area_locks = sa.Table(
     "ams_area_locks", metadata,
     sa.Column("area", sa.Integer, primary_key=True),
@@ -405,14 +418,20 @@ class StateStore:
                                            else_=quarantine.c.first_seen_run),
                     last_seen_run=run_id, released_run=None, updated_at=sa.bindparam("b_stamp")), old)
 
-    def release_quarantine(self, run_id: str, area: int, keep: Iterable[str] = ()) -> int:
-        """Release every open entry not seen with an error in this run (fixed or gone at the source)."""
+    def release_quarantine(self, run_id: str, area: int, keep: Iterable[str] = (),
+                           read_hashes: np.ndarray | None = None) -> int:
+        """Release every open entry not seen with an error in this run (fixed or gone at the source).
+        After a read of the changes only, `read_hashes` (hash(record_key) of the records read) limits it
+        to the records read: one not read has not changed."""
         keep = set(keep)
         with self.begin() as conn:
             rows = conn.execute(sa.select(quarantine.c.record_key).where(
                 quarantine.c.area == area, quarantine.c.status == "open",
                 quarantine.c.last_seen_run != run_id)).all()
             released = [r.record_key for r in rows if r.record_key not in keep]
+            if read_hashes is not None and released:
+                read = np.isin(np.fromiter(map(hash, released), dtype=np.int64, count=len(released)), read_hashes)
+                released = [k for k, r in zip(released, read, strict=True) if r]
             for keys in _chunks(released):
                 conn.execute(quarantine.update().where(
                     quarantine.c.area == area, quarantine.c.record_key.in_(keys)).values(
@@ -486,10 +505,34 @@ class StateStore:
         """The keys that belong to a batch whose outcome is open (built, sent or unknown)."""
         return set(self.ledger_diff(area, keys).query("in_flight")["record_key"])
 
+    # --- change detection ------------------------------------------------------------------------
+
+    def watermark(self, area: int) -> dict | None:
+        with self.begin() as conn:
+            row = conn.execute(sa.select(watermarks).where(watermarks.c.area == area)).mappings().first()
+        return dict(row) if row else None
+
+    def set_watermark(self, area: int, *, since: str | None, period_end: str, fingerprint: str, run_id: str,
+                      full: bool) -> None:
+        """Where this run's read got to; a full read also dates the safety net (full_at)."""
+        with self.begin() as conn:
+            old = conn.execute(sa.select(watermarks.c.full_at).where(watermarks.c.area == area)).scalar()
+            conn.execute(watermarks.delete().where(watermarks.c.area == area))
+            conn.execute(watermarks.insert().values(
+                area=area, since=since, period_end=period_end, fingerprint=fingerprint, run_id=run_id,
+                full_at=now() if full or old is None else old))
+
+    @staticmethod
+    def _forget_watermark(conn: Connection, area: int) -> None:
+        """The next preparation reads the whole source (records must be staged again)."""
+        conn.execute(watermarks.delete().where(watermarks.c.area == area))
+
     def requeue_rejected(self, area: int) -> int:
         """Forget the receiver's refusals of an area, so the next run sends those records again
-        (after a fault on the receiving side, e.g. a schema version mismatch, has been fixed)."""
+        (after a fault on the receiving side, e.g. a schema version mismatch, has been fixed). The next
+        run reads the whole source: those records have not changed there."""
         with self.begin() as conn:
+            self._forget_watermark(conn, area)
             result = conn.execute(ledger.update().where(
                 ledger.c.area == area, ledger.c.status == "rejected", ledger.c.rejected_hash.is_not(None))
                 .values(rejected_hash=None, updated_at=now()))
@@ -580,7 +623,12 @@ class StateStore:
                 last_error=mask_cpr_in_text(error)))
 
     def mark_lost(self, batch_id: str, reason: str) -> bool:
-        """The receiver has never received the batch and its staged payload is gone: free its records."""
+        """The receiver has never received the batch and its staged payload is gone: free its records.
+        The next preparation reads the whole source, so they are staged again though unchanged there."""
+        with self.begin() as conn:
+            area = conn.execute(sa.select(batches.c.area).where(batches.c.batch_id == batch_id)).scalar()
+            if area is not None:
+                self._forget_watermark(conn, area)
         return self._move(batch_id, OUTSTANDING, LOST, last_error=reason)
 
     def mark_archived(self, batch_id: str, archive_path: str) -> bool:
