@@ -108,10 +108,10 @@ def _run_cycle(args: argparse.Namespace, run_id: str, host: str, port: int, extr
 
 
 def _disk(path: Path) -> int:
-    """Bytes in a folder, or in a SQLite file with its journal files."""
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return sum(p.stat().st_size for p in path.parent.glob(path.name + "*") if p.is_file())
+    """Bytes in a folder (a hard-linked file once), or in a SQLite file with its journal files."""
+    files = path.rglob("*") if path.is_dir() else path.parent.glob(path.name + "*")
+    seen = {(s.st_dev, s.st_ino): s.st_size for s in (p.stat() for p in files if p.is_file())}
+    return sum(seen.values())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -107,11 +107,12 @@ def _state_view(settings: Settings) -> dict:
     return out
 
 
-@pytest.mark.parametrize("seed", [3, 17])
-def test_reading_the_changes_gives_what_reading_everything_gives(tmp_path, monkeypatch, seed):
+@pytest.mark.parametrize(("database", "seed"), [("sqlite", 3), ("sqlite", 17), ("postgresql", 5)])
+def test_reading_the_changes_gives_what_reading_everything_gives(tmp_path, monkeypatch, request, database, seed):
     from receiver.server import start_in_thread
 
-    source = f"sqlite:///{tmp_path / 'source.sqlite'}"
+    sqlite = f"sqlite:///{tmp_path / 'source.sqlite'}"
+    source = request.getfixturevalue("pg_url") if database == "postgresql" else sqlite
     engine = create_engine_from_url(source)
     create_source_schema(engine)
     synthetic.generate(engine, persons=90, defect_rate=0.05, seed=seed)
