@@ -422,6 +422,13 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
                                  read_hashes=None if plan.full else read)
         if plan.full:
             counts["findings_stored"] += state.resolve_findings_not_read(run_id, area.number, read)
+        else:
+            # The records held back and not read (unchanged) are still held back: the run's counts show
+            # the area's whole quarantine, as a full read's do (extracted = ... + quarantined + ...).
+            standing = state.standing_quarantine(area.number, read)
+            counts["quarantined"] += standing
+            counts["extracted"] += standing
+            counts["quarantine_not_read"] = standing
     # Where the next read starts. Records left pending (their batch's outcome unknown) were not staged
     # with their current content: the next preparation reads the whole source again to reach them.
     state.set_watermark(area.number, since=plan.mark if not counts.get("pending") else None,

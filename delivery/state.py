@@ -438,6 +438,15 @@ class StateStore:
                     status="released", released_run=run_id, updated_at=now()))
         return len(released)
 
+    def standing_quarantine(self, area: int, read_hashes: np.ndarray) -> int:
+        """Open quarantine entries of records not read in this run (unchanged at the source: they stand)."""
+        with self.begin() as conn:
+            keys = conn.execute(sa.select(quarantine.c.record_key).where(
+                quarantine.c.area == area, quarantine.c.status == "open")).scalars().all()
+        if not keys:
+            return 0
+        return int((~np.isin(np.fromiter(map(hash, keys), dtype=np.int64, count=len(keys)), read_hashes)).sum())
+
     def open_quarantine(self, area: int | None = None) -> list[dict]:
         q = sa.select(quarantine).where(quarantine.c.status == "open")
         if area is not None:
