@@ -8,7 +8,7 @@ own person ids, CPR serials and keys, so copies never meet (no overlaps across c
 of valid, defective, deleted and out-of-scope records is the demo's. A million records take seconds
 on SQLite, not the hour a row-by-row generator would.
 
-The statements are in sql/bench/ (one file per dialect where they differ). No Airflow import.
+The statements are in sql/bench/. No Airflow import.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def scale_source(url: str, rows: int, *, base_persons: int = BASE_PERSONS, seed:
                 conn.execute(sa.text("CREATE TABLE bench_copies (c INTEGER PRIMARY KEY)"))
                 conn.execute(sa.text("INSERT INTO bench_copies (c) VALUES (:c)"),
                              [{"c": c} for c in range(1, copies)])
-                script = (BENCH_SQL / f"scale.{dialect_name(engine)}.sql").read_text(encoding="utf-8")
+                script = (BENCH_SQL / "scale.sql").read_text(encoding="utf-8")
                 for statement in split_sql(script):
                     conn.execute(sa.text(statement), {"person_stride": int(strides[0]),
                                                       "payment_stride": int(strides[1] or 1)})
