@@ -240,9 +240,19 @@ def _findings_rows(state: StateStore, run_id: str) -> list[dict]:
     if frame.empty:
         return []
     frame = frame.sort_values(["area", "record_key", "severity", "rule"], kind="stable")
-    return [{"area": int(r["area"]), "record_key": str(r["record_key"]), "rule": str(r["rule"]),
-             "field": scrub(r["field"]), "paragraph": scrub(r["paragraph"]), "severity": str(r["severity"]),
-             "message": scrub(r["message"])} for r in frame.to_dict("records")]
+    frame = frame.astype(object).where(frame.notna(), None)
+    scrubbed: dict[object, str] = {}  # fields and paragraphs repeat: each distinct text scrubbed once
+
+    def once(value: object) -> str:
+        found = scrubbed.get(value)
+        return found if found is not None else scrubbed.setdefault(value, scrub(value))
+
+    columns = zip(frame["area"].tolist(), frame["record_key"].tolist(), frame["rule"].tolist(),
+                  frame["field"].tolist(), frame["paragraph"].tolist(), frame["severity"].tolist(),
+                  frame["message"].tolist(), strict=True)
+    return [{"area": int(area), "record_key": str(key), "rule": str(rule), "field": once(field),
+             "paragraph": once(paragraph), "severity": str(severity), "message": scrub(message)}
+            for area, key, rule, field, paragraph, severity, message in columns]
 
 
 def _rule_counts(findings: list[dict]) -> list[dict]:
