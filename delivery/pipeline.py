@@ -425,7 +425,7 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
         else:
             # The records held back and not read (unchanged) are still held back: the run's counts show
             # the area's whole quarantine, as a full read's do (extracted = ... + quarantined + ...).
-            standing = state.standing_quarantine(area.number, read)
+            standing = state.standing_quarantine(run_id, area.number, read)
             counts["quarantined"] += standing
             counts["extracted"] += standing
             counts["quarantine_not_read"] = standing

@@ -438,14 +438,20 @@ class StateStore:
                     status="released", released_run=run_id, updated_at=now()))
         return len(released)
 
-    def standing_quarantine(self, area: int, read_hashes: np.ndarray) -> int:
-        """Open quarantine entries of records not read in this run (unchanged at the source: they stand)."""
+    def standing_quarantine(self, run_id: str, area: int, read_hashes: np.ndarray) -> int:
+        """After a read of the changes only: the open quarantine entries of records not read (unchanged at
+        the source) stand, and are marked as still held back in this run (`last_seen_run`)."""
         with self.begin() as conn:
             keys = conn.execute(sa.select(quarantine.c.record_key).where(
                 quarantine.c.area == area, quarantine.c.status == "open")).scalars().all()
-        if not keys:
-            return 0
-        return int((~np.isin(np.fromiter(map(hash, keys), dtype=np.int64, count=len(keys)), read_hashes)).sum())
+            if not keys:
+                return 0
+            read = np.isin(np.fromiter(map(hash, keys), dtype=np.int64, count=len(keys)), read_hashes)
+            standing = [k for k, r in zip(keys, read, strict=True) if not r]
+            for part in _chunks(standing):
+                conn.execute(quarantine.update().where(quarantine.c.area == area, quarantine.c.record_key.in_(part))
+                             .values(last_seen_run=run_id))
+        return len(standing)
 
     def open_quarantine(self, area: int | None = None) -> list[dict]:
         q = sa.select(quarantine).where(quarantine.c.status == "open")

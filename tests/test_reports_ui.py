@@ -89,8 +89,9 @@ def _withdraw_at_source(settings: Settings, source: str) -> None:
     engine = create_engine_from_url(source)
     with engine.begin() as conn:
         for key in keys:
-            conn.execute(sa.text("UPDATE measures SET deleted_at = updated_at WHERE CAST(measure_id AS TEXT) = :k"),
-                         {"k": key})
+            # stamped, as the source contract demands (updated_at / deleted_at drive change detection)
+            conn.execute(sa.text("UPDATE measures SET deleted_at = CURRENT_TIMESTAMP, updated_at = CURRENT_TIMESTAMP "
+                                 "WHERE CAST(measure_id AS TEXT) = :k"), {"k": key})
     engine.dispose()
 
 
