@@ -1,7 +1,8 @@
 """A large source for `make bench`, fast: the demo source (transforms.synthetic) copied in SQL.
 
 `scale_source(url, rows)` fills the source contract with the demo data of a few thousand persons,
-keeps the measures of area 1 (area 2's are deleted, so the source rows are area 1's records),
+keeps the measures of area 1 and their persons (area 2's are deleted, so the source rows are area 1's
+records),
 then copies the tables that area 1 reads (persons, target groups, benefits, payments, job
 plans, measures) with `INSERT ... SELECT` until area 1 has about `rows` records: every copy gets its
 own person ids, CPR serials and keys, so copies never meet (no overlaps across copies), and the mix
@@ -42,6 +43,9 @@ def _keep_area1_only(engine: sa.Engine) -> int:
         for start in range(0, len(other), 500):
             conn.execute(sa.text("DELETE FROM measures WHERE measure_id IN :keys").bindparams(
                 sa.bindparam("keys", expanding=True)), {"keys": other[start : start + 500]})
+        # ... and the persons without a measure left, with their rows: only what area 1 reads is copied.
+        for table in ("persons", "person_target_groups", "benefits", "payments", "jobplans"):
+            conn.execute(sa.text(f"DELETE FROM {table} WHERE person_id NOT IN (SELECT person_id FROM measures)"))
     return kept
 
 
