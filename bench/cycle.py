@@ -26,6 +26,7 @@ import argparse
 import gzip
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -124,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-url", default="", help="the state DB (default: SQLite in the work folder)")
     parser.add_argument("--home", default="", help="work folder (default: a temporary one, removed after)")
     parser.add_argument("--no-validation", action="store_true", help="skip the validation-only benchmark")
+    parser.add_argument("--reuse-source", action="store_true",
+                        help="use the source a previous run made in --home (its state and reports are removed)")
     parser.add_argument("--one-cycle", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--run-id", help=argparse.SUPPRESS)
     parser.add_argument("--host", help=argparse.SUPPRESS)
@@ -140,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
         args.home = tmp.name
     home = Path(args.home)
     home.mkdir(parents=True, exist_ok=True)
+    if args.reuse_source:  # a fresh state, receiver and reports beside the kept source
+        for leftover in ("state.sqlite", "receiver.sqlite", "floor.xml.gz"):
+            for path in home.glob(leftover + "*"):
+                path.unlink()
+        shutil.rmtree(home / "var", ignore_errors=True)
     os.environ["AMS_ARCHIVE_KEY_FILE"] = str(home / "archive.key")
     from delivery.archive import load_keys
 
@@ -159,9 +167,12 @@ def _bench(args: argparse.Namespace, home: Path) -> int:
     from transforms.scale import change_measures, scale_source
 
     t = time.perf_counter()
-    made = scale_source(args.source_url, args.rows)
-    print(f"source: {made['measures']:,} measures ({made['copies']} copies of the demo source), "
-          f"{args.source_url.split(':', 1)[0]}, made in {time.perf_counter() - t:.0f} s", flush=True)
+    if args.reuse_source:
+        print(f"source: {args.source_url.split(':', 1)[0]}, as a previous run left it (--reuse-source)", flush=True)
+    else:
+        made = scale_source(args.source_url, args.rows)
+        print(f"source: {made['measures']:,} measures ({made['copies']} copies of the demo source), "
+              f"{args.source_url.split(':', 1)[0]}, made in {time.perf_counter() - t:.0f} s", flush=True)
     floor = _floor(args.source_url, home / "floor.xml.gz", args.chunk)
     print(f"floor: {floor['rows']:,} rows in {floor['seconds']:.1f} s", flush=True)
 

@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
+import pandas as pd
 import sqlalchemy as sa
 from jinja2 import DictLoader, Environment, StrictUndefined
 from markupsafe import Markup, escape
@@ -235,11 +236,16 @@ def _run_overview(state: StateStore, run_id: str) -> dict:
     }
 
 
-def _findings_rows(state: StateStore, run_id: str) -> list[dict]:
+_FINDING_COLUMNS = ["area", "record_key", "rule", "field", "paragraph", "severity", "message"]
+
+
+def _findings_frame(state: StateStore, run_id: str) -> pd.DataFrame:
+    """The run's findings, scrubbed, sorted, as columns (a million findings as dicts would not fit a
+    small worker: principle 6)."""
     frame = state.run_findings(run_id)
     if frame.empty:
-        return []
-    frame = frame.sort_values(["area", "record_key", "severity", "rule"], kind="stable")
+        return pd.DataFrame(columns=_FINDING_COLUMNS)
+    frame = frame.sort_values(["area", "record_key", "severity", "rule"], kind="stable")[_FINDING_COLUMNS]
     frame = frame.astype(object).where(frame.notna(), None)
     scrubbed: dict[object, str] = {}  # fields and paragraphs repeat: each distinct text scrubbed once
 
@@ -247,26 +253,32 @@ def _findings_rows(state: StateStore, run_id: str) -> list[dict]:
         found = scrubbed.get(value)
         return found if found is not None else scrubbed.setdefault(value, scrub(value))
 
-    columns = zip(frame["area"].tolist(), frame["record_key"].tolist(), frame["rule"].tolist(),
-                  frame["field"].tolist(), frame["paragraph"].tolist(), frame["severity"].tolist(),
-                  frame["message"].tolist(), strict=True)
-    return [{"area": int(area), "record_key": str(key), "rule": str(rule), "field": once(field),
-             "paragraph": once(paragraph), "severity": str(severity), "message": scrub(message)}
-            for area, key, rule, field, paragraph, severity, message in columns]
+    return pd.DataFrame({
+        "area": [int(a) for a in frame["area"].tolist()],
+        "record_key": [str(k) for k in frame["record_key"].tolist()],
+        "rule": [str(r) for r in frame["rule"].tolist()],
+        "field": [once(f) for f in frame["field"].tolist()],
+        "paragraph": [once(p) for p in frame["paragraph"].tolist()],
+        "severity": [str(v) for v in frame["severity"].tolist()],
+        "message": [scrub(m) for m in frame["message"].tolist()],
+    }, columns=_FINDING_COLUMNS, dtype=object)
 
 
-def _rule_counts(findings: list[dict]) -> list[dict]:
+def _rule_counts(findings: pd.DataFrame) -> list[dict]:
     """Per area and rule: records with an error, records with a warning (records, not findings: a record
     with three fields outside their code lists counts once), and the findings themselves."""
-    counts: dict[tuple[int, str], dict] = {}
-    for f in findings:
-        entry = counts.setdefault((f["area"], f["rule"]), {"errors": set(), "warnings": set(), "findings": 0})
-        entry["errors" if f["severity"] == "error" else "warnings"].add(f["record_key"])
-        entry["findings"] += 1
-    rows = []
-    for (area, rule), entry in counts.items():
-        rows.append({"area": area, "rule": rule, **_rule_info(rule), "errors": len(entry["errors"]),
-                     "warnings": len(entry["warnings"]), "findings": entry["findings"]})
+    if findings.empty:
+        return []
+    error = findings["severity"] == "error"
+    keys = ["area", "rule"]
+    counts = pd.DataFrame({
+        "errors": findings[error].groupby(keys)["record_key"].nunique(),
+        "warnings": findings[~error].groupby(keys)["record_key"].nunique(),
+        "findings": findings.groupby(keys)["record_key"].size(),
+    }).fillna(0)
+    rows = [{"area": int(area), "rule": str(rule), **_rule_info(str(rule)), "errors": int(r.errors),
+             "warnings": int(r.warnings), "findings": int(r.findings)}
+            for (area, rule), r in zip(counts.index, counts.itertuples(index=False), strict=True)]
     rows.sort(key=lambda r: (r["area"], -r["errors"], -r["warnings"], r["rule"]))
     return rows
 
@@ -619,7 +631,7 @@ The full list is in <a href="quarantine.csv">quarantine.csv</a>.</p>
 {% endif %}
 
 <details>
-<summary>Warnings in this run ({{ warnings|length }} findings{% if warnings_shown < warnings|length %}, first
+<summary>Warnings in this run ({{ warnings_count }} findings{% if warnings_shown < warnings_count %}, first
 {{ warnings_shown }} shown{% endif %})</summary>
 <p class="muted small">Records delivered with a warning: information, nothing is held back. All of them are in
 <a href="findings.csv">findings.csv</a>.</p>
@@ -757,9 +769,10 @@ def _run_context(run_id: str, settings: Settings, state: StateStore) -> dict:
     if not run["areas"]:
         raise LookupError(f"run {run_id!r} is not in the state database")
     reports_dir = settings.reports_dir
-    findings = _findings_rows(state, run_id)
+    findings = _findings_frame(state, run_id)
     quarantine = _open_quarantine(state)
-    warnings = [f for f in findings if f["severity"] != "error"]
+    warned = findings[findings["severity"] != "error"]
+    warnings = warned.head(MAX_ROWS).to_dict("records")
 
     def run_ref(other: str) -> Markup:
         if other == run_id:
@@ -778,7 +791,8 @@ def _run_context(run_id: str, settings: Settings, state: StateStore) -> dict:
         "phase_names": list(dict.fromkeys(p for a in run["areas"] for p in (a.get("phases") or {}))),
         "findings": findings,
         "warnings": warnings,
-        "warnings_shown": min(len(warnings), MAX_ROWS),
+        "warnings_count": len(warned),
+        "warnings_shown": min(len(warned), MAX_ROWS),
         "quarantine": quarantine,
         "quarantine_shown": min(len(quarantine), MAX_ROWS),
         "released": _released_in(state, run_id),
@@ -809,8 +823,9 @@ def write_run_page(run_id: str, settings: Settings) -> Path:
                 for q in context["quarantine"] for f in (q["findings"] or [_NO_FINDING])))
     _write_csv(folder / "findings.csv",
                ("area", "record_key", "rule", "rule_title", "severity", "field", "paragraph", "message"),
-               ((f["area"], f["record_key"], f["rule"], _rule_info(f["rule"])["title"], f["severity"], f["field"],
-                 f["paragraph"], f["message"]) for f in context["findings"]),
+               ((area, key, rule, _rule_info(rule)["title"], severity, field, paragraph, message)
+                for area, key, rule, field, paragraph, severity, message in zip(
+                    *(context["findings"][c].tolist() for c in _FINDING_COLUMNS), strict=True)),
                shared=settings.reports_dir / "runs" / SHARED_FILES)
     page = folder / "index.html"
     _write_text(page, _env().get_template("run").render(**context))

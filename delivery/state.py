@@ -342,9 +342,9 @@ class StateStore:
         with self.begin() as conn:
             _load_keys(conn, keys)
             old = pd.DataFrame(conn.execute(sa.text(
-                "SELECT f.id, f.record_key, f.rule, f.field, f.paragraph, f.severity, f.message "
-                "FROM ams_diff_keys k JOIN ams_findings f ON f.area = :area AND f.record_key = k.record_key "
-                "WHERE f.resolved_run IS NULL"), {"area": area}).all(), columns=["id", *columns])
+                "SELECT f.id, f.record_key, f.rule, f.field, f.paragraph, f.severity, f.message FROM ams_findings f "
+                "WHERE f.area = :area AND f.record_key IN (SELECT record_key FROM ams_diff_keys) "
+                "AND f.resolved_run IS NULL"), {"area": area}).all(), columns=["id", *columns])
             conn.execute(sa.text("DELETE FROM ams_diff_keys"))
             both = new.fillna("").merge(old.fillna(""), on=columns, how="outer", indicator=True)
             gone = both.loc[both["_merge"] == "right_only", "id"].astype(int).tolist()
@@ -485,22 +485,22 @@ class StateStore:
         """For each key (in order): its ledger entry (receiver_state, accepted_hash, rejected_hash; None
         when it has none) and `in_flight` (it belongs to a built, sent or unknown batch).
 
-        A set operation: the keys go into a temporary table (one executemany, COPY on PostgreSQL) and
-        the ledger and the open batches are joined to it, two statements per call whatever its size."""
+        A set operation: the keys go into a temporary table (one executemany, COPY on PostgreSQL) and the
+        ledger and the open batches are searched by it (`IN (SELECT ...)`: an index search per key, where
+        a join lets SQLite scan the area's whole ledger per chunk), two statements per call."""
         out = pd.DataFrame({"record_key": pd.Series(keys, dtype=object)})
         if not keys:
             return out.assign(receiver_state=None, accepted_hash=None, rejected_hash=None, in_flight=False)
         with self.begin() as conn:
             _load_keys(conn, list(dict.fromkeys(keys)))
             found = pd.DataFrame(conn.execute(sa.text(
-                "SELECT k.record_key, l.receiver_state, l.accepted_hash, l.rejected_hash "
-                "FROM ams_diff_keys k JOIN ams_ledger l ON l.area = :area AND l.record_key = k.record_key"),
+                "SELECT l.record_key, l.receiver_state, l.accepted_hash, l.rejected_hash FROM ams_ledger l "
+                "WHERE l.area = :area AND l.record_key IN (SELECT record_key FROM ams_diff_keys)"),
                 {"area": area}).all(), columns=["record_key", "receiver_state", "accepted_hash", "rejected_hash"])
             flying = set(conn.execute(sa.text(
-                "SELECT br.record_key FROM ams_diff_keys k "
-                "JOIN ams_batch_records br ON br.record_key = k.record_key "
-                "JOIN ams_batches b ON b.batch_id = br.batch_id "
-                "WHERE b.area = :area AND b.status IN ('built', 'sent', 'unknown')"), {"area": area}).scalars())
+                "SELECT br.record_key FROM ams_batches b JOIN ams_batch_records br ON br.batch_id = b.batch_id "
+                "WHERE b.area = :area AND b.status IN ('built', 'sent', 'unknown') "
+                "AND br.record_key IN (SELECT record_key FROM ams_diff_keys)"), {"area": area}).scalars())
             conn.execute(sa.text("DELETE FROM ams_diff_keys"))
         out = out.merge(found, on="record_key", how="left", sort=False)
         out = out.astype({c: object for c in ("receiver_state", "accepted_hash", "rejected_hash")})
@@ -692,10 +692,11 @@ class StateStore:
                 batches.c.batch_id == batch_id, batches.c.status.in_(OUTSTANDING)).values(status=ACKNOWLEDGED))
             if not moved.rowcount:
                 return None  # another task stored it between the read and this write
-            have = set(conn.execute(
-                sa.select(ledger.c.record_key).join(batch_records, sa.and_(
-                    batch_records.c.record_key == ledger.c.record_key, batch_records.c.batch_id == batch_id))
-                .where(ledger.c.area == area)).scalars())
+            # IN (...) rather than a join: the ledger's key index is searched per member (a join lets
+            # SQLite scan the whole area's ledger once per batch, quadratic over a large first run).
+            have = set(conn.execute(sa.select(ledger.c.record_key).where(
+                ledger.c.area == area, ledger.c.record_key.in_(
+                    sa.select(batch_records.c.record_key).where(batch_records.c.batch_id == batch_id)))).scalars())
             old = [r for r in rows if r["b_key"] in have]
             new = [r for r in rows if r["b_key"] not in have]
             if old:
