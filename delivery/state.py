@@ -498,8 +498,10 @@ class StateStore:
                 "WHERE l.area = :area AND l.record_key IN (SELECT record_key FROM ams_diff_keys)"),
                 {"area": area}).all(), columns=["record_key", "receiver_state", "accepted_hash", "rejected_hash"])
             flying = set(conn.execute(sa.text(
-                "SELECT br.record_key FROM ams_batches b JOIN ams_batch_records br ON br.batch_id = b.batch_id "
-                "WHERE b.area = :area AND b.status IN ('built', 'sent', 'unknown') "
+                # Driven by the keys (the index on record_key), not by the area's batches: while a first
+                # run stages, hundreds of its batches are open. `+b.area` keeps SQLite off the area index.
+                "SELECT br.record_key FROM ams_batch_records br JOIN ams_batches b ON b.batch_id = br.batch_id "
+                "WHERE +b.area = :area AND b.status IN ('built', 'sent', 'unknown') "
                 "AND br.record_key IN (SELECT record_key FROM ams_diff_keys)"), {"area": area}).scalars())
             conn.execute(sa.text("DELETE FROM ams_diff_keys"))
         out = out.merge(found, on="record_key", how="left", sort=False)
