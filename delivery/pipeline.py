@@ -285,7 +285,7 @@ def _read_plan(state: StateStore, area: Area, engine: Any, settings: Settings, p
         return ReadPlan(True, "the area's query reads everything", {}, None, fingerprint)
     mark = change_mark(engine, area)
     last = state.watermark(area.number)
-    full_at = last and last["full_at"]
+    full_at: datetime | None = last["full_at"] if last else None
     if full_at is not None and full_at.tzinfo is None:
         full_at = full_at.replace(tzinfo=UTC)
     reason = ("asked for (--full / AMS_FULL_READ)" if settings.full_read else

@@ -747,7 +747,9 @@ def _load_keys(conn: Connection, keys: list[str]) -> None:
     conn.execute(sa.text("CREATE TEMPORARY TABLE IF NOT EXISTS ams_diff_keys (record_key VARCHAR(64) PRIMARY KEY)"))
     conn.execute(sa.text("DELETE FROM ams_diff_keys"))
     if conn.dialect.name == "postgresql":
-        cursor = conn.connection.driver_connection.cursor()  # psycopg 3
+        driver = conn.connection.driver_connection  # psycopg 3
+        assert driver is not None
+        cursor = driver.cursor()
         with cursor.copy("COPY ams_diff_keys (record_key) FROM STDIN") as copy:
             for key in keys:
                 copy.write_row((key,))

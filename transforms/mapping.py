@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Any
 
 import pandas as pd
 
@@ -120,12 +121,12 @@ def _cpr_list(value: object) -> object:
     return tuple(canonical_cpr(part.strip()) for part in str(value).split(",") if part.strip())
 
 
-def _memoised(convert: Callable[[object], object], values: list) -> list:
+def _memoised(convert: Callable[[Any], object], values: list) -> list:
     """`convert` of every value, computed once per distinct value (codes, dates and hours repeat a lot).
     Keyed by (type, value): 1, 1.0 and True are distinct inputs; unhashable values are converted as
     they come, and so is NaN (it never equals itself)."""
     memo: dict[tuple[type, object], object] = {}
-    out = []
+    out: list = []
     append = out.append
     for value in values:
         try:
