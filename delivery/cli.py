@@ -109,6 +109,7 @@ def demo(args: argparse.Namespace) -> int:
     from delivery.security import generate_test_pki
     from receiver.server import ReceiverProcess
 
+    os.environ.setdefault("AMS_CREATE_ARCHIVE_KEY", "1")  # the demo makes its archive key (delivery.archive)
     if args.full:
         os.environ["AMS_FULL_READ"] = "1"  # the Airflow run's tasks read it (Settings.from_env)
     settings = Settings.from_env()
