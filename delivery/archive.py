@@ -101,7 +101,7 @@ class Vault:
         return key_id(self._keys[0])
 
     def seal(self, data: bytes) -> bytes:
-        return self._fernet.encrypt(gzip.compress(data, mtime=0))
+        return self._fernet.encrypt(gzip.compress(data, compresslevel=6, mtime=0))  # 9 costs 3x for ~3 %
 
     def open(self, blob: bytes) -> bytes:
         return gzip.decompress(self._fernet.decrypt(blob))

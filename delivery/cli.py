@@ -1,6 +1,7 @@
 """`ams-report`: the command line of the project.
 
-    ams-report demo            one daily cycle on the embedded defaults (what `make run` does)
+    ams-report demo [--full]   one daily cycle on the embedded defaults (what `make run` does); --full
+                               reads the whole source, not only what changed since the last run
     ams-report ui              the Airflow UI on the demo (what `make ui` does); Ctrl-C stops it
     ams-report summary [RUN]   the summary of a run (default: the latest)
     ams-report docs            regenerate the XSD and docs/fields.md from the registry, and the list of
@@ -140,6 +141,9 @@ def demo_receiver(db: Path, *, control: bool = False) -> Iterator[tuple[Any, dic
 
 
 def demo(args: argparse.Namespace) -> int:
+    os.environ.setdefault("AMS_CREATE_ARCHIVE_KEY", "1")  # the demo makes its archive key (delivery.archive)
+    if args.full:
+        os.environ["AMS_FULL_READ"] = "1"  # the Airflow run's tasks read it (Settings.from_env)
     settings = Settings.from_env()
     ensure_demo_source(settings, args.persons)
     log_path = settings.home / "logs" / "demo.log"
@@ -378,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="one daily cycle on the embedded defaults")
     p.add_argument("--persons", type=int, default=5000, help="size of the demo source (first run only)")
+    p.add_argument("--full", action="store_true",
+                   help="read the whole source, not only what changed since the last run (the weekly safety "
+                        "net does this by itself: AMS_FULL_READ_EVERY_DAYS, default 7)")
     p.set_defaults(func=demo)
     p = sub.add_parser("ui", help="the Airflow UI on the demo (airflow standalone and the local receiver)")
     p.add_argument("--port", type=int, default=8080, help="the Airflow UI's port")

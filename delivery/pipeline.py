@@ -16,6 +16,7 @@ No Airflow import here; configuration arrives as `Settings`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from delivery import failpoints
@@ -44,6 +46,7 @@ from delivery.archive import (
     sha256,
 )
 from delivery.state import ACKNOWLEDGED, OUTSTANDING, AreaBusy, StateStore
+from delivery.timing import PhaseTimer, peak_rss_mib
 from transforms import mapping
 from transforms.contracts import FINDING_COLUMNS, check_contract
 from transforms.identifiers import mask_cpr
@@ -73,6 +76,8 @@ class Settings:
     delivery_attempts: int = 4
     backoff_seconds: float = 1.0
     lock_wait_seconds: float = 60.0
+    full_read: bool = False  # read the whole source, not only its changes (`ams-report demo --full`)
+    full_read_every_days: int = 7  # the safety net: a full read at least this often
 
     def __post_init__(self) -> None:
         self.home = Path(self.home)
@@ -93,6 +98,8 @@ class Settings:
             delivery_attempts=int(os.environ.get("AMS_DELIVERY_ATTEMPTS", 4)),
             backoff_seconds=float(os.environ.get("AMS_BACKOFF_SECONDS", 1.0)),
             lock_wait_seconds=float(os.environ.get("AMS_LOCK_WAIT_SECONDS", 60)),
+            full_read=os.environ.get("AMS_FULL_READ", "0").lower() in ("1", "true", "yes"),
+            full_read_every_days=int(os.environ.get("AMS_FULL_READ_EVERY_DAYS", 7)),
         )
 
     @property
@@ -157,8 +164,9 @@ class _BatchWriter:
     interface version (§ 49): a batch never mixes versions."""
 
     def __init__(self, area: Area, run_id: str, settings: Settings, state: StateStore, vault: Vault,
-                 created: dict[str, str], version: InterfaceVersion):
+                 created: dict[str, str], version: InterfaceVersion, timer: PhaseTimer | None = None):
         self.area, self.run_id, self.settings, self.state, self.vault = area, run_id, settings, state, vault
+        self.timer = timer or PhaseTimer()
         self.created = created  # batch id -> CreatedDateTime of a discarded, never-sent build
         self.version = version
         self.pending: list[pd.DataFrame] = []
@@ -187,51 +195,113 @@ class _BatchWriter:
         self.pending_rows = len(rest)
         batch_id = _batch_id(self.area, self.run_id, batch, lambda b: self.state.batch(b) is not None)
         created = datetime.fromisoformat(self.created[batch_id]) if batch_id in self.created else datetime.now(UTC)
-        payload = build_batch(self.area, batch, batch_id=batch_id, created=created,
-                              sender_municipality=self.settings.sender_municipality, run_id=self.run_id,
-                              version=self.version)
-        validate_payload(payload)  # nothing leaves that the XSD does not accept
+        with self.timer.phase("payload"):
+            payload = build_batch(self.area, batch, batch_id=batch_id, created=created,
+                                  sender_municipality=self.settings.sender_municipality, run_id=self.run_id,
+                                  version=self.version)
+        with self.timer.phase("xsd"):
+            validate_payload(payload)  # nothing leaves that the XSD does not accept
         path = self.settings.batch_staging(self.area, batch_id) / PAYLOAD_FILE
-        self.vault.write(path, payload)
+        with self.timer.phase("encrypt"):
+            self.vault.write(path, payload)
         failpoints.point("prepare.staged")
-        members = batch[["record_key", "record_id", "content_hash", "action"]].assign(
-            masked_person=_masked_persons(self.area, batch).to_numpy())
-        self.state.add_batch(batch_id=batch_id, area=self.area.number, run_id=self.run_id, staged_path=str(path),
-                             payload_sha256=sha256(payload), payload_created=created.isoformat(), members=members)
+        with self.timer.phase("add_batch"):
+            members = batch[["record_key", "record_id", "content_hash", "action"]].assign(
+                masked_person=_masked_persons(self.area, batch).to_numpy())
+            self.state.add_batch(batch_id=batch_id, area=self.area.number, run_id=self.run_id,
+                                 staged_path=str(path), payload_sha256=sha256(payload),
+                                 payload_created=created.isoformat(), members=members)
         self.batch_ids.append(batch_id)
 
 
 def _classify(state: StateStore, area: Area, records: pd.DataFrame) -> tuple[pd.DataFrame, Counter, set[str]]:
-    """Split validated records into what must be sent and what is unchanged since the last delivery."""
+    """Split validated records into what must be sent and what is unchanged since the last delivery.
+
+    Column operations over the chunk's ledger diff (StateStore.ledger_diff), first matching rule wins:
+    - in flight: its batch's outcome is not known yet; the delivery resolves it first (pending);
+    - a deletion (§ 4 / principle 4): annulled at the receiver when the receiver holds an active
+      version. What the receiver holds follows the last *accepted* action: a refused update after an
+      accepted version leaves that version live, so it must be annulled too. Else unchanged;
+    - accepted with this content and active at the receiver: unchanged;
+    - refused with this exact content: stays in quarantine (rejected_unchanged);
+    - else: to_update when a version was accepted before, to_create otherwise."""
     counts: Counter = Counter()
-    keys = records["record_key"].tolist()
-    ledger = state.ledger_for(area.number, keys)
-    in_flight = state.in_flight_keys(area.number, keys)
-    send = []
-    refused: set[str] = set()
-    for row in records[["record_key", "action", "content_hash"]].itertuples(index=False):
-        entry = ledger.get(row.record_key)
-        if row.record_key in in_flight:
-            counts["pending"] += 1  # its batch's outcome is not known yet: the delivery resolves it first
-            send.append(False)
-        elif row.action == mapping.ANNUL:
-            # § 4 / principle 4: a record deleted at the source after delivery is annulled at the receiver.
-            # What the receiver holds follows the last *accepted* action: a refused update after an
-            # accepted version leaves that version live, so it must be annulled too.
-            delivered = entry is not None and entry["receiver_state"] == "active"
-            counts["to_annul" if delivered else "unchanged"] += 1
-            send.append(delivered)
-        elif entry is not None and entry["accepted_hash"] == row.content_hash and entry["receiver_state"] == "active":
-            counts["unchanged"] += 1
-            send.append(False)
-        elif entry is not None and entry["rejected_hash"] == row.content_hash:
-            counts["rejected_unchanged"] += 1  # the receiver refused this exact content: stays in quarantine
-            refused.add(row.record_key)
-            send.append(False)
-        else:
-            counts["to_update" if entry is not None and entry["accepted_hash"] else "to_create"] += 1
-            send.append(True)
-    return records.loc[send], counts, refused
+    diff = state.ledger_diff(area.number, records["record_key"].tolist())
+    hashes = records["content_hash"].to_numpy(dtype=object)
+    action = records["action"].to_numpy(dtype=object)
+    in_flight = diff["in_flight"].to_numpy(dtype=bool)
+    active = (diff["receiver_state"] == "active").to_numpy(dtype=bool)
+    accepted_hash = diff["accepted_hash"].to_numpy(dtype=object)
+    known = diff["accepted_hash"].notna().to_numpy(dtype=bool)
+    annul = (action == mapping.ANNUL) & ~in_flight
+    live = ~in_flight & ~annul
+    same = live & active & (accepted_hash == hashes)
+    refused_same = live & ~same & (diff["rejected_hash"].to_numpy(dtype=object) == hashes)
+    changed = live & ~same & ~refused_same
+    to_annul = annul & active
+    counts["pending"] += int(in_flight.sum())
+    counts["to_annul"] += int(to_annul.sum())
+    counts["unchanged"] += int((annul & ~active).sum() + same.sum())
+    counts["rejected_unchanged"] += int(refused_same.sum())
+    counts["to_update"] += int((changed & known).sum())
+    counts["to_create"] += int((changed & ~known).sum())
+    refused = set(records["record_key"].to_numpy(dtype=object)[refused_same])
+    return records.loc[to_annul | changed], +counts, refused
+
+
+@dataclass
+class ReadPlan:
+    """How much of the source a preparation reads (DESIGN.md principle 9)."""
+
+    full: bool
+    reason: str
+    params: dict[str, Any]  # the query's change-detection parameters (empty: the full read)
+    mark: str | None  # the source's change mark before the read: where the next read starts
+    fingerprint: str
+
+
+def _fingerprint(version: InterfaceVersion) -> str:
+    """What the checks depend on beyond the source rows: the interface version, the code lists and the
+    rule settings. When it changes, every record must be checked again: a full read."""
+    from transforms.codelists import reference_dir
+
+    digest = hashlib.sha256(version.name.encode())
+    for name in ("AMS_RULE_SEVERITY", "AMS_AREA2_JOBPLAN_FROM"):
+        digest.update(f"\n{name}={os.environ.get(name, '')}".encode())
+    for path in sorted(reference_dir().glob("*.csv")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _read_plan(state: StateStore, area: Area, engine: Any, settings: Settings, period_end: date,
+               version: InterfaceVersion, discarded: int) -> ReadPlan:
+    """A full read when asked (--full), when the safety net is due, when nothing says where the last read
+    got to, when the checks' inputs changed (fingerprint), when the period goes back, or when batches
+    were discarded (their records must be staged again); else the changes since the last read."""
+    from transforms.source import change_mark, db_value, supports_incremental
+
+    fingerprint = _fingerprint(version)
+    if not supports_incremental(area, engine):
+        return ReadPlan(True, "the area's query reads everything", {}, None, fingerprint)
+    mark = change_mark(engine, area)
+    last = state.watermark(area.number)
+    full_at: datetime | None = last["full_at"] if last else None
+    if full_at is not None and full_at.tzinfo is None:
+        full_at = full_at.replace(tzinfo=UTC)
+    reason = ("asked for (--full / AMS_FULL_READ)" if settings.full_read else
+              "no earlier read to continue from" if last is None or last["since"] is None else
+              "the interface version, code lists or rule settings changed" if last["fingerprint"] != fingerprint else
+              "the reporting period went back" if last["period_end"] > period_end.isoformat() else
+              "batches never sent were discarded" if discarded else
+              f"the weekly safety net ({settings.full_read_every_days} days)"
+              if full_at is None or (datetime.now(UTC) - full_at).days >= settings.full_read_every_days else "")
+    if reason:
+        return ReadPlan(True, reason, {}, mark, fingerprint)
+    assert last is not None
+    since = db_value(datetime.fromisoformat(last["since"]), engine)
+    recheck = date.fromisoformat(last["period_end"]) if last["period_end"] < period_end.isoformat() else None
+    params = {"since": since, "recheck_after": None if recheck is None else db_value(recheck, engine)}
+    return ReadPlan(False, f"changes since {last['since']}", params, mark, fingerprint)
 
 
 def prepare_area(area_ref: int | str, *, run_id: str, period_end: date, settings: Settings) -> dict:
@@ -273,44 +343,65 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
     discarded = state.discard_unsent_batches(area.number)
     created = {old["batch_id"]: old["payload_created"] for old in discarded if old.get("payload_created")}
     _remove_stale_staging(settings, state, area)
-    writer = _BatchWriter(area, run_id, settings, state, vault, created, version)
+    timer = PhaseTimer()
+    writer = _BatchWriter(area, run_id, settings, state, vault, created, version, timer)
     docs_dir = settings.reports_dir / "data_docs" if settings.data_docs else None
     counts: Counter = Counter()
     rules: Counter = Counter()
     quarantined_keys: set[str] = set()
     rejected_by_receiver: set[str] = set()
+    read_hashes: list[np.ndarray] = []  # hash(record_key) of every record read: 8 bytes a record, not the key
     docs_index = None
     engine = create_engine_from_url(settings.source_url)
     try:
-        for index, chunk in enumerate(extract_chunks(engine, area, chunksize=settings.chunksize)):
-            mapped = mapping.map_records(area, chunk)
+        plan = _read_plan(state, area, engine, settings, period_end, version, len(discarded))
+        counts["full_read"] = int(plan.full)
+        log.info("area %s: %s read (%s)", area.number, "full" if plan.full else "incremental", plan.reason)
+        chunks = extract_chunks(engine, area, chunksize=settings.chunksize, params=plan.params)
+        index = -1
+        while True:
+            with timer.phase("extract"):
+                chunk = next(chunks, None)
+            if chunk is None:
+                break
+            index += 1
+            with timer.phase("map"):
+                mapped = mapping.map_records(area, chunk)
             counts["out_of_scope"] += len(mapped.out_of_scope)
             records = mapped.records
             counts["extracted"] += len(records)
             live = records[records["action"] != mapping.ANNUL]
-            findings = [check_contract(area, live)]
+            with timer.phase("contract"):
+                findings = [check_contract(area, live)]
             if len(live):
-                result = _quality(area, live, period_end, f"{run_id}-{index}", docs_dir)
+                with timer.phase("quality"):
+                    result = _quality(area, live, period_end, f"{run_id}-{index}", docs_dir)
                 findings.append(result.findings)
                 docs_index = result.docs_index or docs_index
             found = pd.concat([f for f in findings if len(f)], ignore_index=True) if any(
                 len(f) for f in findings) else _empty_findings()
             # A range is checked by both layers (registry bounds): one finding per record, rule and field.
             found = found.drop_duplicates(["record_key", "rule", "field"], ignore_index=True)
-            state.record_findings(run_id, area.number, found)
+            with timer.phase("findings"):
+                counts["findings_stored"] += state.record_findings(run_id, area.number, found,
+                                                                   read=records["record_key"].tolist())
+                read_hashes.append(np.fromiter(map(hash, records["record_key"].tolist()), dtype=np.int64))
             # Records, not findings: one record with three bad codes counts once for code.invalid.
             rules.update(f"{r.rule}:{r.severity}" for r in
                          found.drop_duplicates(["record_key", "rule", "severity"]).itertuples())
             errors = found[found["severity"] == "error"]
             bad = set(errors["record_key"])
             persons = dict(zip(live["record_key"], _masked_persons(area, live), strict=True))
-            state.quarantine_rows(run_id, area.number, errors, persons)
+            with timer.phase("findings"):
+                state.quarantine_rows(run_id, area.number, errors, persons)
             quarantined_keys |= bad
             counts["quarantined"] += len(bad)
 
-            good = mapping.strip_not_applicable(area, records[~records["record_key"].isin(bad)])
-            good = good.assign(content_hash=mapping.content_hashes(area, good))
-            to_send, classified, refused = _classify(state, area, good)
+            with timer.phase("hash"):
+                good = mapping.strip_not_applicable(area, records[~records["record_key"].isin(bad)])
+                good = good.assign(content_hash=mapping.content_hashes(area, good))
+            with timer.phase("diff"):
+                to_send, classified, refused = _classify(state, area, good)
             counts.update(classified)
             # "warn": records sent for delivery with a warning (quarantined and unchanged ones are not).
             warned = set(found.loc[found["severity"] == "warning", "record_key"])
@@ -322,11 +413,33 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
     finally:
         engine.dispose()
     # Records the receiver refused stay in quarantine until their content changes.
-    state.release_quarantine(run_id, area.number, keep=rejected_by_receiver)
+    with timer.phase("findings"):
+        read = np.unique(np.concatenate(read_hashes)) if read_hashes else np.empty(0, dtype=np.int64)
+        del read_hashes
+        # After a read of the changes only, a record not read has not changed: its quarantine entry and
+        # findings stand. After a full read, a record not read is gone from the source.
+        state.release_quarantine(run_id, area.number, keep=rejected_by_receiver,
+                                 read_hashes=None if plan.full else read)
+        if plan.full:
+            counts["findings_stored"] += state.resolve_findings_not_read(run_id, area.number, read)
+        else:
+            # The records held back and not read (unchanged) are still held back: the run's counts show
+            # the area's whole quarantine, as a full read's do (extracted = ... + quarantined + ...).
+            standing = state.standing_quarantine(run_id, area.number, read)
+            counts["quarantined"] += standing
+            counts["extracted"] += standing
+            counts["quarantine_not_read"] = standing
+    # Where the next read starts. Records left pending (their batch's outcome unknown) were not staged
+    # with their current content: the next preparation reads the whole source again to reach them.
+    state.set_watermark(area.number, since=plan.mark if not counts.get("pending") else None,
+                        period_end=period_end.isoformat(), fingerprint=plan.fingerprint, run_id=run_id,
+                        full=plan.full)
     counts["quarantined"] += counts.pop("rejected_unchanged", 0)
     counts["batches_staged"] = len(batch_ids)
     summary = {"area": area.number, **{k: int(v) for k, v in counts.items()}}
-    state.update_area_run(run_id, area.number, status="prepared", counts={**summary, "rules": dict(rules)},
+    state.update_area_run(run_id, area.number, status="prepared",
+                          counts={**summary, "rules": dict(rules), "phases": timer.seconds_rounded(),
+                                  "peak_rss_mib": round(peak_rss_mib())},
                           data_docs=str(docs_index) if docs_index else None)
     log.info("area %s prepared in interface version %s: %s", area.number, version.name,
              json.dumps(summary, sort_keys=True))
@@ -368,12 +481,14 @@ def deliver_area(area_ref: int | str, *, run_id: str, settings: Settings, client
     receiver = _Receiver(client)
     counts: Counter = Counter()
     receipts: list[str] = []
+    timer = PhaseTimer()
     try:
         vault = settings.vault()
         with state.area_lock(area.number, f"deliver {run_id}", settings.lock_wait_seconds):
-            unarchived = finish_archives(settings, state, vault, area.number)
+            with timer.phase("archive"):
+                unarchived = finish_archives(settings, state, vault, area.number)
             for batch in state.outstanding_batches(area.number):
-                result = _deliver_batch(receiver, state, vault, batch, settings, run_id, area)
+                result = _deliver_batch(receiver, state, vault, batch, settings, run_id, area, timer)
                 if result is None:
                     counts["batches_lost"] += 1
                     continue
@@ -395,7 +510,8 @@ def deliver_area(area_ref: int | str, *, run_id: str, settings: Settings, client
         state.update_area_run(run_id, area.number, status="delivery_failed", message=str(exc), finished=True)
         raise
     summary = {k: int(v) for k, v in counts.items() if k != "receipt"}
-    state.update_area_run(run_id, area.number, status="delivered", message="", finished=True)
+    state.update_area_run(run_id, area.number, status="delivered", message="", finished=True,
+                          counts={"phases": timer.seconds_rounded(), "peak_rss_mib": round(peak_rss_mib())})
     return {"area": area.number, "receipts": receipts, **summary}
 
 
@@ -404,7 +520,7 @@ def _stop(area: Area, batch: dict, what: str) -> AreaDeliveryStopped:
 
 
 def _deliver_batch(receiver: _Receiver, state: StateStore, vault: Vault, batch: dict, settings: Settings,
-                   run_id: str, area: Area) -> dict | None:
+                   run_id: str, area: Area, timer: PhaseTimer | None = None) -> dict | None:
     """Resolve one outstanding batch: its counts (with "receipt"), or None when it was lost.
 
     A batch is in doubt once a POST may have reached the receiver (status sent/unknown, or a failure
@@ -423,6 +539,7 @@ def _deliver_batch(receiver: _Receiver, state: StateStore, vault: Vault, batch: 
     label = f"area {area.number} batch {batch_id}"
     in_doubt = batch["status"] in ("sent", "unknown")
     staged = Path(batch["staged_path"])
+    timer = timer or PhaseTimer()
     may_have_arrived = ("It may have reached the receiver: clear this task when the cause is fixed; the receiver "
                         "is asked about it first, so nothing is sent twice.")
 
@@ -438,11 +555,13 @@ def _deliver_batch(receiver: _Receiver, state: StateStore, vault: Vault, batch: 
             client = receiver.get()
             if in_doubt:
                 asking = True
-                receipt = client.get_batch_receipt(batch_id)
+                with timer.phase("send"):
+                    receipt = client.get_batch_receipt(batch_id)
                 asking = False
                 if receipt is not None:
                     log.info("%s: the receiver already had it; receipt %s recovered", label, receipt.message_id)
-                    return _store(state, settings, vault, batch, receipt, run_id, lookup_request=receipt.request_bytes)
+                    return _store(state, settings, vault, batch, receipt, run_id,
+                                  lookup_request=receipt.request_bytes, timer=timer)
                 log.info("%s: not received by the receiver; sending it", label)
             payload = _read_staged(vault, staged)
             if payload is None or sha256(payload) != batch["payload_sha256"]:
@@ -457,9 +576,10 @@ def _deliver_batch(receiver: _Receiver, state: StateStore, vault: Vault, batch: 
             state.mark_sending(batch_id)
             in_doubt = True
             failpoints.point("deliver.before_post")
-            receipt = client.submit(payload)
+            with timer.phase("send"):
+                receipt = client.submit(payload)
             failpoints.point("deliver.after_reply")
-            return _store(state, settings, vault, batch, receipt, run_id)
+            return _store(state, settings, vault, batch, receipt, run_id, timer=timer)
         except TransientDeliveryError as exc:
             if in_doubt:
                 state.mark_in_doubt(batch_id, str(exc))
@@ -491,7 +611,7 @@ def _deliver_batch(receiver: _Receiver, state: StateStore, vault: Vault, batch: 
                                 f"{exc}. The batch stays in doubt and nothing of it is sent again until the receiver "
                                 "answers the lookup. Contact the agency with the batch id.") from None
             # The receiver refused the whole message (schema, validation): its records are quarantined.
-            return _store(state, settings, vault, batch, _rejected_receipt(state, batch, exc), run_id)
+            return _store(state, settings, vault, batch, _rejected_receipt(state, batch, exc), run_id, timer=timer)
         except DeliveryError as exc:
             raise halt(exc, f"{str(exc).rstrip('.')}. " + (
                 may_have_arrived if in_doubt else "Nothing was sent. Fix the cause, then clear this task.")) from None
@@ -512,7 +632,7 @@ def _read_staged(vault: Vault, path: Path) -> bytes | None:
 
 
 def _store(state: StateStore, settings: Settings, vault: Vault, batch: dict, receipt, run_id: str,
-           lookup_request: bytes | None = None) -> dict:
+           lookup_request: bytes | None = None, timer: PhaseTimer | None = None) -> dict:
     """Stage the receipt's bytes, store it in the ledger (acknowledged), then archive. The staged
     receipt lets a later task finish the archive when this one cannot (disk full, crash)."""
     area = get_area(batch["area"])
@@ -523,9 +643,12 @@ def _store(state: StateStore, settings: Settings, vault: Vault, batch: dict, rec
     failpoints.point("deliver.receipt_staged")
     results = {r.record_id: (r.status, None if r.error_code is None else str(r.error_code), r.error_text)
                for r in receipt.records}
-    stored = state.apply_receipt(
-        batch["batch_id"], run_id=run_id, outcome=str(receipt.batch_status).lower(), message_id=receipt.message_id,
-        event_date=str(receipt.event_date), record_results=results, recovered=lookup_request is not None)
+    timer = timer or PhaseTimer()
+    with timer.phase("receipt"):
+        stored = state.apply_receipt(
+            batch["batch_id"], run_id=run_id, outcome=str(receipt.batch_status).lower(),
+            message_id=receipt.message_id, event_date=str(receipt.event_date), record_results=results,
+            recovered=lookup_request is not None)
     if stored is None:  # stored before by another try: nothing to count twice
         return {}
     accepted, rejected = stored
@@ -533,7 +656,8 @@ def _store(state: StateStore, settings: Settings, vault: Vault, batch: dict, rec
     members = state.batch_members(batch["batch_id"])
     annulled = int(members.loc[members["record_id"].map(
         lambda rid: results.get(rid, ("REJECTED",))[0] == "ACCEPTED"), "action"].eq("ANNUL").sum())
-    archived = _archive(settings, state, vault, state.batch(batch["batch_id"]) or batch)
+    with timer.phase("archive"):
+        archived = _archive(settings, state, vault, state.batch(batch["batch_id"]) or batch)
     counts = {"accepted": accepted, "rejected": rejected, "annulled": annulled,
               "recovered" if lookup_request is not None else "batches_sent": 1, "unarchived": int(not archived)}
     if not str(receipt.message_id).startswith("fault-"):

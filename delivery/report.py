@@ -54,6 +54,8 @@ def area_row(row: dict, acknowledged: list[dict]) -> dict:
         "warnings": counts.get("with_warnings", 0),
         "out_of_scope": counts.get("out_of_scope", 0),
         "rules": counts.get("rules", {}),
+        "phases": counts.get("phases", {}),  # seconds per phase of prepare and deliver (delivery.timing)
+        "peak_rss_mib": counts.get("peak_rss_mib"),
         "receipts": [b["receipt_message_id"] for b in mine if not str(b["receipt_message_id"]).startswith("fault-")],
         "message": row.get("message"),
         "data_docs": row.get("data_docs"),
@@ -98,6 +100,13 @@ def format_summary(summary: dict) -> str:
     if errors:
         lines.append("Quarantined records, by rule (records, not findings; a record can break several rules):")
         lines += [f"  {k}: {v}" for k, v in sorted(errors.items())]
+        lines.append("")
+    timed = [r for r in summary["areas"] if r.get("phases")]
+    if timed:
+        lines.append("Time per phase (seconds), peak memory:")
+        for r in timed:
+            phases = ", ".join(f"{k} {v:.1f}" for k, v in r["phases"].items())
+            lines.append(f"  area {r['area']}: {phases}; {r.get('peak_rss_mib') or 0} MiB")
         lines.append("")
     receipts = [(r["area"], rid) for r in summary["areas"] for rid in r["receipts"]]
     if receipts:

@@ -20,14 +20,18 @@ from __future__ import annotations
 
 import csv
 import glob
+import hashlib
 import math
+import os
 import re
+import shutil
 import statistics
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
+import pandas as pd
 import sqlalchemy as sa
 from jinja2 import DictLoader, Environment, StrictUndefined
 from markupsafe import Markup, escape
@@ -42,6 +46,8 @@ from transforms.rules import RULE_BY_ID
 
 #: Rows of a list shown on a page; the CSV beside the page holds all of them.
 MAX_ROWS = 500
+#: Under runs/: one copy of each distinct findings.csv, hard-linked from the runs that wrote it.
+SHARED_FILES = ".shared"
 #: Runs in the trend (up to and including the run of the page).
 TREND_RUNS = 30
 #: Runs listed on the index page.
@@ -136,14 +142,40 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _write_csv(path: Path, header: Iterable[str], rows: Iterable[Iterable[object]]) -> None:
+def _write_csv(path: Path, header: Iterable[str], rows: Iterable[Iterable[object]], *,
+               shared: Path | None = None) -> None:
+    """Write a CSV atomically. With `shared` (a folder), a file with the same content as one written
+    before is not stored again: both names are hard links to one copy in `shared` (issue 9: a day with
+    no change adds no 14 MB findings.csv), falling back to a plain file where links are not possible."""
     tmp = path.with_name(path.name + ".tmp")
+    digest = hashlib.sha256()
     with tmp.open("w", newline="", encoding="utf-8-sig") as fh:  # BOM: spreadsheets read § and æøå right
         writer = csv.writer(fh)
         writer.writerow(list(header))
         for row in rows:
             writer.writerow([_csv_cell(v) for v in row])
-    tmp.replace(path)
+    if shared is None:
+        tmp.replace(path)
+        return
+    with tmp.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    kept = shared / f"{digest.hexdigest()}{path.suffix}"
+    try:
+        shared.mkdir(parents=True, exist_ok=True)
+        if kept.exists():
+            tmp.unlink()
+        else:
+            tmp.replace(kept)
+        link = path.with_name(path.name + ".link")
+        link.unlink(missing_ok=True)
+        os.link(kept, link)
+        link.replace(path)
+    except OSError:  # no hard links here (another file system): a plain copy
+        if tmp.exists():
+            tmp.replace(path)
+        elif kept.exists():
+            shutil.copyfile(kept, path)
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -204,28 +236,49 @@ def _run_overview(state: StateStore, run_id: str) -> dict:
     }
 
 
-def _findings_rows(state: StateStore, run_id: str) -> list[dict]:
+_FINDING_COLUMNS = ["area", "record_key", "rule", "field", "paragraph", "severity", "message"]
+
+
+def _findings_frame(state: StateStore, run_id: str) -> pd.DataFrame:
+    """The run's findings, scrubbed, sorted, as columns (a million findings as dicts would not fit a
+    small worker: principle 6)."""
     frame = state.run_findings(run_id)
     if frame.empty:
-        return []
-    frame = frame.sort_values(["area", "record_key", "severity", "rule"], kind="stable")
-    return [{"area": int(r["area"]), "record_key": str(r["record_key"]), "rule": str(r["rule"]),
-             "field": scrub(r["field"]), "paragraph": scrub(r["paragraph"]), "severity": str(r["severity"]),
-             "message": scrub(r["message"])} for r in frame.to_dict("records")]
+        return pd.DataFrame(columns=_FINDING_COLUMNS)
+    frame = frame.sort_values(["area", "record_key", "severity", "rule"], kind="stable")[_FINDING_COLUMNS]
+    frame = frame.astype(object).where(frame.notna(), None)
+    scrubbed: dict[object, str] = {}  # fields and paragraphs repeat: each distinct text scrubbed once
+
+    def once(value: object) -> str:
+        found = scrubbed.get(value)
+        return found if found is not None else scrubbed.setdefault(value, scrub(value))
+
+    return pd.DataFrame({
+        "area": [int(a) for a in frame["area"].tolist()],
+        "record_key": [str(k) for k in frame["record_key"].tolist()],
+        "rule": [str(r) for r in frame["rule"].tolist()],
+        "field": [once(f) for f in frame["field"].tolist()],
+        "paragraph": [once(p) for p in frame["paragraph"].tolist()],
+        "severity": [str(v) for v in frame["severity"].tolist()],
+        "message": [scrub(m) for m in frame["message"].tolist()],
+    }, columns=_FINDING_COLUMNS, dtype=object)
 
 
-def _rule_counts(findings: list[dict]) -> list[dict]:
+def _rule_counts(findings: pd.DataFrame) -> list[dict]:
     """Per area and rule: records with an error, records with a warning (records, not findings: a record
     with three fields outside their code lists counts once), and the findings themselves."""
-    counts: dict[tuple[int, str], dict] = {}
-    for f in findings:
-        entry = counts.setdefault((f["area"], f["rule"]), {"errors": set(), "warnings": set(), "findings": 0})
-        entry["errors" if f["severity"] == "error" else "warnings"].add(f["record_key"])
-        entry["findings"] += 1
-    rows = []
-    for (area, rule), entry in counts.items():
-        rows.append({"area": area, "rule": rule, **_rule_info(rule), "errors": len(entry["errors"]),
-                     "warnings": len(entry["warnings"]), "findings": entry["findings"]})
+    if findings.empty:
+        return []
+    error = findings["severity"] == "error"
+    keys = ["area", "rule"]
+    counts = pd.DataFrame({
+        "errors": findings[error].groupby(keys)["record_key"].nunique(),
+        "warnings": findings[~error].groupby(keys)["record_key"].nunique(),
+        "findings": findings.groupby(keys)["record_key"].size(),
+    }).fillna(0)
+    rows = [{"area": int(area), "rule": str(rule), **_rule_info(str(rule)), "errors": int(r.errors),
+             "warnings": int(r.warnings), "findings": int(r.findings)}
+            for (area, rule), r in zip(counts.index, counts.itertuples(index=False), strict=True)]
     rows.sort(key=lambda r: (r["area"], -r["errors"], -r["warnings"], r["rule"]))
     return rows
 
@@ -481,6 +534,23 @@ _RUN = """{% extends "layout" %}
 unchanged are not counted). <b>outstanding</b> is staged or in doubt,
 not yet acknowledged by the agency (0 after a good run).</p>
 
+{% if run.areas | selectattr("phases") | list %}
+<h2 id="phases">Where the time went</h2>
+<table class="small">
+<thead><tr><th>area</th>{% for p in phase_names %}<th class="n">{{ p }}</th>{% endfor %}
+<th class="n">peak memory</th></tr></thead>
+<tbody>{% for a in run.areas if a.phases %}
+<tr data-phases-area="{{ a.area }}"><td class="n">{{ a.area }}</td>
+{% for p in phase_names %}{% set t = a.phases.get(p, 0) %}
+<td class="n{% if not t %} zero{% endif %}">{{ "%.1f s" | format(t) }}</td>{% endfor %}
+<td class="n">{{ a.peak_rss_mib }} MiB</td></tr>{% endfor %}</tbody>
+</table>
+<p class="muted small">Seconds per phase of the area's prepare and deliver tasks (delivery.timing): extract,
+map, contract (pandera), quality (Great Expectations), findings and quarantine stored, hash (content hashes),
+diff (against the ledger), payload, xsd, encrypt and add_batch (staging), send (to the agency), receipt
+(stored in the ledger), archive. Peak memory is the larger task's.</p>
+{% endif %}
+
 <h2 id="plots">At a glance: the last {{ trend.count }} run{{ "s" if trend.count != 1 else "" }}</h2>
 <figure id="plot-quarantine">
 <figcaption><b>Is the quarantine shrinking?</b> Records held back after each run, per data area (oldest left).
@@ -561,7 +631,7 @@ The full list is in <a href="quarantine.csv">quarantine.csv</a>.</p>
 {% endif %}
 
 <details>
-<summary>Warnings in this run ({{ warnings|length }} findings{% if warnings_shown < warnings|length %}, first
+<summary>Warnings in this run ({{ warnings_count }} findings{% if warnings_shown < warnings_count %}, first
 {{ warnings_shown }} shown{% endif %})</summary>
 <p class="muted small">Records delivered with a warning: information, nothing is held back. All of them are in
 <a href="findings.csv">findings.csv</a>.</p>
@@ -699,9 +769,10 @@ def _run_context(run_id: str, settings: Settings, state: StateStore) -> dict:
     if not run["areas"]:
         raise LookupError(f"run {run_id!r} is not in the state database")
     reports_dir = settings.reports_dir
-    findings = _findings_rows(state, run_id)
+    findings = _findings_frame(state, run_id)
     quarantine = _open_quarantine(state)
-    warnings = [f for f in findings if f["severity"] != "error"]
+    warned = findings[findings["severity"] != "error"]
+    warnings = warned.head(MAX_ROWS).to_dict("records")
 
     def run_ref(other: str) -> Markup:
         if other == run_id:
@@ -717,9 +788,11 @@ def _run_context(run_id: str, settings: Settings, state: StateStore) -> dict:
         "plots": {"quarantine": _quarantine_plot(trend), "top_rules": top_rules_chart, "top_rules_rows": top_rules,
                   "release": _release_times(state, trend)},
         "rules": _rule_counts(findings),
+        "phase_names": list(dict.fromkeys(p for a in run["areas"] for p in (a.get("phases") or {}))),
         "findings": findings,
         "warnings": warnings,
-        "warnings_shown": min(len(warnings), MAX_ROWS),
+        "warnings_count": len(warned),
+        "warnings_shown": min(len(warned), MAX_ROWS),
         "quarantine": quarantine,
         "quarantine_shown": min(len(quarantine), MAX_ROWS),
         "released": _released_in(state, run_id),
@@ -750,8 +823,10 @@ def write_run_page(run_id: str, settings: Settings) -> Path:
                 for q in context["quarantine"] for f in (q["findings"] or [_NO_FINDING])))
     _write_csv(folder / "findings.csv",
                ("area", "record_key", "rule", "rule_title", "severity", "field", "paragraph", "message"),
-               ((f["area"], f["record_key"], f["rule"], _rule_info(f["rule"])["title"], f["severity"], f["field"],
-                 f["paragraph"], f["message"]) for f in context["findings"]))
+               ((area, key, rule, _rule_info(rule)["title"], severity, field, paragraph, message)
+                for area, key, rule, field, paragraph, severity, message in zip(
+                    *(context["findings"][c].tolist() for c in _FINDING_COLUMNS), strict=True)),
+               shared=settings.reports_dir / "runs" / SHARED_FILES)
     page = folder / "index.html"
     _write_text(page, _env().get_template("run").render(**context))
     return page

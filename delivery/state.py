@@ -40,6 +40,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -96,7 +97,7 @@ batches = sa.Table(
 batch_records = sa.Table(
     "ams_batch_records", metadata,
     sa.Column("batch_id", sa.String(36), primary_key=True),
-    sa.Column("record_key", sa.String(64), primary_key=True, index=True),
+    sa.Column("record_key", sa.String(64), primary_key=True, index=True),  # the ledger diff joins on it
     sa.Column("position", sa.Integer),  # the record's place in the payload (a rebuild keeps the order)
     sa.Column("record_id", sa.String(36), nullable=False),
     sa.Column("content_hash", sa.String(64), nullable=False),
@@ -128,6 +129,11 @@ findings = sa.Table(
     sa.Column("paragraph", sa.String(120)),
     sa.Column("severity", sa.String(10), nullable=False),
     sa.Column("message", sa.Text, nullable=False),
+    # The run from which the finding no longer holds (fixed, changed or the record gone); NULL while it
+    # holds. A finding is stored once, by the run that first found it (`run_id`), not again by every
+    # run that finds it unchanged (issue 9): a run's findings are those that held when it ran.
+    sa.Column("resolved_run", sa.String(250)),
+    sa.Index("ix_ams_findings_area_key", "area", "record_key"),
 )
 
 run_areas = sa.Table(
@@ -140,6 +146,19 @@ run_areas = sa.Table(
     sa.Column("counts", sa.Text, nullable=False, default="{}"),  # JSON: extracted, quarantined, ...
     sa.Column("message", sa.Text),
     sa.Column("data_docs", sa.Text),
+)
+
+# Change detection (DESIGN.md principle 9): where the last read of an area's source got to. A read
+# from `since` on sees every source row stamped at or after it; `period_end` and `fingerprint` (the
+# interface version, code lists and rule settings) tell when the whole source must be read again.
+watermarks = sa.Table(
+    "ams_watermarks", metadata,
+    sa.Column("area", sa.Integer, primary_key=True),
+    sa.Column("since", sa.String(40)),  # the source's change mark before the last read
+    sa.Column("period_end", sa.String(10), nullable=False),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("full_at", sa.DateTime(timezone=True), nullable=False),  # the last full read
+    sa.Column("run_id", sa.String(250), nullable=False),
 )
 
 area_locks = sa.Table(
@@ -193,6 +212,9 @@ class StateStore:
                     if column.name not in have and column.nullable:
                         kind = column.type.compile(dialect=self.engine.dialect)
                         conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+                        if (table.name, column.name) == ("ams_findings", "resolved_run"):
+                            # Before issue 9 every run stored all its findings: each row is its run's only.
+                            conn.execute(findings.update().values(resolved_run=findings.c.run_id))
 
     # --- the area lock ----------------------------------------------------------------------------
 
@@ -261,7 +283,6 @@ class StateStore:
     def start_area_run(self, run_id: str, area: int) -> None:
         with self.begin() as conn:
             conn.execute(run_areas.delete().where(run_areas.c.run_id == run_id, run_areas.c.area == area))
-            conn.execute(findings.delete().where(findings.c.run_id == run_id, findings.c.area == area))
             conn.execute(run_areas.insert().values(
                 run_id=run_id, area=area, status="preparing", started_at=now(), counts="{}"))
 
@@ -276,7 +297,9 @@ class StateStore:
                 merged: dict = {}
             else:
                 merged = json.loads(row.counts or "{}")
-            merged.update(counts or {})
+            for key, value in (counts or {}).items():  # nested counts (phases) merge one level deep
+                merged[key] = {**merged[key], **value} if isinstance(value, dict) and isinstance(
+                    merged.get(key), dict) else value
             values: dict = {"counts": json.dumps(merged, sort_keys=True)}
             if status:
                 values["status"] = status
@@ -304,17 +327,56 @@ class StateStore:
 
     # --- findings and quarantine ----------------------------------------------------------------
 
-    def record_findings(self, run_id: str, area: int, frame: pd.DataFrame) -> None:
-        if frame.empty:
-            return
-        rows = frame.assign(run_id=run_id, area=area)[
-            ["run_id", "area", "record_key", "rule", "field", "paragraph", "severity", "message"]]
+    def record_findings(self, run_id: str, area: int, frame: pd.DataFrame, read: Iterable[str] | None = None,
+                        ) -> int:
+        """Store what changed in the findings of the records `read` (default: those `frame` names): a
+        new or changed finding is inserted, one that no longer holds gets `resolved_run`, an unchanged
+        one is left alone, so a day with no change stores nothing. Returns the rows written.
+        A set operation: the keys go into the temporary key table and the open findings are joined."""
+        columns = ["record_key", "rule", "field", "paragraph", "severity", "message"]
+        new = frame[columns].assign(message=frame["message"].map(mask_cpr_in_text)) if len(frame) else (
+            pd.DataFrame(columns=columns))
+        keys = list(dict.fromkeys([*(read if read is not None else []), *new["record_key"].tolist()]))
+        if not keys:
+            return 0
         with self.begin() as conn:
-            self._insert_findings(conn, rows)
+            _load_keys(conn, keys)
+            old = pd.DataFrame(conn.execute(sa.text(
+                "SELECT f.id, f.record_key, f.rule, f.field, f.paragraph, f.severity, f.message FROM ams_findings f "
+                "WHERE f.area = :area AND f.record_key IN (SELECT record_key FROM ams_diff_keys) "
+                "AND f.resolved_run IS NULL"), {"area": area}).all(), columns=["id", *columns])
+            conn.execute(sa.text("DELETE FROM ams_diff_keys"))
+            both = new.fillna("").merge(old.fillna(""), on=columns, how="outer", indicator=True)
+            gone = both.loc[both["_merge"] == "right_only", "id"].astype(int).tolist()
+            added = both.loc[both["_merge"] == "left_only", columns]
+            for part in _chunks(gone):
+                conn.execute(findings.update().where(findings.c.id.in_(part)).values(resolved_run=run_id))
+            if len(added):
+                self._insert_findings(conn, added.assign(run_id=run_id, area=area), masked=True)
+        return len(gone) + len(added)
+
+    def resolve_findings_not_read(self, run_id: str, area: int, read_hashes: np.ndarray) -> int:
+        """After a full read: resolve the open findings of records the source no longer has. `read_hashes`
+        holds hash(record_key) of every record read, sorted (8 bytes a record instead of the key)."""
+        gone: list[int] = []
+        with self.begin() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=50_000).execute(
+                sa.select(findings.c.id, findings.c.record_key).where(
+                    findings.c.area == area, findings.c.resolved_run.is_(None), findings.c.run_id != run_id))
+            for rows in result.partitions():
+                hashes = np.fromiter((hash(r.record_key) for r in rows), dtype=np.int64, count=len(rows))
+                missing = ~np.isin(hashes, read_hashes)
+                gone += [int(r.id) for r, m in zip(rows, missing, strict=True) if m]
+            for part in _chunks(gone):
+                conn.execute(findings.update().where(findings.c.id.in_(part)).values(resolved_run=run_id))
+        return len(gone)
 
     @staticmethod
-    def _insert_findings(conn: Connection, rows: pd.DataFrame) -> None:
-        rows = rows.assign(message=rows["message"].map(mask_cpr_in_text))
+    def _insert_findings(conn: Connection, rows: pd.DataFrame, *, masked: bool = False,
+                         resolved_run: str | None = None) -> None:
+        rows = rows if masked else rows.assign(message=rows["message"].map(mask_cpr_in_text))
+        rows = rows[["run_id", "area", "record_key", "rule", "field", "paragraph", "severity", "message"]].assign(
+            resolved_run=resolved_run)
         for part in _chunks(rows.to_dict("records"), 5000):
             conn.execute(findings.insert(), part)
 
@@ -327,41 +389,69 @@ class StateStore:
 
     @staticmethod
     def _quarantine(conn: Connection, run_id: str, area: int, errors: pd.DataFrame, persons: dict[str, str]) -> None:
-        by_key: dict[str, list[dict]] = {}
-        for row in errors.to_dict("records"):
-            by_key.setdefault(str(row["record_key"]), []).append(
-                {k: row[k] for k in ("rule", "field", "paragraph", "severity", "message")})
-        for keys in _chunks(sorted(by_key)):
-            existing = {r.record_key: r for r in conn.execute(sa.select(
-                quarantine.c.record_key, quarantine.c.status, quarantine.c.first_seen_run).where(
-                quarantine.c.area == area, quarantine.c.record_key.in_(keys)))}
-            for key in keys:
-                text = mask_cpr_in_text(json.dumps(by_key[key], ensure_ascii=False))
-                values = dict(masked_person=persons.get(key), findings=text, status="open", last_seen_run=run_id,
-                              released_run=None, updated_at=now())
-                old = existing.get(key)
-                if old is None:
-                    conn.execute(quarantine.insert().values(area=area, record_key=key, first_seen_run=run_id,
-                                                            **values))
-                else:
-                    if old.status != "open":
-                        values["first_seen_run"] = run_id
-                    conn.execute(quarantine.update().where(
-                        quarantine.c.area == area, quarantine.c.record_key == key).values(**values))
+        """Set operations, not a statement per record: the existing entries in one read per 500 keys,
+        then one executemany INSERT for the new and one executemany UPDATE for the rest."""
+        columns = ["rule", "field", "paragraph", "severity", "message"]
+        keyed = errors.assign(record_key=errors["record_key"].astype(str))
+        texts: dict[str, list[dict]] = {}
+        for key, items in zip(keyed["record_key"], keyed[columns].to_dict("records"), strict=True):
+            texts.setdefault(key, []).append(items)
+        stamp = now()
+        for keys in _chunks(sorted(texts)):
+            existing = set(conn.execute(sa.select(quarantine.c.record_key).where(
+                quarantine.c.area == area, quarantine.c.record_key.in_(keys))).scalars())
+            rows = [{"b_key": key, "b_person": persons.get(key), "b_stamp": stamp,
+                     "b_findings": mask_cpr_in_text(json.dumps(texts[key], ensure_ascii=False))} for key in keys]
+            new = [r for r in rows if r["b_key"] not in existing]
+            old = [r for r in rows if r["b_key"] in existing]
+            if new:
+                conn.execute(quarantine.insert(), [
+                    dict(area=area, record_key=r["b_key"], masked_person=r["b_person"], findings=r["b_findings"],
+                         status="open", first_seen_run=run_id, last_seen_run=run_id, released_run=None,
+                         updated_at=stamp) for r in new])
+            if old:
+                # SET expressions read the row's old values: a released entry opens again as first seen now.
+                conn.execute(quarantine.update().where(
+                    quarantine.c.area == area, quarantine.c.record_key == sa.bindparam("b_key")).values(
+                    masked_person=sa.bindparam("b_person"), findings=sa.bindparam("b_findings"), status="open",
+                    first_seen_run=sa.case((quarantine.c.status != "open", run_id),
+                                           else_=quarantine.c.first_seen_run),
+                    last_seen_run=run_id, released_run=None, updated_at=sa.bindparam("b_stamp")), old)
 
-    def release_quarantine(self, run_id: str, area: int, keep: Iterable[str] = ()) -> int:
-        """Release every open entry not seen with an error in this run (fixed or gone at the source)."""
+    def release_quarantine(self, run_id: str, area: int, keep: Iterable[str] = (),
+                           read_hashes: np.ndarray | None = None) -> int:
+        """Release every open entry not seen with an error in this run (fixed or gone at the source).
+        After a read of the changes only, `read_hashes` (hash(record_key) of the records read) limits it
+        to the records read: one not read has not changed."""
         keep = set(keep)
         with self.begin() as conn:
             rows = conn.execute(sa.select(quarantine.c.record_key).where(
                 quarantine.c.area == area, quarantine.c.status == "open",
                 quarantine.c.last_seen_run != run_id)).all()
             released = [r.record_key for r in rows if r.record_key not in keep]
+            if read_hashes is not None and released:
+                read = np.isin(np.fromiter(map(hash, released), dtype=np.int64, count=len(released)), read_hashes)
+                released = [k for k, r in zip(released, read, strict=True) if r]
             for keys in _chunks(released):
                 conn.execute(quarantine.update().where(
                     quarantine.c.area == area, quarantine.c.record_key.in_(keys)).values(
                     status="released", released_run=run_id, updated_at=now()))
         return len(released)
+
+    def standing_quarantine(self, run_id: str, area: int, read_hashes: np.ndarray) -> int:
+        """After a read of the changes only: the open quarantine entries of records not read (unchanged at
+        the source) stand, and are marked as still held back in this run (`last_seen_run`)."""
+        with self.begin() as conn:
+            keys = conn.execute(sa.select(quarantine.c.record_key).where(
+                quarantine.c.area == area, quarantine.c.status == "open")).scalars().all()
+            if not keys:
+                return 0
+            read = np.isin(np.fromiter(map(hash, keys), dtype=np.int64, count=len(keys)), read_hashes)
+            standing = [k for k, r in zip(keys, read, strict=True) if not r]
+            for part in _chunks(standing):
+                conn.execute(quarantine.update().where(quarantine.c.area == area, quarantine.c.record_key.in_(part))
+                             .values(last_seen_run=run_id))
+        return len(standing)
 
     def open_quarantine(self, area: int | None = None) -> list[dict]:
         q = sa.select(quarantine).where(quarantine.c.status == "open")
@@ -372,10 +462,52 @@ class StateStore:
         return [{**r, "findings": json.loads(r["findings"])} for r in rows]
 
     def run_findings(self, run_id: str) -> pd.DataFrame:
+        """Every finding that held in the run's areas when the run ran: stored by it or by an earlier run
+        and not resolved before it (runs ordered by their start), and the receiver's refusals of the run."""
+        starts = (sa.select(run_areas.c.run_id, sa.func.min(run_areas.c.started_at).label("t"))
+                  .group_by(run_areas.c.run_id).subquery())
+        first, resolved = starts.alias("first"), starts.alias("resolved")
         with self.begin() as conn:
-            return pd.read_sql(sa.select(findings).where(findings.c.run_id == run_id), conn)
+            at = conn.execute(sa.select(starts.c.t).where(starts.c.run_id == run_id)).scalar()
+            areas = sa.select(run_areas.c.area).where(run_areas.c.run_id == run_id)
+            query = (sa.select(findings).select_from(findings)
+                     .join(first, first.c.run_id == findings.c.run_id, isouter=True)
+                     .join(resolved, resolved.c.run_id == findings.c.resolved_run, isouter=True)
+                     .where(findings.c.area.in_(areas), sa.or_(
+                         findings.c.run_id == run_id,
+                         sa.and_(first.c.t <= at, sa.or_(findings.c.resolved_run.is_(None), resolved.c.t > at))))
+                     .order_by(findings.c.id))
+            return pd.read_sql(query, conn)
 
     # --- ledger ---------------------------------------------------------------------------------
+
+    def ledger_diff(self, area: int, keys: list[str]) -> pd.DataFrame:
+        """For each key (in order): its ledger entry (receiver_state, accepted_hash, rejected_hash; None
+        when it has none) and `in_flight` (it belongs to a built, sent or unknown batch).
+
+        A set operation: the keys go into a temporary table (one executemany, COPY on PostgreSQL) and the
+        ledger and the open batches are searched by it (`IN (SELECT ...)`: an index search per key, where
+        a join lets SQLite scan the area's whole ledger per chunk), two statements per call."""
+        out = pd.DataFrame({"record_key": pd.Series(keys, dtype=object)})
+        if not keys:
+            return out.assign(receiver_state=None, accepted_hash=None, rejected_hash=None, in_flight=False)
+        with self.begin() as conn:
+            _load_keys(conn, list(dict.fromkeys(keys)))
+            found = pd.DataFrame(conn.execute(sa.text(
+                "SELECT l.record_key, l.receiver_state, l.accepted_hash, l.rejected_hash FROM ams_ledger l "
+                "WHERE l.area = :area AND l.record_key IN (SELECT record_key FROM ams_diff_keys)"),
+                {"area": area}).all(), columns=["record_key", "receiver_state", "accepted_hash", "rejected_hash"])
+            flying = set(conn.execute(sa.text(
+                # Driven by the keys (the index on record_key), not by the area's batches: while a first
+                # run stages, hundreds of its batches are open. `+b.area` keeps SQLite off the area index.
+                "SELECT br.record_key FROM ams_batch_records br JOIN ams_batches b ON b.batch_id = br.batch_id "
+                "WHERE +b.area = :area AND b.status IN ('built', 'sent', 'unknown') "
+                "AND br.record_key IN (SELECT record_key FROM ams_diff_keys)"), {"area": area}).scalars())
+            conn.execute(sa.text("DELETE FROM ams_diff_keys"))
+        out = out.merge(found, on="record_key", how="left", sort=False)
+        out = out.astype({c: object for c in ("receiver_state", "accepted_hash", "rejected_hash")})
+        out = out.where(out.notna(), None)
+        return out.assign(in_flight=out["record_key"].isin(flying))
 
     def ledger_for(self, area: int, keys: list[str]) -> dict[str, dict]:
         out: dict[str, dict] = {}
@@ -388,20 +520,36 @@ class StateStore:
 
     def in_flight_keys(self, area: int, keys: list[str]) -> set[str]:
         """The keys that belong to a batch whose outcome is open (built, sent or unknown)."""
-        out: set[str] = set()
+        return set(self.ledger_diff(area, keys).query("in_flight")["record_key"])
+
+    # --- change detection ------------------------------------------------------------------------
+
+    def watermark(self, area: int) -> dict | None:
         with self.begin() as conn:
-            for part in _chunks(keys):
-                q = (sa.select(batch_records.c.record_key)
-                     .join(batches, batches.c.batch_id == batch_records.c.batch_id)
-                     .where(batches.c.area == area, batches.c.status.in_(OUTSTANDING),
-                            batch_records.c.record_key.in_(part)))
-                out.update(r.record_key for r in conn.execute(q))
-        return out
+            row = conn.execute(sa.select(watermarks).where(watermarks.c.area == area)).mappings().first()
+        return dict(row) if row else None
+
+    def set_watermark(self, area: int, *, since: str | None, period_end: str, fingerprint: str, run_id: str,
+                      full: bool) -> None:
+        """Where this run's read got to; a full read also dates the safety net (full_at)."""
+        with self.begin() as conn:
+            old = conn.execute(sa.select(watermarks.c.full_at).where(watermarks.c.area == area)).scalar()
+            conn.execute(watermarks.delete().where(watermarks.c.area == area))
+            conn.execute(watermarks.insert().values(
+                area=area, since=since, period_end=period_end, fingerprint=fingerprint, run_id=run_id,
+                full_at=now() if full or old is None else old))
+
+    @staticmethod
+    def _forget_watermark(conn: Connection, area: int) -> None:
+        """The next preparation reads the whole source (records must be staged again)."""
+        conn.execute(watermarks.delete().where(watermarks.c.area == area))
 
     def requeue_rejected(self, area: int) -> int:
         """Forget the receiver's refusals of an area, so the next run sends those records again
-        (after a fault on the receiving side, e.g. a schema version mismatch, has been fixed)."""
+        (after a fault on the receiving side, e.g. a schema version mismatch, has been fixed). The next
+        run reads the whole source: those records have not changed there."""
         with self.begin() as conn:
+            self._forget_watermark(conn, area)
             result = conn.execute(ledger.update().where(
                 ledger.c.area == area, ledger.c.status == "rejected", ledger.c.rejected_hash.is_not(None))
                 .values(rejected_hash=None, updated_at=now()))
@@ -498,7 +646,12 @@ class StateStore:
                 last_error=mask_cpr_in_text(error)))
 
     def mark_lost(self, batch_id: str, reason: str) -> bool:
-        """The receiver has never received the batch and its staged payload is gone: free its records."""
+        """The receiver has never received the batch and its staged payload is gone: free its records.
+        The next preparation reads the whole source, so they are staged again though unchanged there."""
+        with self.begin() as conn:
+            area = conn.execute(sa.select(batches.c.area).where(batches.c.batch_id == batch_id)).scalar()
+            if area is not None:
+                self._forget_watermark(conn, area)
         return self._move(batch_id, OUTSTANDING, LOST, last_error=reason)
 
     def mark_archived(self, batch_id: str, archive_path: str) -> bool:
@@ -509,41 +662,69 @@ class StateStore:
                       ) -> tuple[int, int] | None:
         """Store a receipt in one transaction: the ledger per record, the refused records in quarantine
         with the receiver's reason, and the batch as `acknowledged`. Only an outstanding batch takes a
-        receipt (None otherwise: it was stored before). Returns (accepted, rejected)."""
+        receipt (None otherwise: it was stored before). Returns (accepted, rejected).
+
+        The ledger is written as set operations: the members that have a ledger row are found with one
+        join, then one executemany UPDATE and one executemany INSERT. What a rejection keeps
+        (accepted_hash, receiver_state) is kept by COALESCE with the row's old value."""
         members = self.batch_members(batch_id)
         batch = self.batch(batch_id)
         if batch is None or batch["status"] not in OUTSTANDING:
             return None
         area = batch["area"]
-        accepted = rejected = annulled = 0
+        stamp = now()
+        rows: list[dict] = []
         refused: list[dict] = []
+        accepted = rejected = annulled = 0
+        missing = ("REJECTED", "missing", "no receipt line")
+        for m in members[["record_key", "record_id", "content_hash", "action", "masked_person"]].to_dict("records"):
+            status, code, text = record_results.get(m["record_id"], missing)
+            row = {"b_key": m["record_key"], "b_id": m["record_id"], "b_stamp": stamp}
+            if status == "ACCEPTED":
+                accepted += 1
+                is_annul = m["action"] == "ANNUL"
+                annulled += is_annul
+                row.update(b_status="annulled" if is_annul else "accepted",
+                           b_receiver="annulled" if is_annul else "active",
+                           b_accepted=None if is_annul else m["content_hash"],  # None: keep the old one
+                           b_rejected=None, b_code=None, b_text=None)
+            else:
+                rejected += 1
+                # The receiver keeps what it held before: receiver_state and accepted_hash stay (None: keep).
+                row.update(b_status="rejected", b_receiver=None, b_accepted=None, b_rejected=m["content_hash"],
+                           b_code=code, b_text=mask_cpr_in_text(text))
+                refused.append({**m, "code": code, "text": text})
+            rows.append(row)
         with self.begin() as conn:
             moved = conn.execute(batches.update().where(
                 batches.c.batch_id == batch_id, batches.c.status.in_(OUTSTANDING)).values(status=ACKNOWLEDGED))
             if not moved.rowcount:
                 return None  # another task stored it between the read and this write
-            for m in members.to_dict("records"):
-                status, code, text = record_results.get(m["record_id"], ("REJECTED", "missing", "no receipt line"))
-                values: dict = dict(record_id=m["record_id"], last_batch_id=batch_id, updated_at=now())
-                if status == "ACCEPTED":
-                    accepted += 1
-                    is_annul = m["action"] == "ANNUL"
-                    annulled += is_annul
-                    values.update(status="annulled" if is_annul else "accepted",
-                                  receiver_state="annulled" if is_annul else "active",
-                                  rejected_hash=None, error_code=None, error_text=None)
-                    if not is_annul:
-                        values["accepted_hash"] = m["content_hash"]
-                else:
-                    rejected += 1
-                    # The receiver keeps what it held before: receiver_state and accepted_hash stay.
-                    values.update(status="rejected", rejected_hash=m["content_hash"], error_code=code,
-                                  error_text=mask_cpr_in_text(text))
-                    refused.append({**m, "code": code, "text": text})
-                updated = conn.execute(ledger.update().where(
-                    ledger.c.area == area, ledger.c.record_key == m["record_key"]).values(**values))
-                if updated.rowcount == 0:
-                    conn.execute(ledger.insert().values(area=area, record_key=m["record_key"], **values))
+            # IN (...) rather than a join: the ledger's key index is searched per member (a join lets
+            # SQLite scan the whole area's ledger once per batch, quadratic over a large first run).
+            have = set(conn.execute(sa.select(ledger.c.record_key).where(
+                ledger.c.area == area, ledger.c.record_key.in_(
+                    sa.select(batch_records.c.record_key).where(batch_records.c.batch_id == batch_id)))).scalars())
+            old = [r for r in rows if r["b_key"] in have]
+            new = [r for r in rows if r["b_key"] not in have]
+            if old:
+                conn.execute(ledger.update().where(
+                    ledger.c.area == area, ledger.c.record_key == sa.bindparam("b_key")).values(
+                    record_id=sa.bindparam("b_id"), status=sa.bindparam("b_status"),
+                    receiver_state=sa.func.coalesce(sa.bindparam("b_receiver", type_=sa.String),
+                                                    ledger.c.receiver_state),
+                    accepted_hash=sa.func.coalesce(sa.bindparam("b_accepted", type_=sa.String),
+                                                   ledger.c.accepted_hash),
+                    rejected_hash=sa.bindparam("b_rejected", type_=sa.String),
+                    error_code=sa.bindparam("b_code", type_=sa.String),
+                    error_text=sa.bindparam("b_text", type_=sa.Text),
+                    last_batch_id=batch_id, updated_at=sa.bindparam("b_stamp")), old)
+            if new:
+                conn.execute(ledger.insert(), [dict(
+                    area=area, record_key=r["b_key"], record_id=r["b_id"], status=r["b_status"],
+                    receiver_state=r["b_receiver"], accepted_hash=r["b_accepted"], rejected_hash=r["b_rejected"],
+                    error_code=r["b_code"], error_text=r["b_text"], last_batch_id=batch_id, updated_at=stamp)
+                    for r in new])
             if refused:
                 errors = pd.DataFrame({
                     "record_key": [r["record_key"] for r in refused],
@@ -551,7 +732,8 @@ class StateStore:
                     "message": [f"The receiver rejected the record: {r['code']} {r['text'] or ''} "
                                 f"(receiver.rejected, § 46) [{r['masked_person']}]" for r in refused]})
                 self._quarantine(conn, run_id, area, errors, {r["record_key"]: r["masked_person"] for r in refused})
-                self._insert_findings(conn, errors.assign(run_id=run_id, area=area))
+                # An event of this run, not a standing finding: resolved by the run that records it.
+                self._insert_findings(conn, errors.assign(run_id=run_id, area=area), resolved_run=run_id)
             failpoints.point("state.apply_receipt")
             conn.execute(batches.update().where(batches.c.batch_id == batch_id).values(
                 outcome=outcome, receipt_message_id=message_id, receipt_event_date=event_date,
@@ -568,6 +750,21 @@ class StateStore:
                 batches.c.run_id == run_id, batches.c.status.in_((ACKNOWLEDGED, ARCHIVED)))
                 .order_by(batches.c.area, batches.c.created_at)).mappings().all()
         return [dict(r) for r in rows]
+
+
+def _load_keys(conn: Connection, keys: list[str]) -> None:
+    """The session's temporary key table `ams_diff_keys`, holding exactly `keys` (COPY on PostgreSQL)."""
+    conn.execute(sa.text("CREATE TEMPORARY TABLE IF NOT EXISTS ams_diff_keys (record_key VARCHAR(64) PRIMARY KEY)"))
+    conn.execute(sa.text("DELETE FROM ams_diff_keys"))
+    if conn.dialect.name == "postgresql":
+        driver = conn.connection.driver_connection  # psycopg 3
+        assert driver is not None
+        cursor = driver.cursor()
+        with cursor.copy("COPY ams_diff_keys (record_key) FROM STDIN") as copy:
+            for key in keys:
+                copy.write_row((key,))
+        return
+    conn.execute(sa.text("INSERT INTO ams_diff_keys (record_key) VALUES (:k)"), [{"k": k} for k in keys])
 
 
 def _holder_is_gone(owner: str) -> bool:

@@ -139,8 +139,11 @@ def _scenario(monkeypatch, tmp_path, receiver, source_url: str, state_url: str, 
     fixable = {d.record_key for d in data.defects if d.area == 1 and d.rule in FIXES}
     fixed_key = next(iter(sorted(want[1]["quarantined"] & fixable)), None)
     with engine.begin() as conn:
-        conn.execute(sa.text("UPDATE measures SET weekly_hours = 12.5 WHERE measure_id = :k"), {"k": changed})
-        conn.execute(sa.text("UPDATE measures SET deleted_at = updated_at WHERE measure_id = :k"), {"k": deleted})
+        # Stamped as the source contract demands: updated_at / deleted_at drive change detection (principle 9).
+        conn.execute(sa.text("UPDATE measures SET weekly_hours = 12.5, updated_at = CURRENT_TIMESTAMP "
+                             "WHERE measure_id = :k"), {"k": changed})
+        conn.execute(sa.text("UPDATE measures SET deleted_at = CURRENT_TIMESTAMP, updated_at = CURRENT_TIMESTAMP "
+                             "WHERE measure_id = :k"), {"k": deleted})
     if fixed_key:
         _fix_at_source(engine, data, 1, fixed_key)
     run3 = run_dag()
@@ -177,7 +180,8 @@ def _fix_at_source(engine, data, area: int, key: str) -> None:
     """Undo the planted defect of one area-1 measure by copying a clean measure's values."""
     rule = next(d.rule for d in data.defects if d.area == area and d.record_key == key)
     with engine.begin() as conn:
-        conn.execute(sa.text(f"UPDATE measures SET {FIXES[rule]} WHERE measure_id = :k"), {"k": key})
+        conn.execute(sa.text(f"UPDATE measures SET {FIXES[rule]}, updated_at = CURRENT_TIMESTAMP "
+                             "WHERE measure_id = :k"), {"k": key})
 
 
 def assert_no_cpr_leak(engine, folders: list[Path], state_url: str) -> None:

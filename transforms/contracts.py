@@ -166,6 +166,15 @@ def _message(area: Area, rule_id: str, field_name: str, person: str, value: obje
     return f"{field_name}: {rule.title}{extra} ({rule_id}, {f.paragraph}){where}"
 
 
+def _is_range(area: Area, rule_id: str, field_name: str) -> bool:
+    """A range finding: its message quotes the value."""
+    try:
+        f = area.field(field_name)
+    except KeyError:
+        return False
+    return f.bounds is not None and rule_id == rules.range_rule(f)
+
+
 def check_contract(area: Area, records: pd.DataFrame) -> pd.DataFrame:
     """Validate records against the area's contract; return every failure as a finding."""
     if records.empty:
@@ -176,23 +185,34 @@ def check_contract(area: Area, records: pd.DataFrame) -> pd.DataFrame:
     except pa.errors.SchemaErrors as exc:
         cases = exc.failure_cases
     cases = cases[cases["index"].notna() & cases["check"].astype(str).str.contains("|", regex=False)]
-    persons = records[area.person_field] if area.person_field else None
+    # Column operations over the failure cases; a message is worded once per rule, field and person
+    # (and value, for the ranges), not once per case.
+    checks = cases["check"].astype(str).str.split("|", n=1, expand=True)
+    index = cases["index"].to_numpy()
+    found = pd.DataFrame({"record_key": records["record_key"].reindex(index).to_numpy(),
+                          "rule": checks[0].to_numpy(), "field": checks[1].to_numpy(), "index": index})
+    found = found.drop_duplicates(["record_key", "rule", "field"], ignore_index=True)
+    masked: dict[object, str] = {}
+    if area.person_field:
+        raw = records[area.person_field].reindex(found["index"].to_numpy()).tolist()
+        persons = [masked.setdefault(p, mask_cpr(p)) if isinstance(p, str) else mask_cpr(p) for p in raw]
+    else:
+        persons = [""] * len(found)
     out = []
-    seen: set[tuple[object, str, str]] = set()
-    for check, index in zip(cases["check"].astype(str), cases["index"], strict=True):
-        rule_id, field_name = check.split("|", 1)
-        key = records.at[index, "record_key"]
-        if (key, rule_id, field_name) in seen:
-            continue
-        seen.add((key, rule_id, field_name))
-        person = mask_cpr(persons.at[index]) if persons is not None else ""
-        out.append({
-            "record_key": key,
-            "rule": rule_id,
-            "field": field_name,
-            "paragraph": _paragraph(area, rule_id, field_name),
-            "severity": rules.severity(rule_id),
-            "message": _message(area, rule_id, field_name, person,
-                                records.at[index, field_name] if field_name in records.columns else None),
-        })
+    worded: dict[tuple, str] = {}
+    about: dict[tuple[str, str], tuple[str, str]] = {}  # (rule, field) -> (paragraph, severity)
+    for key, rule_id, field_name, at, person in zip(found["record_key"], found["rule"], found["field"],
+                                                     found["index"], persons, strict=True):
+        value = records.at[at, field_name] if (field_name in records.columns and _is_range(area, rule_id, field_name)
+                                               ) else None
+        words = (rule_id, field_name, person, value)
+        message = worded.get(words) if value is None or value == value else None
+        if message is None:
+            message = worded.setdefault(words, _message(area, rule_id, field_name, person, value))
+        where = about.get((rule_id, field_name))
+        if where is None:
+            where = about.setdefault((rule_id, field_name), (_paragraph(area, rule_id, field_name),
+                                                             rules.severity(rule_id)))
+        out.append({"record_key": key, "rule": rule_id, "field": field_name, "paragraph": where[0],
+                    "severity": where[1], "message": message})
     return pd.DataFrame(out, columns=FINDING_COLUMNS)

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Any
 
 import pandas as pd
 
@@ -120,6 +121,28 @@ def _cpr_list(value: object) -> object:
     return tuple(canonical_cpr(part.strip()) for part in str(value).split(",") if part.strip())
 
 
+def _memoised(convert: Callable[[Any], object], values: list) -> list:
+    """`convert` of every value, computed once per distinct value (codes, dates and hours repeat a lot).
+    Keyed by (type, value): 1, 1.0 and True are distinct inputs; unhashable values are converted as
+    they come, and so is NaN (it never equals itself)."""
+    memo: dict[tuple[type, object], object] = {}
+    out: list = []
+    append = out.append
+    for value in values:
+        try:
+            key = (type(value), value)
+            hit = memo.get(key, memo)
+        except TypeError:  # a list
+            append(convert(value))
+            continue
+        if hit is memo:
+            hit = convert(value)
+            if not _is_missing(value):  # NaN, NA, NaT: never equal to themselves
+                memo[key] = hit
+        append(hit)
+    return out
+
+
 _NORMALISE: dict[str, Callable[[object], object]] = {
     **{kind: _text for kind in _TEXT_KINDS},
     "cpr": _cpr,
@@ -174,14 +197,14 @@ def condition_column(name: str) -> str:
 
 def _measure_area(frame: pd.DataFrame, *, at: str = "") -> pd.Series:
     groups, insured = frame[f"target_group{at}"], frame[f"insured{at}"]
-    return pd.Series(
-        [
-            None if _is_missing(g) else codelists.target_group_area(str(g), bool(_bool(i)))
-            for g, i in zip(groups, insured, strict=True)
-        ],
-        index=frame.index,
-        dtype=object,
-    )
+
+    def area_of(pair: tuple[object, object]) -> int | None:
+        g, i = pair
+        return None if _is_missing(g) else codelists.target_group_area(str(g), bool(_bool(i)))
+
+    # The code list is searched once per distinct (group, insured) pair, not once per row.
+    return pd.Series(_memoised(area_of, list(zip(groups, insured, strict=True))), index=frame.index,
+                     dtype=object)
 
 
 def _scope_measures(wanted: int) -> Callable[[pd.DataFrame], pd.Series]:
@@ -269,11 +292,11 @@ def map_records(area: Area, source: pd.DataFrame) -> MappedChunk:
             frame[f.name] = frame["record_key"] if f.name == area.key_column else None
         # Built as an object Series on purpose: letting pandas infer would turn None into NaN and 3 into
         # 3.0 depending on a chunk's other rows, and the content hash must not depend on neighbours.
-        frame[f.name] = pd.Series([_NORMALISE[f.kind](v) for v in frame[f.name].tolist()], index=frame.index,
+        frame[f.name] = pd.Series(_memoised(_NORMALISE[f.kind], frame[f.name].tolist()), index=frame.index,
                                   dtype=object)
     for extra in ("target_group", "target_group_at_end"):
         if extra in frame.columns:
-            frame[extra] = frame[extra].astype(object).map(_text)
+            frame[extra] = pd.Series(_memoised(_text, frame[extra].tolist()), index=frame.index, dtype=object)
 
     scope = SCOPES.get(area.number)
     if scope is not None and len(frame):
@@ -331,11 +354,15 @@ def _canonical(value: object) -> str:
 
 
 def content_hashes(area: Area, records: pd.DataFrame) -> pd.Series:
-    """SHA-256 over the action and the payload fields: what decides 'changed since last delivery'."""
+    """SHA-256 over the action and the payload fields: what decides 'changed since last delivery'.
+
+    Column by column: each column's canonical text is computed once per distinct value, then the
+    texts of a row are joined and hashed (the same bytes as joining value by value)."""
     columns = ["action", *area.field_names]
-    values = records[columns].itertuples(index=False, name=None)
+    texts = [_memoised(_canonical, records[c].tolist()) for c in columns]
+    sha = hashlib.sha256
     return pd.Series(
-        [hashlib.sha256("\x1f".join(_canonical(v) for v in row).encode()).hexdigest() for row in values],
+        [sha("\x1f".join(row).encode()).hexdigest() for row in zip(*texts, strict=True)] if len(records) else [],
         index=records.index,
         dtype=object,
     )

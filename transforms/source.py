@@ -299,6 +299,36 @@ def load_query(area: Area | int | str, dialect: str | Engine) -> str:
     return statements[0]
 
 
+#: The change-detection parameters an area's query may take (NULL: the full read). See measures.sql.
+INCREMENTAL_PARAMS = ("since", "recheck_after")
+
+
+def supports_incremental(area: Area | int | str, dialect: str | Engine) -> bool:
+    """The area's query reads changes only (`:since`) and has a mark query (`<name>.mark.sql`)."""
+    return ":since" in load_query(area, dialect) and mark_path(area).exists()
+
+
+def mark_path(area: Area | int | str) -> Path:
+    base = _area(area).query_path
+    return base.with_name(f"{base.name.removesuffix('.sql')}.mark.sql")
+
+
+def change_mark(engine: Engine, area: Area | int | str) -> str | None:
+    """The latest change stamp in the tables the area reads, as the contract's text 'YYYY-MM-DD HH:MM:SS'
+    (None: an empty source). Read before an extraction; the next one reads from it on."""
+    statement = split_sql(mark_path(area).read_text(encoding="utf-8"))[0]
+    with engine.connect() as conn:
+        value = conn.execute(sa.text(statement)).scalar()
+    return None if value is None else _timestamp(value)
+
+
+def _with_defaults(statement: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The parameters, with every change-detection parameter the query names and the caller did not
+    give set to NULL (the full read)."""
+    defaults = {name: None for name in INCREMENTAL_PARAMS if f":{name}" in statement}
+    return {**defaults, **dict(params or {})}
+
+
 def derived_fields(area: Area | int | str) -> list[str]:
     """Fields the mapping derives in Python (registry source "derived from ..."): no query column."""
     return [f.name for f in _area(area).fields if f.source.startswith("derived")]
@@ -389,9 +419,19 @@ def _plain(value: Any) -> Any:
     return value
 
 
+_NONE = type(None)
+#: Per converter, the value types it returns unchanged: a column holding only these is taken as it is.
+_UNCHANGED: dict[Callable[[Any], Any], frozenset[type]] = {
+    _date: frozenset({str, _NONE}), _float: frozenset({float, _NONE}), _count: frozenset({int, _NONE}),
+    _flag: frozenset({int, _NONE}), _plain: frozenset({str, int, float, _NONE}),
+}
+
+
 def _converter(kind: str) -> Callable[[Any], Any]:
     if kind in _TEXT_KINDS:
-        return _text_converter(kind)
+        convert = _text_converter(kind)
+        convert.unchanged = frozenset({str, _NONE})  # type: ignore[attr-defined]
+        return convert
     return {
         "date": _date,
         "timestamp": _timestamp,
@@ -412,10 +452,12 @@ def column_kind(area: Area | int | str, column: str) -> str | None:
 
 
 def _frame(rows: Sequence[Sequence[Any]], columns: list[str], converters: list[Callable[[Any], Any]]) -> pd.DataFrame:
-    data = {
-        column: [convert(row[i]) for row in rows]
-        for i, (column, convert) in enumerate(zip(columns, converters, strict=True))
-    }
+    # Transposed in C; a column whose values the converter would leave alone is not walked in Python.
+    values = list(zip(*rows, strict=True)) if rows else [() for _ in columns]
+    data = {}
+    for column, convert, held in zip(columns, converters, values, strict=True):
+        unchanged = _UNCHANGED.get(convert) or getattr(convert, "unchanged", frozenset())
+        data[column] = list(held) if unchanged and set(map(type, held)) <= unchanged else [convert(v) for v in held]
     return pd.DataFrame(data, columns=columns, dtype=object)
 
 
@@ -435,10 +477,11 @@ def extract_chunks(
     if chunksize < 1:
         raise ValueError("chunksize must be at least 1")
     a = _area(area)
-    statement = sa.text(load_query(a, engine))
+    text = load_query(a, engine)
+    statement = sa.text(text)
     with engine.connect() as conn:
         result = conn.execution_options(stream_results=True, yield_per=chunksize).execute(
-            statement, dict(params or {})
+            statement, _with_defaults(text, params)
         )
         columns = list(result.keys())
         converters = [_converter(column_kind(a, c) or "") for c in columns]
@@ -460,6 +503,7 @@ def extract_frame(engine: Engine, area: Area | int | str, params: Mapping[str, A
 
 def count_rows(engine: Engine, area: Area | int | str, params: Mapping[str, Any] | None = None) -> int:
     """How many rows the area's query returns (soft-deleted ones included)."""
-    statement = sa.text(f"SELECT COUNT(*) FROM ({load_query(area, engine)}) AS q")
+    text = load_query(area, engine)
+    statement = sa.text(f"SELECT COUNT(*) FROM ({text}) AS q")
     with engine.connect() as conn:
-        return int(conn.execute(statement, dict(params or {})).scalar_one())
+        return int(conn.execute(statement, _with_defaults(text, params)).scalar_one())

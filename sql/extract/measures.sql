@@ -13,6 +13,14 @@
 --   overlaps_with                       another live measure of the same person and type that overlaps
 --                                       this one (measure.overlap), across the whole table, not a chunk
 -- As-of rule: valid_from <= day and (valid_to is null or valid_to >= day); the latest valid_from wins.
+-- Change detection (DESIGN.md principle 9; NULL parameters: the full read, as updated_at is never NULL):
+--   :since          only measures that may have changed since this source stamp: every measure of a
+--                   person with a change (stamped updated_at or deleted_at >= :since) in any table this
+--                   query reads (a target group, benefit, payment, job plan or another measure of the
+--                   person changes the derived columns), and every measure of a changed job plan;
+--   :recheck_after  and the measures with a date after this day, for the rules that depend on the
+--                   reporting period's end (dates.future): their outcome changes as the period moves.
+-- The stamp to pass next time comes from measures.mark.sql, read before this query.
 SELECT
     p.cpr                    AS person_cpr,
     m.municipality_code      AS municipality_code,
@@ -84,4 +92,14 @@ SELECT
 FROM measures m
 LEFT JOIN persons p ON p.person_id = m.person_id
 LEFT JOIN jobplans j ON j.jobplan_id = m.jobplan_id AND j.deleted_at IS NULL
+WHERE m.updated_at >= COALESCE(:since, m.updated_at)
+   OR m.person_id IN (
+        SELECT c.person_id FROM persons c WHERE c.updated_at >= :since OR c.deleted_at >= :since
+        UNION SELECT c.person_id FROM person_target_groups c WHERE c.updated_at >= :since OR c.deleted_at >= :since
+        UNION SELECT c.person_id FROM benefits c WHERE c.updated_at >= :since OR c.deleted_at >= :since
+        UNION SELECT c.person_id FROM payments c WHERE c.updated_at >= :since OR c.deleted_at >= :since
+        UNION SELECT c.person_id FROM jobplans c WHERE c.updated_at >= :since OR c.deleted_at >= :since
+        UNION SELECT c.person_id FROM measures c WHERE c.updated_at >= :since OR c.deleted_at >= :since)
+   OR m.jobplan_id IN (SELECT c.jobplan_id FROM jobplans c WHERE c.updated_at >= :since OR c.deleted_at >= :since)
+   OR m.start_date > :recheck_after OR j.created_on > :recheck_after OR j.revised_on > :recheck_after
 ORDER BY record_key

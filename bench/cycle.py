@@ -1,0 +1,236 @@
+"""End-to-end benchmark (issue 9): area 1's whole cycle beside a floor measured in the same run.
+
+    make bench                                        # 100,000 area-1 records, SQLite source
+    make bench BENCH_ARGS="--rows 1000000"
+    make bench BENCH_ARGS="--rows 300000 --source-url postgresql://user@host/db"
+    .venv/bin/python bench/cycle.py --rows 100000 --no-validation
+
+Steps, all in one session so the ratios compare like with like:
+1. the source: the demo source (transforms.synthetic) scaled up in SQL to about `--rows` area-1
+   records (transforms.scale: every copy its own persons, keys and CPR serials);
+2. the floor: the same rows read with pandas in chunks and written as XML with lxml, one element per
+   field, gzip'd, no checks;
+3. the full cycle: prepare (extract, map, contract, data quality, ledger diff, stage) and deliver
+   (send to a local receiver with TLS and signed requests, store receipts, archive) of area 1, the way
+   `ams-report demo` runs it, with Data Docs off;
+4. a day with no change, then a day with `--changed` (1 %) of the measures changed at the source.
+
+Each cycle runs in its own process, so its peak RSS is the task's. Prints one table: phase times,
+rows/s, ratio to the floor, peak RSS; then (unless `--no-validation`) the validation-only benchmark
+(bench/validate_area1.py). Not a test: absolute times depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+AREA = 1
+PERIOD_END = date(2026, 11, 28)
+PREPARE_PHASES = ("extract", "map", "contract", "quality", "findings", "hash", "diff", "payload", "xsd", "encrypt",
+                  "add_batch")
+DELIVER_PHASES = ("send", "receipt", "archive")
+
+
+def _floor(source_url: str, out: Path, chunksize: int) -> dict:
+    """Read the rows of area 1's query tables with pandas in chunks; write them as gzip'd XML with lxml."""
+    import pandas as pd
+    from lxml import etree
+
+    from transforms.scale import floor_query
+    from transforms.source import create_engine_from_url
+
+    engine = create_engine_from_url(source_url)
+    start = time.perf_counter()
+    rows = 0
+    with engine.connect() as conn, gzip.open(out, "wb", compresslevel=6) as raw, etree.xmlfile(raw) as xf:
+        with xf.element("Records"):
+            for chunk in pd.read_sql(floor_query(), conn, chunksize=chunksize):
+                columns = list(chunk.columns)
+                for values in chunk.itertuples(index=False, name=None):
+                    record = etree.Element("Record")
+                    for name, value in zip(columns, values, strict=True):
+                        if value is not None and value == value:
+                            etree.SubElement(record, name).text = str(value)
+                    xf.write(record)
+                rows += len(chunk)
+    engine.dispose()
+    return {"seconds": time.perf_counter() - start, "rows": rows, "bytes": out.stat().st_size}
+
+
+def _one_cycle(args: argparse.Namespace) -> None:
+    """Child process: one prepare + deliver + report of area 1; prints a JSON line."""
+    from delivery.client import client_from_connection
+    from delivery.pipeline import Settings, deliver_area, prepare_area
+    from delivery.report import write_run_report
+    from delivery.timing import PhaseTimer, peak_rss_mib
+
+    home = Path(args.home)
+    settings = Settings(home=home / "var", source_url=args.source_url, state_url=args.state_url,
+                        chunksize=args.chunk, data_docs=False, batch_size=args.batch_size)
+    extra = json.loads(args.client_extra)
+    timer = PhaseTimer()
+    with timer.phase("prepare"):
+        prepared = prepare_area(AREA, run_id=args.run_id, period_end=PERIOD_END, settings=settings)
+    with timer.phase("deliver"):
+        delivered = deliver_area(AREA, run_id=args.run_id, settings=settings,
+                                 client=lambda: client_from_connection(args.host, args.port, "ams", extra))
+    with timer.phase("report"):
+        write_run_report(args.run_id, settings)
+    row = settings.state().run_rows(args.run_id)[0]
+    print(json.dumps({"totals": timer.seconds_rounded(3), "phases": row["counts"].get("phases", {}),
+                      "prepared": {k: v for k, v in prepared.items() if isinstance(v, int)},
+                      "delivered": {k: v for k, v in delivered.items() if isinstance(v, int)},
+                      "peak_rss_mib": peak_rss_mib()}))
+
+
+def _run_cycle(args: argparse.Namespace, run_id: str, host: str, port: int, extra: dict) -> dict:
+    command = [sys.executable, __file__, "--one-cycle", "--home", args.home, "--source-url", args.source_url,
+               "--state-url", args.state_url, "--chunk", str(args.chunk), "--batch-size", str(args.batch_size),
+               "--run-id", run_id, "--host", host, "--port", str(port), "--client-extra", json.dumps(extra)]
+    done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
+    if done.returncode != 0:
+        sys.stderr.write(done.stderr[-5000:])
+        raise SystemExit(f"the {run_id} cycle failed (exit {done.returncode})")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _disk(path: Path) -> int:
+    """Bytes in a folder (a hard-linked file once), or in a SQLite file with its journal files."""
+    files = path.rglob("*") if path.is_dir() else path.parent.glob(path.name + "*")
+    seen = {(s.st_dev, s.st_ino): s.st_size for s in (p.stat() for p in files if p.is_file())}
+    return sum(seen.values())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=100_000, help="area-1 records in the source (about)")
+    parser.add_argument("--chunk", type=int, default=100_000, help="AMS_CHUNK_SIZE of the cycle and the floor")
+    parser.add_argument("--batch-size", type=int, default=5000)
+    parser.add_argument("--changed", type=float, default=0.01, help="share of measures changed before day 3")
+    parser.add_argument("--source-url", default="", help="a PostgreSQL URL for the source (default: SQLite)")
+    parser.add_argument("--state-url", default="", help="the state DB (default: SQLite in the work folder)")
+    parser.add_argument("--home", default="", help="work folder (default: a temporary one, removed after)")
+    parser.add_argument("--no-validation", action="store_true", help="skip the validation-only benchmark")
+    parser.add_argument("--reuse-source", action="store_true",
+                        help="use the source a previous run made in --home (its state and reports are removed)")
+    parser.add_argument("--one-cycle", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--run-id", help=argparse.SUPPRESS)
+    parser.add_argument("--host", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--client-extra", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one_cycle:
+        _one_cycle(args)
+        return 0
+
+    tmp = None
+    if not args.home:
+        tmp = tempfile.TemporaryDirectory(prefix="ams-bench-")
+        args.home = tmp.name
+    home = Path(args.home)
+    home.mkdir(parents=True, exist_ok=True)
+    if args.reuse_source:  # a fresh state, receiver and reports beside the kept source
+        for leftover in ("state.sqlite", "receiver.sqlite", "floor.xml.gz"):
+            for path in home.glob(leftover + "*"):
+                path.unlink()
+        shutil.rmtree(home / "var", ignore_errors=True)
+    os.environ["AMS_ARCHIVE_KEY_FILE"] = str(home / "archive.key")
+    from delivery.archive import load_keys
+
+    load_keys(home / "archive.key", create=True)  # the bench's own throw-away key
+    args.source_url = args.source_url or f"sqlite:///{home / 'source.sqlite'}"
+    args.state_url = args.state_url or f"sqlite:///{home / 'state.sqlite'}"
+    try:
+        return _bench(args, home)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def _bench(args: argparse.Namespace, home: Path) -> int:
+    from delivery.security import generate_test_pki
+    from receiver.server import ReceiverProcess
+    from transforms.scale import change_measures, scale_source
+
+    t = time.perf_counter()
+    if args.reuse_source:
+        print(f"source: {args.source_url.split(':', 1)[0]}, as a previous run left it (--reuse-source)", flush=True)
+    else:
+        made = scale_source(args.source_url, args.rows)
+        print(f"source: {made['measures']:,} measures ({made['copies']} copies of the demo source), "
+              f"{args.source_url.split(':', 1)[0]}, made in {time.perf_counter() - t:.0f} s", flush=True)
+    floor = _floor(args.source_url, home / "floor.xml.gz", args.chunk)
+    print(f"floor: {floor['rows']:,} rows in {floor['seconds']:.1f} s", flush=True)
+
+    pki = generate_test_pki(home / "pki", name="AMS bench")
+    extra = {"scheme": "https", "timeout": 300, "ca_bundle": str(pki.ca_cert), "signing_key": str(pki.client_key),
+             "signing_cert": str(pki.client_cert)}
+    state_path = Path(args.state_url.removeprefix("sqlite:///")) if args.state_url.startswith("sqlite") else None
+    results: dict[str, dict] = {}
+    with ReceiverProcess(home / "receiver.sqlite", trust_certs=[pki.client_cert], tls_cert=pki.server_cert,
+                         tls_key=pki.server_key) as receiver:
+        host, port = "127.0.0.1", int(receiver.port or 0)
+        for name in ("full", "no change", f"{args.changed:.0%} changed"):
+            if name.endswith("changed"):
+                changed = change_measures(args.source_url, args.changed)
+                print(f"changed {changed:,} measures at the source", flush=True)
+            before = (_disk(state_path) if state_path else 0, _disk(home / "var" / "reports"))
+            stamp = datetime.now(UTC).strftime("%H%M%S")
+            result = _run_cycle(args, f"bench-{name.split()[0].rstrip('%')}-{stamp}", host, port, extra)
+            after = (_disk(state_path) if state_path else 0, _disk(home / "var" / "reports"))
+            result["disk_added"] = (after[0] - before[0], after[1] - before[1])
+            results[name] = result
+            print(f"{name}: {sum(result['totals'].values()):.1f} s, sent {result['delivered'].get('accepted', 0):,}, "
+                  f"peak RSS {result['peak_rss_mib']:.0f} MiB", flush=True)
+    print()
+    print(format_table(args, floor, results))
+    if not args.no_validation:
+        print()
+        subprocess.run([sys.executable, str(ROOT / "bench" / "validate_area1.py"), "--rows", str(args.rows),
+                        "--chunk", str(args.chunk)], check=True)
+    return 0
+
+
+def format_table(args: argparse.Namespace, floor: dict, results: dict[str, dict]) -> str:
+    rows = results["full"]["prepared"].get("extracted", 0)
+    names = list(results)
+    lines = [f"area 1, {rows:,} records (source rows read: {floor['rows']:,}), chunks of {args.chunk:,}, "
+             f"batches of {args.batch_size:,}; floor {floor['seconds']:.1f} s",
+             f"{'phase':<12}" + "".join(f"{n:>16}" for n in names) + f"{'full rows/s':>14}{'full/floor':>12}"]
+    lines.append("-" * len(lines[-1]))
+    for phase in (*PREPARE_PHASES, *DELIVER_PHASES):
+        secs = [r["phases"].get(phase, 0.0) for r in results.values()]
+        rate = rows / secs[0] if secs[0] else 0
+        lines.append(f"{phase:<12}" + "".join(f"{s:>15.1f}s" for s in secs) + f"{rate:>14,.0f}"
+                     f"{secs[0] / floor['seconds']:>11.2f}x")
+    for total in ("prepare", "deliver", "report"):
+        secs = [r["totals"].get(total, 0.0) for r in results.values()]
+        lines.append(f"{'= ' + total:<12}" + "".join(f"{s:>15.1f}s" for s in secs) + f"{'':>14}"
+                     f"{secs[0] / floor['seconds']:>11.2f}x")
+    cycle = [sum(r["totals"].values()) for r in results.values()]
+    lines.append(f"{'CYCLE':<12}" + "".join(f"{s:>15.1f}s" for s in cycle) + f"{rows / cycle[0]:>14,.0f}"
+                 f"{cycle[0] / floor['seconds']:>11.2f}x")
+    lines.append(f"{'% of full':<12}" + "".join(f"{100 * s / cycle[0]:>15.1f}%" for s in cycle))
+    lines.append(f"{'sent':<12}" + "".join(f"{r['delivered'].get('accepted', 0):>16,}" for r in results.values()))
+    lines.append(f"{'peak RSS':<12}" + "".join(f"{r['peak_rss_mib']:>12,.0f} MiB" for r in results.values()))
+    lines.append(f"{'state +':<12}" + "".join(f"{r['disk_added'][0] / 1024:>13,.0f} kB" for r in results.values()))
+    lines.append(f"{'reports +':<12}" + "".join(f"{r['disk_added'][1] / 1024:>13,.0f} kB" for r in results.values()))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
