@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import ssl
 import threading
 import time
@@ -63,7 +62,7 @@ from delivery.security import (
     make_signature,
     security_settings,
 )
-from transforms.identifiers import mask_cpr
+from transforms.identifiers import mask_cpr_in_text
 from transforms.payload import (
     ERR_ACCESS_CLOSED,
     ERR_BUSY,
@@ -83,7 +82,6 @@ from transforms.registry import RECORD_ID_ELEMENT
 log = logging.getLogger(__name__)
 
 _SOAP = f"{{{SOAP_ENV_NS}}}"
-_CPR_LIKE = re.compile(r"(?<!\d)\d{6}-?\d{4}(?!\d)")
 _MAX_TEXT = 1000
 
 #: "1" lets AmsClient use plain HTTP, unsigned requests or unverified TLS: tests only.
@@ -157,7 +155,7 @@ def _safe(text: str | None) -> str:
     """Server-supplied text made fit for logs: CPR-like numbers masked, length capped."""
     if not text:
         return ""
-    cleaned = _CPR_LIKE.sub(lambda m: mask_cpr(m.group(0)), " ".join(text.split()))
+    cleaned = mask_cpr_in_text(" ".join(text.split())) or ""
     return cleaned if len(cleaned) <= _MAX_TEXT else cleaned[:_MAX_TEXT] + " ..."
 
 

@@ -41,6 +41,7 @@ from delivery.pipeline import Settings
 from delivery.report import _safe, area_row
 from delivery.state import StateStore, run_areas
 from delivery.state import quarantine as quarantine_table
+from transforms.identifiers import mask_cpr_in_text
 from transforms.registry import get_area
 from transforms.rules import RULE_BY_ID
 
@@ -52,9 +53,6 @@ SHARED_FILES = ".shared"
 TREND_RUNS = 30
 #: Runs listed on the index page.
 INDEX_RUNS = 400
-#: The agency's "required but unknown" (0000000000) is not a person: it stays readable.
-UNKNOWN_CPR = "0000000000"
-_CPR_LIKE = re.compile(r"(?<!\d)(\d{6})-?(\d{4})(?!\d)")
 _COUNTS = ("extracted", "delivered", "annulled", "quarantined", "unchanged", "outstanding", "warnings")
 _CSV_FORMULA = ("=", "+", "-", "@", "\t", "\r")
 _NO_FINDING = {"rule": "", "title": "", "severity": "", "field": "", "paragraph": "", "message": "(no reason stored)"}
@@ -67,12 +65,7 @@ def scrub(value: object) -> str:
     """The text with anything shaped like a CPR number (10 digits, optionally DDMMYY-SSSS) masked."""
     if value is None:
         return ""
-    text = str(value)
-
-    def mask(m: re.Match) -> str:
-        return m.group(0) if m.group(1) + m.group(2) == UNKNOWN_CPR else f"{m.group(1)}-****"
-
-    return _CPR_LIKE.sub(mask, text)
+    return mask_cpr_in_text(str(value)) or ""
 
 
 def _utc(value: datetime | None) -> datetime | None:

@@ -8,10 +8,16 @@ from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import settings as hypothesis_settings
 
 from transforms.registry import REPO_ROOT
 from transforms.source import create_engine_from_url
 from transforms.synthetic import DemoData, generate
+
+# Property tests assert behaviour, not speed: on a shared 2-core machine an example can take longer
+# than Hypothesis's default 200 ms deadline without anything being wrong.
+hypothesis_settings.register_profile("ams", deadline=None)
+hypothesis_settings.load_profile("ams")
 
 #: The repository root, for tests that read files of the project (dags/, docker-compose.yml, ...).
 ROOT = REPO_ROOT

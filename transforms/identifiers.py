@@ -91,11 +91,18 @@ def mask_cpr(value: object) -> str:
 _CPR_IN_TEXT = re.compile(r"(?<!\d)\d{6}[- ]?\d{4}(?!\d)")
 
 
+def _mask_match(match: re.Match) -> str:
+    digits = match.group(0).replace(" ", "").replace("-", "")
+    return match.group(0) if digits == UNKNOWN_CPR else mask_cpr(digits)  # "unknown" is no person
+
+
 def mask_cpr_in_text(text: str | None) -> str | None:
-    """Free text (a finding's message, a receiver's error text) with every CPR-shaped number masked."""
+    """Free text (a finding's message, a receiver's error text, a log line) with every CPR-shaped
+    number (10 digits, or 6 + 4 with a hyphen or a space) masked to DDMMYY-****. The one masking of
+    free text: the state store, the client's messages, the alerts and the report pages all use it."""
     if text is None:
         return None
-    return _CPR_IN_TEXT.sub(lambda m: mask_cpr(m.group(0).replace(" ", "")), str(text))
+    return _CPR_IN_TEXT.sub(_mask_match, str(text))
 
 
 def is_valid_cvr(value: str | None) -> bool:

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from transforms.identifiers import mask_cpr
+from transforms.identifiers import mask_cpr_in_text
 from transforms.registry import Area, enabled_areas, get_area
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,6 @@ DEFAULT_SMTP_CONN_ID = "smtp_default"
 RUNBOOK = "docs/operations.md"
 MAX_EXCEPTION_CHARS = 3000
 
-_CPR_LIKE = re.compile(r"(?<!\d)\d{6}-?\d{4}(?!\d)")
 _AREA_LABEL = re.compile(r"\barea\s*(\d+)\b", re.IGNORECASE)
 
 STEP_NAMES = {"prepare": "preparation", "deliver": "delivery", "report": "run report"}
@@ -80,7 +79,7 @@ class Alert:
 
 def mask_text(text: object) -> str:
     """Every CPR-like run of digits (DDMMYY-XXXX or 10 digits) masked to DDMMYY-****."""
-    return _CPR_LIKE.sub(lambda m: mask_cpr(m.group(0)), str(text))
+    return mask_cpr_in_text(str(text)) or ""
 
 
 def _get(obj: Any, name: str, default: Any = None) -> Any:
