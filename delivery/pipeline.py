@@ -720,7 +720,7 @@ def finish_archives(settings: Settings, state: StateStore, vault: Vault, area: i
     if area is not None:
         return sum(not _archive(settings, state, vault, b) for b in state.batches_in(area, (ACKNOWLEDGED,)))
     failed = 0
-    for number in sorted({b["area"] for b in state.all_batches() if b["status"] == ACKNOWLEDGED}):
+    for number in state.areas_with(ACKNOWLEDGED):
         try:
             with state.area_lock(number, "archive", wait_seconds=0):
                 failed += finish_archives(settings, state, vault, number)

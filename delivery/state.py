@@ -607,6 +607,12 @@ class StateStore:
             rows = conn.execute(sa.select(batches).order_by(batches.c.area, batches.c.created_at)).mappings().all()
         return [dict(r) for r in rows]
 
+    def areas_with(self, status: str) -> list[int]:
+        """The areas that have a batch in `status` (one small query, not a pass over every batch)."""
+        with self.begin() as conn:
+            rows = conn.execute(sa.select(batches.c.area).where(batches.c.status == status).distinct()).all()
+        return sorted(int(r.area) for r in rows)
+
     def batch_status_counts(self) -> dict[str, int]:
         """How many batches are in each state (all areas)."""
         with self.begin() as conn:
