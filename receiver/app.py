@@ -102,7 +102,8 @@ MAX_REQUEST_BYTES = 64 * 1024 * 1024
 TEST_ONLY_SKIPPABLE_CHECKS = ("cpr-birth-date",)
 
 #: Misbehaviour modes of POST /_control (fault injection for tests).
-MODES = ("ok", "error500", "timeout", "drop_reply", "schema_fault", "access_closed", "busy", "signature_refused")
+MODES = ("ok", "error500", "timeout", "drop_reply", "slow_reply", "schema_fault", "access_closed", "busy",
+         "signature_refused")
 #: The operations a misbehaviour can target ("any": both).
 TARGETS = ("SubmitBatch", "GetBatchReceipt", "any")
 
@@ -358,7 +359,9 @@ class _DropConnection(Exception):
 @dataclass
 class Misbehaviour:
     """What the next calls of `operation` (SubmitBatch by default) do wrong; access_closed holds for
-    every call until reset. `drop_reply` processes the call, then closes the connection unanswered.
+    every call until reset. `drop_reply` processes the call, then closes the connection unanswered;
+    `slow_reply` processes it and answers after `delay` seconds (a sender killed meanwhile never learns
+    the outcome: the batches held so are listed under "held").
     `then` queues further steps, taken when this one is used up: faults that combine (a dropped
     reply, then a refused lookup)."""
 
@@ -367,6 +370,7 @@ class Misbehaviour:
     delay: float = 30.0
     operation: str = "SubmitBatch"
     queue: list[tuple[str, int, str]] = field(default_factory=list)
+    held: list[str] = field(default_factory=list)  # batch ids whose reply `slow_reply` is holding back
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def set(self, mode: str, count: int = 1, delay: float = 30.0, operation: str = "SubmitBatch",
@@ -410,7 +414,8 @@ class Misbehaviour:
     def state(self) -> dict[str, Any]:
         with self._lock:
             return {"mode": self.mode, "count": self.count, "delay": self.delay, "operation": self.operation,
-                    "then": [{"mode": m, "count": c, "operation": o} for m, c, o in self.queue]}
+                    "then": [{"mode": m, "count": c, "operation": o} for m, c, o in self.queue],
+                    "held": list(self.held)}
 
 
 def _now() -> datetime:
@@ -709,6 +714,18 @@ class ReceiverApp:
             if operation == "SubmitBatch":
                 self.submit_batch(element, started)
             raise _DropConnection()
+        if mode == "slow_reply":
+            self._validate(element)
+            body = (self.submit_batch(element, started) if operation == "SubmitBatch"
+                    else self.get_batch_receipt(element, started))
+            with self.misbehaviour._lock:
+                self.misbehaviour.held.append(batch_id)
+            try:
+                self.stopping.wait(self.misbehaviour.delay)
+            finally:
+                with self.misbehaviour._lock:
+                    self.misbehaviour.held.remove(batch_id)
+            return self._soap_response(body)
         return None
 
     # ---------------------------------------------------------------------------------------------
