@@ -20,6 +20,7 @@ sent twice and nothing is lost. See docs/operations.md.
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timedelta
 
 from airflow.sdk import dag, task, task_group
@@ -27,6 +28,10 @@ from airflow.sdk import dag, task, task_group
 from transforms.registry import enabled_areas
 
 AREA_NUMBERS = [a.number for a in enabled_areas()]  # all eight, or AMS_AREAS
+# A task whose worker died (no heartbeat for [scheduler] task_instance_heartbeat_timeout) is run again,
+# on any worker: every task is idempotent (the ledger decides what is sent). A delivery that stops with
+# the operator's message (AirflowFailException) is not retried.
+RETRY_DELAY = timedelta(seconds=float(os.environ.get("AMS_RETRY_DELAY_SECONDS", 300)))
 
 
 def _alert(context) -> None:
@@ -41,7 +46,7 @@ def _alert(context) -> None:
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
-    default_args={"retries": 0, "retry_delay": timedelta(minutes=5), "on_failure_callback": _alert},
+    default_args={"retries": 1, "retry_delay": RETRY_DELAY, "on_failure_callback": _alert},
     tags=["ams", "reporting", "bek-2010"],
     doc_md=__doc__,
 )

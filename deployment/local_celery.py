@@ -445,3 +445,60 @@ class CeleryDeployment:
             if '"level":"error"' in text.replace(" ", "") or "ERROR" in text:
                 parts.append(f"--- task log {path} ---\n" + _tail(path, lines))
         return "\n".join(parts)
+
+
+# -- the municipalities a deployment reports for: a source database and a receiver each ------------
+@dataclass
+class Municipality:
+    """One municipality of a test or benchmark: its synthetic source DB (PostgreSQL) and its local
+    AMS receiver (a process, TLS and signed requests, as the agency's service)."""
+
+    code: str
+    dag_id: str
+    source_url: str
+    receiver: Any  # receiver.server.ReceiverProcess
+    connection_extra: dict[str, str]
+
+    def receiver_connection(self) -> str:
+        from delivery.cli import _receiver_connection
+
+        return _receiver_connection(self.receiver.url, self.connection_extra)
+
+
+def make_source(admin_url: str, name: str, *, persons: int, seed: int, municipality: str) -> str:
+    """A fresh PostgreSQL database `name` with a synthetic case system of `persons` persons."""
+    from transforms import synthetic
+    from transforms.source import create_engine_from_url
+
+    url = create_database(admin_url, name)
+    engine = create_engine_from_url(url)
+    try:
+        synthetic.generate(engine, persons=persons, seed=seed, defect_rate=0.03, municipality=municipality)
+    finally:
+        engine.dispose()
+    return url
+
+
+def start_municipalities(stack: Any, root: Path, codes: list[str], *, persons: int,
+                         admin_url: str = PG_ADMIN_URL, control: bool = False) -> list[Municipality]:
+    """For each kommunekode: a source DB and a receiver, both ended by `stack` (a contextlib.ExitStack)."""
+    from delivery.cli import demo_receiver
+
+    tag = uuid.uuid4().hex[:8]
+    out = []
+    for n, code in enumerate(codes):
+        name = f"ams_celery_src_{code}_{tag}"
+        stack.callback(drop_database, admin_url, name)
+        url = make_source(admin_url, name, persons=persons, seed=1000 + n, municipality=code)
+        receiver, extra = stack.enter_context(demo_receiver(root / f"receiver-{code}.sqlite", control=control))
+        out.append(Municipality(code, "employment_reporting", url, receiver, extra))
+    return out
+
+
+def deployment_env(municipalities: list[Municipality]) -> dict[str, str]:
+    """The settings that name the municipalities' sources and receivers, for every process."""
+    if len(municipalities) != 1:
+        raise ValueError("one municipality per deployment until tenants files exist")
+    m = municipalities[0]
+    return {"AMS_SOURCE_URL": m.source_url, "AMS_SENDER_MUNICIPALITY": m.code,
+            "AIRFLOW_CONN_AMS_RECEIVER": m.receiver_connection()}
