@@ -12,7 +12,7 @@ export AIRFLOW__CORE__UNIT_TEST_MODE := False
 export GX_ANALYTICS_ENABLED := false
 export NO_PROXY := *
 
-.PHONY: venv run ui test soak bench bench-validate lint docs clean trial-pki
+.PHONY: venv run ui test soak bench bench-validate bench-scale lint docs clean trial-pki
 
 venv: $(STAMP)
 
@@ -49,9 +49,15 @@ bench: $(STAMP)
 bench-validate: $(STAMP)
 	$(BIN)/python bench/validate_area1.py $(BENCH_ARGS)
 
+## bench-scale: N municipalities on one Celery worker, then on two (processes on this machine; PostgreSQL
+## and Redis on loopback): wall time, records/s, speed-up. BENCH_SCALE_ARGS="--municipalities 6 --persons 2000
+## --concurrency 1" (bench/scale_out.py --help)
+bench-scale: $(STAMP)
+	$(BIN)/python bench/scale_out.py $(BENCH_SCALE_ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy transforms expectations delivery receiver
+	$(BIN)/mypy transforms expectations delivery receiver deployment
 
 ## docs: regenerate docs/fields.md and the XSD from the registry
 docs: $(STAMP)

@@ -7,6 +7,7 @@ GET  /ams-reporting-<v>.xsd  the XSD each WSDL imports
 GET  /_health                200 when serving
 GET  /_records?area=N        JSON: the stored records (no content), for tests and the demo
 GET  /_batches               JSON: the stored batches (no content)
+GET  /_control               JSON: the misbehaviour in force, and "held": batches whose reply slow_reply holds
 POST /_control               JSON {"mode": ..., "count": N, "delay": s, "operation": "SubmitBatch" |
                              "GetBatchReceipt" | "any", "reset": bool}: misbehave on purpose (tests;
                              only with control=True)

@@ -25,9 +25,54 @@ def test_compose_has_the_airflow_3_components_on_postgres():
     assert services["airflow-init"]["command"] == ["airflow", "db", "migrate"]
 
 
+def _workers(services: dict) -> dict[str, dict]:
+    return {name: s for name, s in services.items() if s.get("command", [])[:3] == ["airflow", "celery", "worker"]}
+
+
+def test_compose_runs_celery_with_redis_and_two_workers():
+    services = _compose()["services"]
+    workers = _workers(services)
+    assert len(workers) == 2, f"two Celery workers expected, found {sorted(workers)}"
+    assert services["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    airflow = [n for n, s in services.items() if s.get("command", [""])[0] == "airflow"]
+    for name in airflow:
+        env = services[name]["environment"]
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
+        assert env["AIRFLOW__CELERY__BROKER_URL"] == "redis://redis:6379/0", name
+        assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql+psycopg://"), name
+        assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/", name
+        # The archive and reports go to shared object storage, which must be set (no silent local default).
+        assert env["AMS_OBJECT_STORE_URL"].startswith("${AMS_OBJECT_STORE_URL:?"), name
+        assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy", name
+        assert services[name]["depends_on"]["postgres"]["condition"] == "service_healthy", name
+    for name, worker in workers.items():
+        assert worker["depends_on"]["airflow-apiserver"]["condition"] == "service_healthy", name
+        assert worker["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully", name
+        assert "inspect ping" in " ".join(worker["healthcheck"]["test"]), name
+    for name in ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"):
+        assert services[name]["healthcheck"]["test"], name
+
+
+def test_compose_workers_share_no_volume_for_pipeline_data():
+    """Workers share nothing but the databases and the object storage: no writable volume in common
+    (the code and the trial PKI are mounted read-only), and none at all on AMS_HOME."""
+    services = _compose()["services"]
+    workers = _workers(services)
+    writable = {name: {_mount(v)[0] for v in w.get("volumes", []) if not str(v).endswith(":ro")}
+                for name, w in workers.items()}
+    first, second = writable.values()
+    assert not first & second, f"workers share writable volumes: {first & second}"
+    for name, worker in workers.items():
+        home = worker["environment"]["AMS_HOME"]
+        assert all(_mount(v)[1] != home and not home.startswith(_mount(v)[1] + "/")
+                   for v in worker.get("volumes", [])), f"{name}: AMS_HOME is on a volume"
+    assert "ams-var" not in _compose().get("volumes", {}), "the shared var volume is back"
+
+
 def test_compose_holds_no_secrets():
     text = (ROOT / "docker-compose.yml").read_text()
-    for key in ("POSTGRES_PASSWORD", "AMS_ARCHIVE_KEY", "AIRFLOW__API_AUTH__JWT_SECRET"):
+    for key in ("POSTGRES_PASSWORD", "AMS_ARCHIVE_KEY", "AIRFLOW__API_AUTH__JWT_SECRET", "MINIO_ROOT_PASSWORD",
+                "AIRFLOW_CONN_AMS_OBJECT_STORE"):
         for value in re.findall(rf"{key}: (\S+)", text):
             assert value.startswith("${"), f"{key} must come from the environment, not the file"
 

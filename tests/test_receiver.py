@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import date
@@ -241,7 +242,7 @@ def test_control_endpoint(receiver: ReceiverHandle) -> None:
     control = receiver.base_url + "/_control"
     assert requests.post(control, json={"mode": "nonsense"}, timeout=5).status_code == 400
     state = requests.post(control, json={"mode": "busy", "count": 2}, timeout=5).json()
-    assert state == {"mode": "busy", "count": 2, "delay": 30.0, "operation": "SubmitBatch", "then": []}
+    assert state == {"mode": "busy", "count": 2, "delay": 30.0, "operation": "SubmitBatch", "then": [], "held": []}
     _, body = cv_batch([(str(uuid.uuid4()), "CREATE_OR_UPDATE", CPR_OK)])
     assert fault_of(post(receiver, body))[0] == 3001
     assert requests.get(control, timeout=5).json()["count"] == 1
@@ -259,6 +260,28 @@ def test_control_endpoint(receiver: ReceiverHandle) -> None:
     _, other = cv_batch([(str(uuid.uuid4()), "CREATE_OR_UPDATE", CPR_OK)])
     assert [fault_of(post(receiver, other))[0] for _ in range(2)] == [3001, 1050]
     assert post(receiver, other).status_code == 200
+
+
+def test_slow_reply_stores_the_batch_at_once_and_answers_late(receiver: ReceiverHandle) -> None:
+    """A sender that dies while the reply is held never learns the outcome; the batch is stored all the same."""
+    import threading
+
+    control = receiver.base_url + "/_control"
+    requests.post(control, json={"mode": "slow_reply", "count": 1, "delay": 1.5}, timeout=5)
+    batch_id, body = cv_batch([(str(uuid.uuid4()), "CREATE_OR_UPDATE", CPR_OK)])
+    replies: list[requests.Response] = []
+    started = time.monotonic()
+    sender = threading.Thread(target=lambda: replies.append(post(receiver, body)))
+    sender.start()
+    deadline = time.monotonic() + 5
+    while not requests.get(control, timeout=5).json()["held"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert requests.get(control, timeout=5).json()["held"] == [batch_id]
+    assert receiver.store.batch(batch_id) is not None and not replies  # stored, not yet answered
+    sender.join(timeout=10)
+    assert replies[0].status_code == 200 and time.monotonic() - started >= 1.5
+    assert requests.get(control, timeout=5).json()["held"] == []
+    assert post(receiver, cv_batch([(str(uuid.uuid4()), "CREATE_OR_UPDATE", CPR_OK)])[1]).status_code == 200
 
 
 def test_verify_hook_can_refuse_a_message(tmp_path: Path) -> None:
