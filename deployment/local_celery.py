@@ -459,6 +459,12 @@ class Municipality:
     receiver: Any  # receiver.server.ReceiverProcess
     connection_extra: dict[str, str]
 
+    def receiver_store(self) -> Any:
+        """The receiver's database (receiver.store.ReceiverStore): what it holds."""
+        from receiver.store import ReceiverStore
+
+        return ReceiverStore(self.receiver.db_path)
+
     def receiver_connection(self) -> str:
         from delivery.cli import _receiver_connection
 
