@@ -51,7 +51,7 @@ bench-validate: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy transforms expectations delivery receiver
+	$(BIN)/mypy transforms expectations delivery receiver cycle reports cli demo
 
 ## docs: regenerate docs/fields.md and the XSD from the registry
 docs: $(STAMP)

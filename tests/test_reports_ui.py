@@ -27,11 +27,11 @@ import sqlalchemy as sa
 from markupsafe import escape
 
 from conftest import ROOT
-from delivery import report_html
-from delivery.pipeline import Settings, deliver_area, prepare_area
-from delivery.report import _safe, write_run_report
+from cycle.pipeline import Settings, deliver_area, prepare_area
+from demo import synthetic
+from reports import pages as report_html
+from reports.summary import _safe, write_run_report
 from tests.support import free_port
-from transforms import synthetic
 from transforms.source import create_engine_from_url
 
 AREAS = (1, 2, 7)
