@@ -57,7 +57,7 @@ bench-scale: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy transforms expectations delivery receiver deployment
+	$(BIN)/mypy transforms expectations delivery receiver cycle reports cli demo deployment
 
 ## docs: regenerate docs/fields.md and the XSD from the registry
 docs: $(STAMP)

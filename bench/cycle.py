@@ -6,8 +6,8 @@
     .venv/bin/python bench/cycle.py --rows 100000 --no-validation
 
 Steps, all in one session so the ratios compare like with like:
-1. the source: the demo source (transforms.synthetic) scaled up in SQL to about `--rows` area-1
-   records (transforms.scale: every copy its own persons, keys and CPR serials);
+1. the source: the demo source (demo.synthetic) scaled up in SQL to about `--rows` area-1
+   records (demo.scale: every copy its own persons, keys and CPR serials);
 2. the floor: the same rows read with pandas in chunks and written as XML with lxml, one element per
    field, gzip'd, no checks;
 3. the full cycle: prepare (extract, map, contract, data quality, ledger diff, stage) and deliver
@@ -50,7 +50,7 @@ def _floor(source_url: str, out: Path, chunksize: int) -> dict:
     import pandas as pd
     from lxml import etree
 
-    from transforms.scale import floor_query
+    from demo.scale import floor_query
     from transforms.source import create_engine_from_url
 
     engine = create_engine_from_url(source_url)
@@ -73,10 +73,10 @@ def _floor(source_url: str, out: Path, chunksize: int) -> dict:
 
 def _one_cycle(args: argparse.Namespace) -> None:
     """Child process: one prepare + deliver + report of area 1; prints a JSON line."""
+    from cycle.pipeline import Settings, deliver_area, prepare_area
+    from cycle.timing import PhaseTimer, peak_rss_mib
     from delivery.client import client_from_connection
-    from delivery.pipeline import Settings, deliver_area, prepare_area
-    from delivery.report import write_run_report
-    from delivery.timing import PhaseTimer, peak_rss_mib
+    from reports.summary import write_run_report
 
     home = Path(args.home)
     settings = Settings(home=home / "var", source_url=args.source_url, state_url=args.state_url,
@@ -163,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _bench(args: argparse.Namespace, home: Path) -> int:
     from delivery.security import generate_test_pki
+    from demo.scale import change_measures, scale_source
     from receiver.server import ReceiverProcess
-    from transforms.scale import change_measures, scale_source
 
     t = time.perf_counter()
     if args.reuse_source:

@@ -8,7 +8,7 @@ certification set is:
 - one of each defect the receiver must refuse (DEFECTS), each of which must come back refused with
   its error code.
 
-The records come from the project's synthetic generator (transforms.synthetic, no defects), in a
+The records come from the project's synthetic generator (demo.synthetic, no defects), in a
 throw-away database, mapped as the pipeline maps them: valid-looking but synthetic CPR numbers. The
 run never opens the production source, state database (ledger) or archive. Record and batch ids are
 fresh on every run, so a run can be repeated against the same test endpoint.
@@ -134,7 +134,7 @@ def _kind_label(area: Area, row: pd.Series) -> str:
 
 def certification_records(version: InterfaceVersion, workdir: Path) -> dict[int, pd.DataFrame]:
     """One synthetic record per record kind of every area, in `version`, with a `kind` column."""
-    from transforms import synthetic
+    from demo import synthetic
     from transforms.source import create_engine_from_url, extract_chunks
 
     engine = create_engine_from_url(f"sqlite:///{workdir / 'synthetic-source.sqlite'}")

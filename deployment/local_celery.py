@@ -38,8 +38,8 @@ import psutil
 import requests
 import sqlalchemy as sa
 
-from delivery.cli import _airflow_env, _free_port
-from delivery.pipeline import Settings
+from cli.main import _airflow_env, _free_port
+from cycle.settings import Settings
 
 #: The PostgreSQL server's maintenance URL (trust auth here; AMS_TEST_PG_URL points elsewhere).
 PG_ADMIN_URL = os.environ.get("AMS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -466,14 +466,14 @@ class Municipality:
         return ReceiverStore(self.receiver.db_path)
 
     def receiver_connection(self) -> str:
-        from delivery.cli import _receiver_connection
+        from cli.main import _receiver_connection
 
         return _receiver_connection(self.receiver.url, self.connection_extra)
 
 
 def make_source(admin_url: str, name: str, *, persons: int, seed: int, municipality: str) -> str:
     """A fresh PostgreSQL database `name` with a synthetic case system of `persons` persons."""
-    from transforms import synthetic
+    from demo import synthetic
     from transforms.source import create_engine_from_url
 
     url = create_database(admin_url, name)
@@ -488,7 +488,7 @@ def make_source(admin_url: str, name: str, *, persons: int, seed: int, municipal
 def start_municipalities(stack: Any, root: Path, codes: list[str], *, persons: int,
                          admin_url: str = PG_ADMIN_URL, control: bool = False) -> list[Municipality]:
     """For each kommunekode: a source DB and a receiver, both ended by `stack` (a contextlib.ExitStack)."""
-    from delivery.cli import demo_receiver
+    from cli.main import demo_receiver
 
     tag = uuid.uuid4().hex[:8]
     out = []

@@ -10,9 +10,9 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import settings as hypothesis_settings
 
+from demo.synthetic import DemoData, generate
 from transforms.registry import REPO_ROOT
 from transforms.source import create_engine_from_url
-from transforms.synthetic import DemoData, generate
 
 # Property tests assert behaviour, not speed: on a shared 2-core machine an example can take longer
 # than Hypothesis's default 200 ms deadline without anything being wrong.

@@ -67,7 +67,7 @@ def test_key_from_environment_or_created_file(tmp_path, monkeypatch):
 
 
 def test_retention_setting_is_applied_by_the_pipeline(vault, tmp_path, monkeypatch):
-    from delivery.pipeline import Settings, apply_archive_retention
+    from cycle.pipeline import Settings, apply_archive_retention
 
     monkeypatch.setenv("AMS_ARCHIVE_DIR", str(tmp_path / "archive"))
     old = tmp_path / "archive" / "area1" / "2020-01-01" / "b-0"

@@ -90,7 +90,7 @@ def _reference_run(tmp: Path, m: Municipality, monkeypatch) -> dict[str, bytes]:
     """What dag.test() delivers from the same source: its own state DB, its own receiver."""
     from airflow.dag_processing.dagbag import DagBag
 
-    from delivery.cli import _receiver_connection, demo_receiver
+    from cli.main import _receiver_connection, demo_receiver
 
     with demo_receiver(tmp / f"reference-receiver-{m.code}.sqlite") as (receiver, extra), monkeypatch.context() as mp:
         for key, value in {**SETTINGS, "AMS_HOME": str(tmp / f"reference-{m.code}"),
@@ -107,8 +107,8 @@ def _reference_run(tmp: Path, m: Municipality, monkeypatch) -> dict[str, bytes]:
 def _log_home(cluster: CeleryDeployment, dag_id: str, run_id: str, task_id: str, map_index: int,
               attempt: int) -> int | None:
     """Which worker wrote this try's task log (its own AIRFLOW_HOME): the worker that ran it."""
-    relative = Path(f"dag_id={dag_id}", f"run_id={run_id}", f"task_id={task_id}", f"map_index={map_index}",
-                    f"attempt={attempt}.log")
+    mapped = [f"map_index={map_index}"] if map_index >= 0 else []
+    relative = Path(f"dag_id={dag_id}", f"run_id={run_id}", f"task_id={task_id}", *mapped, f"attempt={attempt}.log")
     for i in range(1, cluster.workers + 1):
         if (cluster.root / f"worker-{i}" / "airflow" / "logs" / relative).exists():
             return i
@@ -186,6 +186,19 @@ def test_killed_delivery_ran_again_on_the_other_worker(outcome):
     first = _log_home(cluster, held["dag_id"], run_id, "area.deliver", held["map_index"], 1)
     second = _log_home(cluster, held["dag_id"], run_id, "area.deliver", held["map_index"], 2)
     assert first == outcome.killed_worker and second not in (None, outcome.killed_worker), (first, second)
+
+
+def test_only_the_killed_workers_tasks_ran_twice(outcome):
+    """Every task retries once (for a lost worker), which would also hide a task that fails on Celery
+    for another reason (a race between workers, a file on the other disk): none may have."""
+    cluster, again = outcome.cluster, []
+    for dag_id, run_id in outcome.runs.items():
+        for ti in cluster.task_instances(dag_id, run_id):
+            if ti["try_number"] > 1:
+                first = _log_home(cluster, dag_id, run_id, ti["task_id"], ti["map_index"], 1)
+                if first != outcome.killed_worker:
+                    again.append(f"{dag_id} {ti['task_id']}[{ti['map_index']}] (first try on worker {first})")
+    assert not again, "tasks that needed a second try without their worker dying:\n" + "\n".join(again)
 
 
 def test_receivers_hold_exactly_what_dag_test_delivers(outcome):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from delivery import cli
+from cli import main as cli
 from delivery.conformance import DEFECTS, certification_records, kind_columns
 from receiver.server import start_in_thread
 from receiver.store import ReceiverStore

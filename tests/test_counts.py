@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from delivery.pipeline import Settings, prepare_area
-from delivery.report import format_summary
+from cycle.pipeline import Settings, prepare_area
 from expectations.runner import run_quality
+from reports.summary import format_summary
 from transforms.contracts import check_contract
 from transforms.fields_doc import render
 from transforms.identifiers import cpr_status

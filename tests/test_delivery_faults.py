@@ -14,11 +14,11 @@ from datetime import date
 import pytest
 import requests
 
+from cycle.pipeline import AreaDeliveryStopped, Settings, deliver_area, prepare_area
 from delivery.client import AmsClient
-from delivery.pipeline import AreaDeliveryStopped, Settings, deliver_area, prepare_area
-from delivery.report import run_summary
+from demo import synthetic
 from receiver.store import ReceiverStore
-from transforms import synthetic
+from reports.summary import run_summary
 from transforms.source import create_engine_from_url, create_source_schema
 
 AREA = 1
@@ -150,7 +150,7 @@ def test_sigkill_mid_batch_then_rerun(world, tmp_path):
     # The first batch goes through; the second hangs at the receiver until the process is killed.
     script = f"""
 import json, sys
-from delivery.pipeline import Settings, deliver_area
+from cycle.pipeline import Settings, deliver_area
 from delivery.client import AmsClient
 s = Settings(**json.loads(sys.argv[1]))
 deliver_area({AREA}, run_id="run-1", settings=s, client=AmsClient("{receiver.wsdl_url}", timeout=60))

@@ -45,15 +45,16 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from lxml import etree
 
+from cycle.pipeline import AreaDeliveryStopped, Settings, deliver_area, finish_archives, prepare_area
 from delivery import failpoints
 from delivery.archive import PAYLOAD_FILE, verify_archive
 from delivery.client import AmsClient
-from delivery.pipeline import AreaDeliveryStopped, Settings, deliver_area, finish_archives, prepare_area
-from delivery.report import run_summary
 from delivery.state import IN_DOUBT
+from demo import synthetic
 from receiver.server import ReceiverProcess
 from receiver.store import ReceiverStore
-from transforms import mapping, synthetic
+from reports.summary import run_summary
+from transforms import mapping
 from transforms.payload import build_batch, q, xml_parser
 from transforms.registry import RECORD_ID_ELEMENT, get_area
 from transforms.source import create_engine_from_url, create_source_schema, extract_chunks

@@ -21,10 +21,10 @@ import requests
 import sqlalchemy as sa
 from lxml import etree
 
+from cycle.pipeline import AreaDeliveryStopped, deliver_area, finish_archives, prepare_area
 from delivery import failpoints
 from delivery.archive import LOOKUP_REQUEST_FILE, PAYLOAD_FILE, verify_archive
 from delivery.client import AmsClient
-from delivery.pipeline import AreaDeliveryStopped, deliver_area, finish_archives, prepare_area
 from delivery.state import StateStore, area_locks
 from receiver.store import ReceiverStore
 from tests.test_delivery_faults import AREA, PERIOD_END, demo_settings
@@ -316,7 +316,7 @@ def test_the_area_lock_on_postgresql_is_an_advisory_lock(pg_url):
 # --- 12. the receiver down, as an operator sees it -----------------------------------------------
 
 def test_receiver_down_is_retried_recorded_and_summarised_truthfully(world, monkeypatch, capsys):
-    from delivery.report import format_summary, run_summary
+    from reports.summary import format_summary, run_summary
 
     settings, _, _ = world
     prepare_area(AREA, run_id="run-1", period_end=PERIOD_END, settings=settings)
@@ -335,7 +335,7 @@ def test_receiver_down_is_retried_recorded_and_summarised_truthfully(world, monk
     text = format_summary(summary)
     assert f"Area {AREA} FAILED: " in text and "Nothing new to send" not in text
     # `ams-report summary` reads: it prints the same and writes no report file.
-    from delivery import cli
+    from cli import main as cli
 
     monkeypatch.setenv("AMS_HOME", str(settings.home))
     monkeypatch.setenv("AMS_STATE_URL", settings.state_url)

@@ -17,8 +17,8 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import ROOT
-from delivery.pipeline import Settings
-from delivery.report import run_summary
+from cycle.settings import Settings
+from reports.summary import run_summary
 from transforms import mapping
 from transforms.registry import AREAS, get_area
 from transforms.rules import severity
@@ -100,7 +100,7 @@ def assert_reconciles(summary: dict) -> None:
 
 def _scenario(monkeypatch, tmp_path, receiver, source_url: str, state_url: str, airflow_db) -> None:
     from delivery.state import StateStore
-    from transforms import synthetic
+    from demo import synthetic
     from transforms.source import create_engine_from_url, create_source_schema
 
     engine = create_engine_from_url(source_url)

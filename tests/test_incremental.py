@@ -17,10 +17,10 @@ from datetime import date, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
+from cycle.pipeline import Settings, deliver_area, prepare_area
 from delivery.client import AmsClient
-from delivery.pipeline import Settings, deliver_area, prepare_area
+from demo import synthetic
 from receiver.store import ReceiverStore
-from transforms import synthetic
 from transforms.source import create_engine_from_url, create_source_schema
 
 AREAS = (1, 2)

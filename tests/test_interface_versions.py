@@ -13,9 +13,9 @@ import pytest
 import requests
 from lxml import etree
 
+from cycle.pipeline import AreaDeliveryStopped, Settings, deliver_area, prepare_area
 from delivery.client import AmsClient, BusinessFault
 from delivery.interface_change import describe_change, field_changes, xsd_differences
-from delivery.pipeline import AreaDeliveryStopped, Settings, deliver_area, prepare_area
 from receiver.server import ReceiverHandle, start_in_thread
 from receiver.store import ReceiverStore
 from tests.test_delivery_faults import demo_settings
@@ -66,7 +66,7 @@ def test_which_days_count() -> None:
 
 
 def test_interface_change_command(tmp_path, monkeypatch, capsys) -> None:
-    from delivery import cli
+    from cli import main as cli
 
     monkeypatch.setenv("AMS_HOME", str(tmp_path / "var"))
     monkeypatch.delenv("AMS_STATE_URL", raising=False)

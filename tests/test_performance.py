@@ -15,10 +15,10 @@ import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from delivery.pipeline import _classify
-from delivery.report import format_summary, run_summary
+from cycle.pipeline import _classify
+from cycle.timing import PhaseTimer
 from delivery.state import StateStore, ledger
-from delivery.timing import PhaseTimer
+from reports.summary import format_summary, run_summary
 from transforms import mapping
 from transforms.registry import get_area
 
@@ -26,7 +26,7 @@ AREA = get_area(1)
 
 
 def _reference_classify(entries: dict[str, dict], in_flight: set[str], records: pd.DataFrame):
-    """The record-by-record classification the set-based one replaced (delivery.pipeline before issue 9)."""
+    """The record-by-record classification the set-based one replaced (cycle.pipeline before issue 9)."""
     counts: Counter = Counter()
     send, refused = [], set()
     for row in records[["record_key", "action", "content_hash"]].itertuples(index=False):
@@ -148,8 +148,8 @@ def test_phase_timer_adds_up_repeats():
 
 
 def test_prepare_and_deliver_record_their_phases_in_the_run_summary(tmp_path, monkeypatch):
+    from cycle.pipeline import deliver_area, prepare_area
     from delivery.client import AmsClient
-    from delivery.pipeline import deliver_area, prepare_area
     from receiver.server import start_in_thread
     from tests.test_delivery_faults import demo_settings
 
@@ -168,7 +168,7 @@ def test_prepare_and_deliver_record_their_phases_in_the_run_summary(tmp_path, mo
 
 
 def test_the_scaled_source_copies_the_demo_with_its_own_persons_and_keys(tmp_path):
-    from transforms.scale import change_measures, scale_source
+    from demo.scale import change_measures, scale_source
     from transforms.source import create_engine_from_url, extract_frame
 
     url = f"sqlite:///{tmp_path / 'source.sqlite'}"
@@ -187,7 +187,7 @@ def test_the_scaled_source_copies_the_demo_with_its_own_persons_and_keys(tmp_pat
 
 
 def test_a_day_without_change_stores_no_finding_and_a_fix_resolves_one(tmp_path, monkeypatch):
-    from delivery.pipeline import prepare_area
+    from cycle.pipeline import prepare_area
     from tests.test_delivery_faults import demo_settings
     from transforms.source import create_engine_from_url
 
@@ -203,7 +203,7 @@ def test_a_day_without_change_stores_no_finding_and_a_fix_resolves_one(tmp_path,
     columns = ["record_key", "rule", "field", "message"]
     assert again[columns].sort_values(columns).values.tolist() == found[columns].sort_values(columns).values.tolist()
     # ... and its report does not store the same findings.csv again: one copy, two names
-    from delivery.report import write_run_report
+    from reports.summary import write_run_report
 
     write_run_report("r1", settings_)
     write_run_report("r2", settings_)

@@ -1,11 +1,11 @@
-"""The inline SVG plots of the analysts' pages (delivery.plots): numbers in the right places."""
+"""The inline SVG plots of the analysts' pages (reports.plots): numbers in the right places."""
 
 from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
 
-from delivery import plots
+from reports import plots
 
 SVG = "{http://www.w3.org/2000/svg}"
 

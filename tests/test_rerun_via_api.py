@@ -14,9 +14,9 @@ import pytest
 import requests
 
 from conftest import ROOT
+from demo import synthetic
 from receiver.store import ReceiverStore
 from tests.support import free_port
-from transforms import synthetic
 from transforms.source import create_engine_from_url, create_source_schema
 
 pytestmark = pytest.mark.slow

@@ -20,9 +20,9 @@ from pathlib import Path
 import asyncssh
 import pytest
 
+from cycle.pipeline import AreaDeliveryStopped, Settings, deliver_area, prepare_area
 from delivery.client import AccessClosed, BusinessFault, TransientDeliveryError
-from delivery.pipeline import AreaDeliveryStopped, Settings, deliver_area, prepare_area
-from transforms import synthetic
+from demo import synthetic
 from transforms.registry import REPO_ROOT
 from transforms.source import create_engine_from_url, create_source_schema
 

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from demo.synthetic import generate
 from transforms import source
 from transforms.registry import AREAS, get_area
 from transforms.source import (
@@ -23,7 +24,6 @@ from transforms.source import (
     load_query,
     split_sql,
 )
-from transforms.synthetic import generate
 
 IDENTIFIER_COLUMNS = {
     "cpr", "municipality_code", "responsible_jobcenter", "registering_jobcenter", "provider_cvr", "provider_pnr",

@@ -9,6 +9,7 @@ from datetime import date
 import pytest
 import sqlalchemy as sa
 
+from demo.synthetic import CV_SCOPE_GROUPS, DEFECT_KINDS, generate, main
 from transforms import codelists
 from transforms.identifiers import (
     CPR_BAD_DATE,
@@ -23,7 +24,6 @@ from transforms.identifiers import (
 from transforms.registry import AREAS, Area, get_area
 from transforms.rules import RULE_BY_ID
 from transforms.source import SOURCE_KEYS, SOURCE_TABLES, create_engine_from_url, extract_frame
-from transforms.synthetic import CV_SCOPE_GROUPS, DEFECT_KINDS, generate, main
 
 MUNICIPALITIES = codelists.municipality_codes()
 

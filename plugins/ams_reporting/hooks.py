@@ -19,7 +19,7 @@ from typing import Any
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 
-from delivery.pipeline import Settings
+from cycle.settings import Settings
 from transforms.registry import AREAS, SFTP, WEBSERVICE, get_area
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """The file channel (§ 51): a batch delivered as one XML file in the agency's SFTP inbox.
 
 `SftpFileDropClient` has the interface of `delivery.client.AmsClient` (`submit`, `get_batch_receipt`),
-so `delivery.pipeline.deliver_area` and its ledger work unchanged:
+so `cycle.pipeline.deliver_area` and its ledger work unchanged:
 
 - `submit(payload)` uploads the batch as `<remote_dir>/<batch_id>.xml`, atomically: the bytes go to
   `<batch_id>.xml.part` and are then renamed (SFTP rename never replaces an existing file). When

@@ -9,7 +9,7 @@ from airflow.sdk import get_current_context
 from airflow.sdk.exceptions import AirflowFailException
 
 from ams_reporting.hooks import client_for_area, settings
-from delivery import pipeline
+from cycle import pipeline
 from transforms.registry import get_area
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,8 @@ def deliver_task(area: int) -> dict:
 
 
 def report_task() -> dict:
-    from delivery.pipeline import apply_archive_retention, finish_archives
-    from delivery.report import write_run_report
+    from cycle.pipeline import apply_archive_retention, finish_archives
+    from reports.summary import write_run_report
 
     run_id = get_current_context()["run_id"]
     config = settings()

@@ -3,7 +3,7 @@
 `plugins/ams_reporting_plugin.py` registers it with Airflow 3.3: the API server mounts the app at
 `/ams-reports`, and the nav link "AMS data quality" (an external view) shows it inside the UI, at
 `/plugin/ams-data-quality`. The app serves the reports folder (`Settings.from_env().reports_dir`,
-written by delivery.report / delivery.report_html) and nothing else:
+written by reports.summary / reports.pages) and nothing else:
 
     /                                  index.html: every run, newest first
     /runs/<safe run id>/               that run's page
@@ -39,7 +39,7 @@ APP_NAME = "AMS reports"
 NAV_NAME = "AMS data quality"
 NAV_ROUTE = "ams-data-quality"
 
-#: A run folder's name as delivery.report._safe writes it.
+#: A run folder's name as reports.summary._safe writes it.
 _RUN_FOLDER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,250}")
 #: The files of a run folder that are served, with their media type and whether they download.
 RUN_FILES: dict[str, tuple[str, bool]] = {
@@ -81,7 +81,7 @@ def external_view() -> dict:
 
 
 def default_reports_dir() -> Path:
-    from delivery.pipeline import Settings  # per request: AMS_HOME is read when a page is asked for
+    from cycle.pipeline import Settings  # per request: AMS_HOME is read when a page is asked for
 
     return Settings.from_env().reports_dir
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from delivery.pipeline import Settings
+from cycle.settings import Settings
 from transforms.registry import REPO_ROOT
 
 DAG_ID = "employment_reporting"
@@ -67,7 +67,7 @@ def _airflow(args: list[str], env: dict[str, str], log_path: Path) -> int:
 
 def ensure_demo_source(settings: Settings, persons: int) -> bool:
     """Create and fill the demo source database once; later runs read what is there (fixes included)."""
-    from transforms import synthetic
+    from demo import synthetic
     from transforms.source import create_engine_from_url, create_source_schema
 
     path = Path(settings.source_url.removeprefix("sqlite:///"))
@@ -116,7 +116,7 @@ def run_cycle(settings: Settings, receiver_url: str, *, log_path: Path, connecti
 def _print_summary(settings: Settings, run_id: str) -> None:
     """Print a run's summary from the state DB: true in every state (failed, outstanding, killed), and
     read-only (the report task writes the run's report files)."""
-    from delivery.report import format_summary, run_summary
+    from reports.summary import format_summary, run_summary
 
     print(format_summary(run_summary(run_id, settings)))
 

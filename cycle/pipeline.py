@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cycle.settings import Settings
+from cycle.timing import PhaseTimer, peak_rss_mib
 from delivery import failpoints
 from delivery.archive import (
     LOOKUP_REQUEST_FILE,
@@ -42,15 +44,13 @@ from delivery.archive import (
     Vault,
     apply_retention,
     archive_batch,
-    load_keys,
     sha256,
 )
 from delivery.state import ACKNOWLEDGED, OUTSTANDING, AreaBusy, StateStore
-from delivery.timing import PhaseTimer, peak_rss_mib
 from transforms import mapping
 from transforms.contracts import FINDING_COLUMNS, check_contract
 from transforms.identifiers import mask_cpr
-from transforms.registry import REPO_ROOT, Area, InterfaceVersion, get_area, version_in_force
+from transforms.registry import Area, InterfaceVersion, get_area, version_in_force
 
 log = logging.getLogger(__name__)
 
@@ -59,72 +59,6 @@ BATCH_NAMESPACE = uuid.UUID("1f6b0c2e-8d7a-5e0b-a2a1-0b4610f02010")
 
 class AreaDeliveryStopped(RuntimeError):
     """Delivery for an area cannot go on without a person acting (access closed, retries exhausted)."""
-
-
-@dataclass
-class Settings:
-    """Where things are and how big the steps are. `from_env` reads the AMS_* variables."""
-
-    home: Path = REPO_ROOT / "var"
-    source_url: str = ""
-    state_url: str = ""
-    batch_size: int = 5000
-    chunksize: int = 50_000
-    sender_municipality: str = "101"
-    data_docs: bool = True
-    archive_retention_days: int | None = None  # None: keep everything
-    delivery_attempts: int = 4
-    backoff_seconds: float = 1.0
-    lock_wait_seconds: float = 60.0
-    full_read: bool = False  # read the whole source, not only its changes (`ams-report demo --full`)
-    full_read_every_days: int = 7  # the safety net: a full read at least this often
-
-    def __post_init__(self) -> None:
-        self.home = Path(self.home)
-
-    @classmethod
-    def from_env(cls) -> Settings:
-        home = Path(os.environ.get("AMS_HOME", REPO_ROOT / "var"))
-        return cls(
-            home=home,
-            source_url=os.environ.get("AMS_SOURCE_URL", f"sqlite:///{home / 'source' / 'demo.sqlite'}"),
-            state_url=os.environ.get("AMS_STATE_URL", f"sqlite:///{home / 'state' / 'state.sqlite'}"),
-            batch_size=int(os.environ.get("AMS_BATCH_SIZE", 5000)),
-            chunksize=int(os.environ.get("AMS_CHUNK_SIZE", 50_000)),
-            sender_municipality=os.environ.get("AMS_SENDER_MUNICIPALITY", "101"),
-            data_docs=os.environ.get("AMS_DATA_DOCS", "1") not in ("0", "false", "no"),
-            archive_retention_days=int(os.environ["AMS_ARCHIVE_RETENTION_DAYS"])
-            if os.environ.get("AMS_ARCHIVE_RETENTION_DAYS") else None,
-            delivery_attempts=int(os.environ.get("AMS_DELIVERY_ATTEMPTS", 4)),
-            backoff_seconds=float(os.environ.get("AMS_BACKOFF_SECONDS", 1.0)),
-            lock_wait_seconds=float(os.environ.get("AMS_LOCK_WAIT_SECONDS", 60)),
-            full_read=os.environ.get("AMS_FULL_READ", "0").lower() in ("1", "true", "yes"),
-            full_read_every_days=int(os.environ.get("AMS_FULL_READ_EVERY_DAYS", 7)),
-        )
-
-    @property
-    def staging_dir(self) -> Path:
-        return self.home / "staging"
-
-    @property
-    def archive_dir(self) -> Path:
-        return Path(os.environ.get("AMS_ARCHIVE_DIR", self.home / "archive"))
-
-    @property
-    def reports_dir(self) -> Path:
-        return self.home / "reports"
-
-    def vault(self) -> Vault:
-        return Vault(load_keys(self.home / "keys" / "archive.key"))
-
-    def batch_staging(self, area: Area, batch_id: str) -> Path:
-        """The staging folder of one batch: its payload, then its receipt (and lookup), until archived."""
-        return self.staging_dir / area.code / batch_id
-
-    def state(self) -> StateStore:
-        if self.state_url.startswith("sqlite:///"):
-            Path(self.state_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        return StateStore(self.state_url)
 
 
 def _empty_findings() -> pd.DataFrame:

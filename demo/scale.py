@@ -1,4 +1,4 @@
-"""A large source for `make bench`, fast: the demo source (transforms.synthetic) copied in SQL.
+"""A large source for `make bench`, fast: the demo source (demo.synthetic) copied in SQL.
 
 `scale_source(url, rows)` fills the source contract with the demo data of a few thousand persons,
 keeps the measures of area 1 and their persons (area 2's are deleted, so the source rows are area 1's
@@ -19,7 +19,8 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-from transforms import mapping, synthetic
+from demo import synthetic
+from transforms import mapping
 from transforms.registry import SQL_DIR, get_area
 from transforms.source import create_engine_from_url, create_source_schema, dialect_name, extract_chunks, split_sql
 

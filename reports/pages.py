@@ -36,11 +36,11 @@ import sqlalchemy as sa
 from jinja2 import DictLoader, Environment, StrictUndefined
 from markupsafe import Markup, escape
 
-from delivery import plots
-from delivery.pipeline import Settings
-from delivery.report import _safe, area_row
+from cycle.settings import Settings
 from delivery.state import StateStore, run_areas
 from delivery.state import quarantine as quarantine_table
+from reports import plots
+from reports.counts import area_row, safe_folder_name
 from transforms.identifiers import mask_cpr_in_text
 from transforms.registry import get_area
 from transforms.rules import RULE_BY_ID
@@ -95,10 +95,10 @@ def _area_title(number: int) -> str:
 
 def _run_page_href(prefix: str, run_id: str, reports_dir: Path) -> str | None:
     """Relative link to a run's page (or its summary.md when the run predates the pages)."""
-    folder = reports_dir / "runs" / _safe(run_id)
+    folder = reports_dir / "runs" / safe_folder_name(run_id)
     for name in ("index.html", "summary.md"):
         if (folder / name).exists():
-            return f"{prefix}{quote(_safe(run_id))}/{name}"
+            return f"{prefix}{quote(safe_folder_name(run_id))}/{name}"
     return None
 
 
@@ -220,7 +220,7 @@ def _run_overview(state: StateStore, run_id: str) -> dict:
     finished = [t for t in (_utc(a["finished_at"]) for a in areas) if t is not None]
     return {
         "run_id": run_id,
-        "safe": _safe(run_id),
+        "safe": safe_folder_name(run_id),
         "areas": areas,
         "totals": _totals(areas),
         "status": _run_status(areas),
@@ -538,7 +538,7 @@ not yet acknowledged by the agency (0 after a good run).</p>
 <td class="n{% if not t %} zero{% endif %}">{{ "%.1f s" | format(t) }}</td>{% endfor %}
 <td class="n">{{ a.peak_rss_mib }} MiB</td></tr>{% endfor %}</tbody>
 </table>
-<p class="muted small">Seconds per phase of the area's prepare and deliver tasks (delivery.timing): extract,
+<p class="muted small">Seconds per phase of the area's prepare and deliver tasks (cycle.timing): extract,
 map, contract (pandera), quality (Great Expectations), findings and quarantine stored, hash (content hashes),
 diff (against the ledger), payload, xsd, encrypt and add_batch (staging), send (to the agency), receipt
 (stored in the ledger), archive. Peak memory is the larger task's.</p>
@@ -806,7 +806,7 @@ def write_run_page(run_id: str, settings: Settings) -> Path:
     """Write runs/<safe run id>/index.html with quarantine.csv and findings.csv beside it."""
     state = settings.state()
     context = _run_context(run_id, settings, state)
-    folder = settings.reports_dir / "runs" / _safe(run_id)
+    folder = settings.reports_dir / "runs" / safe_folder_name(run_id)
     folder.mkdir(parents=True, exist_ok=True)
     _write_csv(folder / "quarantine.csv",
                ("area", "record_key", "person", "rule", "rule_title", "severity", "field", "paragraph", "message",

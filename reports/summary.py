@@ -14,52 +14,11 @@ extracted = delivered + annulled + quarantined + unchanged + outstanding.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 
-from delivery.pipeline import Settings
-from transforms.registry import get_area
-
-COLUMNS = ("extracted", "delivered", "annulled", "quarantined", "unchanged", "outstanding", "warnings")
-
-
-def area_row(row: dict, acknowledged: list[dict]) -> dict:
-    """One area's counts. Delivery counts come from the receipts of the batches the run's latest
-    preparation staged (durable state), so a delivery that was killed half-way and re-run still adds up. `outstanding`
-    is what is left: records staged or in doubt, or waiting for an earlier run's batch in doubt. It
-    is never clamped: a negative value would show a counting error instead of hiding it."""
-    counts = row["counts"]
-    # Only the batches of the run's latest preparation: a cleared `prepare` counts the records anew,
-    # and what an earlier attempt delivered is then "unchanged" (or, while in doubt, outstanding).
-    started = _utc(row["started_at"])
-    mine = [b for b in acknowledged if b["area"] == row["area"] and _utc(b["created_at"]) >= started]
-    accepted = sum(b["accepted_count"] or 0 for b in mine)
-    annulled = sum(b["annulled_count"] or 0 for b in mine)
-    rejected = sum(b["rejected_count"] or 0 for b in mine)
-    extracted = counts.get("extracted", 0)
-    quarantined = counts.get("quarantined", 0) + rejected
-    unchanged = counts.get("unchanged", 0)
-    outstanding = extracted - (accepted + quarantined + unchanged)
-    area = get_area(row["area"])
-    return {
-        "area": area.number,
-        "title": area.title,
-        "status": row["status"],
-        "extracted": extracted,
-        "delivered": accepted - annulled,
-        "annulled": annulled,
-        "quarantined": quarantined,
-        "unchanged": unchanged,
-        "outstanding": outstanding,
-        "warnings": counts.get("with_warnings", 0),
-        "out_of_scope": counts.get("out_of_scope", 0),
-        "rules": counts.get("rules", {}),
-        "phases": counts.get("phases", {}),  # seconds per phase of prepare and deliver (delivery.timing)
-        "peak_rss_mib": counts.get("peak_rss_mib"),
-        "receipts": [b["receipt_message_id"] for b in mine if not str(b["receipt_message_id"]).startswith("fault-")],
-        "message": row.get("message"),
-        "data_docs": row.get("data_docs"),
-    }
+from cycle.settings import Settings
+from reports.counts import COLUMNS, area_row, safe_folder_name
+from reports.pages import write_index, write_run_page
 
 
 def run_summary(run_id: str, settings: Settings) -> dict:
@@ -131,8 +90,9 @@ def format_summary(summary: dict) -> str:
     if summary.get("in_doubt") or summary.get("unarchived"):
         lines.append(f"Batches in doubt (looked up before anything is sent again): {summary.get('in_doubt', 0)}; "
                      f"acknowledged but not archived yet: {summary.get('unarchived', 0)}.")
+    run_folder = Path(summary["reports_dir"]) / "runs" / safe_folder_name(summary["run_id"])
     lines += ["", f"Open quarantine entries: {summary['open_quarantine']}",
-              f"Run summary:         {Path(summary['reports_dir']) / 'runs' / _safe(summary['run_id']) / 'summary.md'}",
+              f"Run summary:         {run_folder / 'summary.md'}",
               f"Data Docs:           {Path(summary['reports_dir']) / 'data_docs' / 'index.html'}",
               f"Archive:             {summary['archive_dir']}"]
     return "\n".join(lines)
@@ -141,20 +101,10 @@ def format_summary(summary: dict) -> str:
 def write_run_report(run_id: str, settings: Settings) -> dict:
     """Write summary.json and summary.md for the run; return the totals (small, for XCom)."""
     summary = run_summary(run_id, settings)
-    folder = settings.reports_dir / "runs" / _safe(run_id)
+    folder = settings.reports_dir / "runs" / safe_folder_name(run_id)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
     (folder / "summary.md").write_text("```\n" + format_summary(summary) + "\n```\n")
-    from delivery.report_html import write_index, write_run_page  # the analysts' pages (imports this module)
-
     write_run_page(run_id, settings)
     write_index(settings)
     return {"run_id": run_id, **summary["totals"]}
-
-
-def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
-def _safe(run_id: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)

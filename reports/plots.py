@@ -1,6 +1,6 @@
 """Plots for the analysts' pages: inline SVG written here, no JavaScript, no external asset.
 
-Two shapes serve the questions analysts ask (delivery.report_html supplies the data):
+Two shapes serve the questions analysts ask (reports.pages supplies the data):
 - `line_chart`: one line per series over the last runs (quarantine per area; the top rules);
 - `bar_chart`: one bar per bucket (time from first seen to released).
 

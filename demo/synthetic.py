@@ -913,7 +913,7 @@ def generate(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m transforms.synthetic",
+        prog="python -m demo.synthetic",
         description="Create the source contract's tables and fill them with the deterministic demo data.",
     )
     parser.add_argument("--url", help="source database URL (default: $AMS_SOURCE_URL or var/source/demo.sqlite)")

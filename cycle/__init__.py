@@ -1,0 +1,1 @@
+"""The reporting cycle of one area: settings, prepare, deliver, timings (no Airflow import)."""
