@@ -485,11 +485,15 @@ def make_source(admin_url: str, name: str, *, persons: int, seed: int, municipal
     return url
 
 
-def start_municipalities(stack: Any, root: Path, codes: list[str], *, persons: int,
+def start_municipalities(stack: Any, root: Path, codes: list[str], *, persons: int, tenants: bool = True,
                          admin_url: str = PG_ADMIN_URL, control: bool = False) -> list[Municipality]:
-    """For each kommunekode: a source DB and a receiver, both ended by `stack` (a contextlib.ExitStack)."""
+    """For each kommunekode: a source DB and a receiver, both ended by `stack` (a contextlib.ExitStack).
+    `tenants`: the municipalities are tenants of a tenants file (DAG employment_reporting_<kommunekode>);
+    False: one municipality, the single-municipality DAG employment_reporting."""
     from cli.main import demo_receiver
 
+    if not tenants and len(codes) != 1:
+        raise ValueError("without a tenants file a deployment reports for one municipality")
     tag = uuid.uuid4().hex[:8]
     out = []
     for n, code in enumerate(codes):
@@ -497,14 +501,34 @@ def start_municipalities(stack: Any, root: Path, codes: list[str], *, persons: i
         stack.callback(drop_database, admin_url, name)
         url = make_source(admin_url, name, persons=persons, seed=1000 + n, municipality=code)
         receiver, extra = stack.enter_context(demo_receiver(root / f"receiver-{code}.sqlite", control=control))
-        out.append(Municipality(code, "employment_reporting", url, receiver, extra))
+        dag_id = f"employment_reporting_{code}" if tenants else "employment_reporting"
+        out.append(Municipality(code, dag_id, url, receiver, extra))
     return out
 
 
-def deployment_env(municipalities: list[Municipality]) -> dict[str, str]:
-    """The settings that name the municipalities' sources and receivers, for every process."""
-    if len(municipalities) != 1:
-        raise ValueError("one municipality per deployment until tenants files exist")
-    m = municipalities[0]
-    return {"AMS_SOURCE_URL": m.source_url, "AMS_SENDER_MUNICIPALITY": m.code,
-            "AIRFLOW_CONN_AMS_RECEIVER": m.receiver_connection()}
+def deployment_env(municipalities: list[Municipality], folder: Path,
+                   receivers: dict[str, str] | None = None) -> dict[str, str]:
+    """The settings that name the municipalities' sources and receivers, for every process: a tenants
+    file in `folder` (manual runs only: no schedule) and the connections `ams_source_<kommunekode>`,
+    `ams_receiver_<kommunekode>` as AIRFLOW_CONN_* variables; or, for the single-municipality DAG,
+    AMS_SOURCE_URL and `ams_receiver`. `receivers`: kommunekode -> another receiver connection (JSON)."""
+    import json
+
+    import yaml
+
+    receivers = receivers or {}
+    if [m.dag_id for m in municipalities] == ["employment_reporting"]:
+        m = municipalities[0]
+        return {"AMS_SOURCE_URL": m.source_url, "AMS_SENDER_MUNICIPALITY": m.code,
+                "AIRFLOW_CONN_AMS_RECEIVER": receivers.get(m.code) or m.receiver_connection()}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "tenants.yaml"
+    entries = [{"kommunekode": m.code, "source_conn_id": f"ams_source_{m.code}",
+                "receiver_conn_id": f"ams_receiver_{m.code}", "schedule": None} for m in municipalities]
+    path.write_text(yaml.safe_dump({"tenants": entries}, sort_keys=False), encoding="utf-8")
+    env = {"AMS_TENANTS_FILE": str(path)}
+    for m in municipalities:
+        env[f"AIRFLOW_CONN_AMS_SOURCE_{m.code}"] = json.dumps({"conn_type": "generic",
+                                                              "extra": {"sqlalchemy_url": m.source_url}})
+        env[f"AIRFLOW_CONN_AMS_RECEIVER_{m.code}"] = receivers.get(m.code) or m.receiver_connection()
+    return env
