@@ -232,6 +232,7 @@ class CeleryDeployment:
             "AIRFLOW__CELERY__BROKER_URL": self.broker_url,
             "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + meta,
             "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.concurrency),
+            "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "ams_celery.CELERY_CONFIG",  # plugins/: warm workers
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base_url}/execution/",
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(self.port),
