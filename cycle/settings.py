@@ -9,9 +9,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from delivery.archive import Vault, load_keys
+from delivery.archive import ArchiveKeyMissing, Vault, load_keys
 from delivery.state import StateStore
-from transforms.registry import REPO_ROOT, Area
+from transforms.registry import REPO_ROOT
 
 
 @dataclass
@@ -59,10 +59,6 @@ class Settings:
         )
 
     @property
-    def staging_dir(self) -> Path:
-        return self.home / "staging"
-
-    @property
     def archive_dir(self) -> Path:
         return Path(os.environ.get("AMS_ARCHIVE_DIR", self.home / "archive"))
 
@@ -71,13 +67,31 @@ class Settings:
         return self.home / "reports"
 
     def vault(self) -> Vault:
+        """The archive keys. Staged payloads (in the state DB) and the archive are read by every worker,
+        so on several workers the key must be one shared secret (AMS_ARCHIVE_KEY from the secrets
+        backend): a key file made up on one worker's disk could not open what another one wrote."""
+        if multi_worker() and not os.environ.get("AMS_ARCHIVE_KEY") and not os.environ.get("AMS_ARCHIVE_KEY_FILE"):
+            key_file = self.home / "keys" / "archive.key"
+            if not key_file.exists():
+                raise ArchiveKeyMissing(
+                    f"No archive key: this deployment runs tasks on several workers ({multi_worker()}), and "
+                    "AMS_ARCHIVE_KEY is not set. A key made up on this worker could not decrypt what the other "
+                    "workers stage and archive, so none is made up. Set AMS_ARCHIVE_KEY on every worker from the "
+                    "secrets backend (docs/operations.md, 'The archive key').")
         return Vault(load_keys(self.home / "keys" / "archive.key"))
-
-    def batch_staging(self, area: Area, batch_id: str) -> Path:
-        """The staging folder of one batch: its payload, then its receipt (and lookup), until archived."""
-        return self.staging_dir / area.code / batch_id
 
     def state(self) -> StateStore:
         if self.state_url.startswith("sqlite:///"):
             Path(self.state_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        return StateStore(self.state_url)
+        return StateStore(self.state_url, tenant=self.tenant)
+
+
+def multi_worker() -> str:
+    """Why tasks may run on several workers ("" when they cannot): the Airflow executor distributes
+    them (Celery, Kubernetes, Edge), or AMS_MULTI_WORKER=1 says so."""
+    executor = os.environ.get("AIRFLOW__CORE__EXECUTOR", "")
+    if any(name in executor for name in ("Celery", "Kubernetes", "Edge")):
+        return f"AIRFLOW__CORE__EXECUTOR={executor}"
+    if os.environ.get("AMS_MULTI_WORKER", "").lower() in ("1", "true", "yes"):
+        return "AMS_MULTI_WORKER=1"
+    return ""
