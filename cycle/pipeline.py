@@ -46,6 +46,7 @@ from delivery.archive import (
     archive_batch,
     sha256,
 )
+from delivery.objectstore import StorePath, copy_tree, is_local
 from delivery.state import ACKNOWLEDGED, OUTSTANDING, STAGED_IN_DB, AreaBusy, StateStore
 from transforms import mapping
 from transforms.contracts import FINDING_COLUMNS, check_contract
@@ -283,7 +284,7 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
     _remove_stale_staging(settings, state, area)
     timer = PhaseTimer()
     writer = _BatchWriter(area, run_id, settings, state, vault, created, version, timer)
-    docs_dir = settings.reports_dir / "data_docs" if settings.data_docs else None
+    docs_dir = settings.data_docs_build_dir if settings.data_docs else None
     counts: Counter = Counter()
     rules: Counter = Counter()
     quarantined_keys: set[str] = set()
@@ -372,6 +373,12 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
     state.set_watermark(area.number, since=plan.mark if not counts.get("pending") else None,
                         period_end=period_end.isoformat(), fingerprint=plan.fingerprint, run_id=run_id,
                         full=plan.full)
+    if docs_index and docs_dir is not None and not is_local(settings.reports_dir):
+        # Great Expectations wrote the site on this worker's disk: publish it where every worker and the
+        # UI read it (the object store), then name the stored index.
+        with timer.phase("quality"):
+            copy_tree(docs_dir, settings.reports_dir / "data_docs")
+        docs_index = settings.reports_dir / "data_docs" / "index.html"
     counts["quarantined"] += counts.pop("rejected_unchanged", 0)
     counts["batches_staged"] = len(batch_ids)
     summary = {"area": area.number, **{k: int(v) for k, v in counts.items()}}
@@ -691,7 +698,7 @@ def finish_archives(settings: Settings, state: StateStore, vault: Vault, area: i
     return failed
 
 
-def apply_archive_retention(settings: Settings) -> list[Path]:
+def apply_archive_retention(settings: Settings) -> list[StorePath]:
     """Delete archived day folders older than AMS_ARCHIVE_RETENTION_DAYS (unset: keep everything)."""
     if settings.archive_retention_days is None or not settings.archive_dir.exists():
         return []

@@ -8,8 +8,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from delivery.archive import ArchiveKeyMissing, Vault, load_keys
+from delivery.objectstore import StorePath, is_local, store_root
 from delivery.state import StateStore
 from transforms.registry import REPO_ROOT
 
@@ -34,6 +36,9 @@ class Settings:
     # The municipality (kommunekode) this run reports for when the deployment serves several (a tenants
     # file, AMS_TENANTS_FILE); None: the single-municipality layout, where nothing is partitioned.
     tenant: str | None = None
+    # The root of the archive, reports and Data Docs as a path object (the Airflow layer sets an
+    # ObjectStoragePath with the AMS_OBJECT_STORE_CONN_ID credentials); None: AMS_OBJECT_STORE_URL, else home.
+    object_store: Any = None
 
     def __post_init__(self) -> None:
         self.home = Path(self.home)
@@ -59,12 +64,37 @@ class Settings:
         )
 
     @property
-    def archive_dir(self) -> Path:
-        return Path(os.environ.get("AMS_ARCHIVE_DIR", self.home / "archive"))
+    def store(self) -> StorePath:
+        """The shared store's root: what every worker reaches (archive/, reports/)."""
+        return self.object_store if self.object_store is not None else store_root(self.home)
+
+    def _tenant(self, root: StorePath) -> StorePath:
+        return root / self.tenant if self.tenant else root
 
     @property
-    def reports_dir(self) -> Path:
-        return self.home / "reports"
+    def archive_dir(self) -> StorePath:
+        """<store>/archive (AMS_ARCHIVE_DIR overrides), per municipality <archive>/<kommunekode>."""
+        root = Path(os.environ["AMS_ARCHIVE_DIR"]) if os.environ.get("AMS_ARCHIVE_DIR") else self.store / "archive"
+        return self._tenant(root)
+
+    @property
+    def reports_root(self) -> StorePath:
+        """<store>/reports: every municipality's folder, and the operator's overview across them."""
+        return self.store / "reports"
+
+    @property
+    def reports_dir(self) -> StorePath:
+        """This run's report folder: <reports root>, per municipality <reports root>/<kommunekode>."""
+        return self._tenant(self.reports_root)
+
+    @property
+    def data_docs_build_dir(self) -> Path:
+        """Where Great Expectations builds the Data Docs (it writes only to a local folder): the report
+        folder itself when that is local (today's layout), else a working folder on this worker whose
+        tree is copied to <reports>/data_docs after every build."""
+        if is_local(self.reports_dir):
+            return Path(self.reports_dir) / "data_docs"
+        return self._tenant(self.home / "work" / "data_docs")
 
     def vault(self) -> Vault:
         """The archive keys. Staged payloads (in the state DB) and the archive are read by every worker,
