@@ -215,3 +215,29 @@ def test_several_workers_never_make_up_an_archive_key(tmp_path, monkeypatch):
     monkeypatch.delenv("AIRFLOW__CORE__EXECUTOR")
     monkeypatch.delenv("AMS_ARCHIVE_KEY")
     assert settings.vault().key_id  # one machine (the demo): the key file is made, as before
+
+
+def test_batches_staged_on_disk_before_the_upgrade_are_still_delivered(shared):
+    """An upgrade with batches open: their payloads are files under AMS_HOME/staging (the old layout,
+    `staged_path` a file path); deliver reads them there, archives them and removes the folder."""
+    from delivery.client import AmsClient
+    from delivery.state import batches
+
+    tmp_path, receiver = shared
+    settings = Settings(home=tmp_path / "home", source_url=f"sqlite:///{tmp_path / 'source.sqlite'}",
+                        state_url=f"sqlite:///{tmp_path / 'state.sqlite'}", data_docs=False, batch_size=40)
+    prepare_area(AREA, run_id="run-1", period_end=PERIOD_END, settings=settings)
+    state = settings.state()
+    old = state.outstanding_batches(AREA)
+    for batch in old:  # as the previous version left them
+        folder = settings.home / "staging" / "area1" / batch["batch_id"]
+        folder.mkdir(parents=True)
+        (folder / PAYLOAD_FILE).write_bytes(state.staged_blob(batch["batch_id"], PAYLOAD_FILE) or b"")
+        state.unstage(batch["batch_id"])
+        with state.begin() as conn:
+            conn.execute(batches.update().where(batches.c.batch_id == batch["batch_id"]).values(
+                staged_path=str(folder / PAYLOAD_FILE)))
+    result = deliver_area(AREA, run_id="run-1", settings=settings, client=AmsClient(receiver.wsdl_url, timeout=10))
+    assert result["batches_sent"] == len(old)
+    _exactly_once(receiver, state)
+    assert not any((settings.home / "staging" / "area1").iterdir())  # the old folders are gone once archived
