@@ -8,6 +8,7 @@ archive and the reports live under <root>/<kommunekode>/, and the operator's ove
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -92,7 +93,7 @@ def test_the_archive_works_on_a_memory_store_through_the_path_api():
                            response=b"<receipt/>", record_count=1, accepted=1, rejected=0, receipt_id="m-1",
                            day=date(2020, 1, 2))
     batch = {"batch_id": "b-1", "area": 1, "status": "archived", "archive_path": str(folder),
-             "payload_sha256": __import__("hashlib").sha256(b"<request/>").hexdigest(), "archived_at": None}
+             "payload_sha256": hashlib.sha256(b"<request/>").hexdigest(), "archived_at": None}
     assert verify_archive(vault, root, [batch]) == []
     assert vault.read(folder / PAYLOAD_FILE) == b"<request/>"
     rotated = Vault([new, old])
