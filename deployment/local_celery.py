@@ -255,6 +255,9 @@ class CeleryDeployment:
             "PYTHONUNBUFFERED": "1",
             "AMS_HOME": str(home / "var"),
             "AMS_STATE_URL": self.state_url,
+            # The shared object storage (archive, reports): a folder outside every worker's home stands in
+            # for the S3-compatible bucket of a deployment (no S3 server here).
+            "AMS_OBJECT_STORE_URL": (self.root / "object-store").as_uri(),
             "AMS_ARCHIVE_KEY": self._archive_key,
             "AMS_DEPLOYMENT_PROCESS": name,
         })

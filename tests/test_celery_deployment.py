@@ -231,10 +231,10 @@ def test_every_record_reached_the_receiver_exactly_once(outcome):
     assert len(in_held) == 1 and in_held[0]["record_count"] > 0
 
 
-@pytest.mark.xfail(strict=False, reason="until issue 10 item 4 (shared-nothing): prepare stages the payload on its "
-                   "worker's local disk, so a deliver or report on the other worker cannot archive the bytes sent")
 def test_every_delivered_batch_is_archived(outcome):
-    """Archiving needs the staged payload: on Celery it must be where every worker reaches it."""
+    """Archiving needs the staged payload (in the state DB) and the archive (in the object store) where
+    every worker reaches them: before both, a deliver on another worker than its prepare could not
+    archive the bytes sent."""
     from delivery.state import ARCHIVED, StateStore
 
     batches = StateStore(outcome.cluster.state_url).all_batches()
