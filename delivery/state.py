@@ -216,14 +216,38 @@ def _chunks(items: list, size: int = _CHUNK) -> Iterator[list]:
         yield items[start : start + size]
 
 
+#: The advisory lock key of the state database's DDL (schemas, tables, columns): "amsddl".
+_DDL_LOCK_KEY = 0x616D7364646C
+
+
+@contextmanager
+def _ddl_lock(engine: Engine) -> Iterator[None]:
+    """On PostgreSQL, one process at a time creates the state database's schema, tables and columns:
+    `CREATE ... IF NOT EXISTS` is not safe against a concurrent creator (a unique violation in the
+    catalog), and Celery workers start their tasks at once on a fresh database. A session lock, released
+    by the server if the process dies. Elsewhere (SQLite: one writer at a time anyway) nothing."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    with engine.connect() as conn:
+        conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _DDL_LOCK_KEY})
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _DDL_LOCK_KEY})
+            conn.commit()
+
+
 class StateStore:
     """Ledger, batches and quarantine on one SQLAlchemy engine."""
 
     def __init__(self, url_or_engine: str | Engine, tenant: str | None = None):
         self.engine = sa.create_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
         self.tenant = tenant  # None: the single-municipality layout ("" in the staging key)
-        metadata.create_all(self.engine)
-        self._add_missing_columns()
+        with _ddl_lock(self.engine):  # workers starting at once on a fresh database: one creates, all find
+            metadata.create_all(self.engine)
+            self._add_missing_columns()
 
     def _add_missing_columns(self) -> None:
         """A state DB made by an earlier version gets the nullable columns added since (no data changes)."""
