@@ -80,4 +80,4 @@ class Settings:
     def state(self) -> StateStore:
         if self.state_url.startswith("sqlite:///"):
             Path(self.state_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        return StateStore(self.state_url)
+        return StateStore(self.state_url, tenant=self.tenant)  # a tenant's own partition (delivery.state)
