@@ -239,6 +239,57 @@ def partitioned_engine(engine: Engine, tenant: str) -> Engine:
                      "here; use PostgreSQL or SQLite, or give each municipality its own AMS_STATE_URL")
 
 
+def adopt_unpartitioned(url: str, tenant: str) -> str:
+    """Move the single-municipality state (ledger, batches, quarantine, findings, runs, watermarks) into
+    the partition of municipality `tenant`: for a deployment that moves from AMS_SENDER_MUNICIPALITY to
+    a tenants file. Its delivered records keep their ids (the ledger's), so nothing is created twice at
+    the receiver. Refused when the partition holds state already. Returns where the state now is."""
+    engine = sa.create_engine(url)
+    try:
+        if engine.dialect.name == "sqlite":
+            source = engine.url.database or ""
+            if source in ("", ":memory:") or not os.path.exists(source):
+                raise ValueError(f"there is no single-municipality state database at {source or url}")
+            target = tenant_sqlite_path(source, tenant)
+            if os.path.exists(target) and os.path.getsize(target) > 0 and _has_rows(sa.create_engine(
+                    f"sqlite:///{target}")):
+                raise ValueError(f"municipality {tenant} has state already ({target}); nothing was moved")
+            os.replace(source, target)
+            return target
+        if engine.dialect.name != "postgresql":
+            raise ValueError(f"adopting is done by hand on {engine.dialect.name!r}: copy the ams_* tables")
+        with engine.begin() as conn:
+            base = conn.execute(sa.text("SELECT current_schema()")).scalar() or "public"
+            schema = tenant_schema(base, tenant)
+            have = set(sa.inspect(conn).get_table_names(schema=base))
+            names = [t.name for t in metadata.sorted_tables if t.name in have]
+            if not names:
+                raise ValueError(f"there is no single-municipality state in schema {base!r}")
+            conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+            there = set(sa.inspect(conn).get_table_names(schema=schema))
+            for name in names:
+                if name in there:
+                    if conn.execute(sa.text(f'SELECT 1 FROM "{schema}"."{name}" LIMIT 1')).first() is not None:
+                        raise ValueError(f"municipality {tenant} has state already (schema {schema}); nothing "
+                                         "was moved")
+                    conn.execute(sa.text(f'DROP TABLE "{schema}"."{name}"'))  # empty: made by a first parse
+            for name in names:
+                conn.execute(sa.text(f'ALTER TABLE "{base}"."{name}" SET SCHEMA "{schema}"'))
+            return f"schema {schema}"
+    finally:
+        engine.dispose()
+
+
+def _has_rows(engine: Engine) -> bool:
+    try:
+        have = set(sa.inspect(engine).get_table_names())
+        with engine.connect() as conn:
+            return any(conn.execute(sa.select(t).limit(1)).first() is not None
+                       for t in metadata.sorted_tables if t.name in have)
+    finally:
+        engine.dispose()
+
+
 class StateStore:
     """Ledger, batches and quarantine on one SQLAlchemy engine.
 
