@@ -144,12 +144,12 @@ else:
     # file that cannot be read at all (or has no entries) is an import error of this file.
     _tenants, _problems = read_tenants(path)
     _by_code = problems_by_kommunekode(_problems)
-    if not _tenants and not _by_code:
+    if not _tenants and not [code for code in _by_code if code is not None]:
         raise RuntimeError(f"tenants file {path}: " + "; ".join(_problems))
     for _tenant in _tenants:
         tenant_dag(_tenant)
     for _code, _its in _by_code.items():
-        if _code not in {t.kommunekode for t in _tenants}:
+        if _code is not None and _code not in {t.kommunekode for t in _tenants}:
             log.error("tenants file %s: municipality %s is not scheduled: %s", path, _code, "; ".join(_its))
             configuration_error_dag(_code, _its)
     for _problem in _by_code.get(None, []):
