@@ -191,9 +191,9 @@ def test_one_dag_per_municipality_with_its_schedule_areas_tags_and_doc(monkeypat
         # Each task is told its municipality (the kommunekode is an argument of the task).
         for task_id in ("area.prepare", "area.deliver", "report"):
             assert dag.task_dict[task_id].op_args[-1] == tenant.kommunekode, task_id
-    assert str(bag.dags["employment_reporting_101"].timetable.summary) == "0 2 * * *"
-    assert "daily" in str(bag.dags["employment_reporting_151"].timetable.summary).lower() or (
-        bag.dags["employment_reporting_151"].timetable.summary == "@daily")
+    assert bag.dags["employment_reporting_101"].schedule == "0 2 * * *"
+    assert bag.dags["employment_reporting_101"].timetable.expression == "0 2 * * *"
+    assert bag.dags["employment_reporting_151"].schedule == "@daily"
 
 
 def test_a_bad_entry_gets_a_dag_that_says_so_and_the_others_are_scheduled(monkeypatch, tmp_path):
