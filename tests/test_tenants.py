@@ -77,7 +77,8 @@ BAD_FILES = [
      "entry 1 (kommunekode 101): field 'source_conn_id' = 'ams_source_101' is also used by entry 2"),
     ("tenants:\n  - kommunekode: 101\n    areas: [1, 9]",
      "entry 1 (kommunekode 101): field 'areas' has 9, which is not a data area (1-8)"),
-    ("tenants:\n  - kommunekode: 101\n    areas: [1, 1]", "entry 1 (kommunekode 101): field 'areas' names area 1 twice"),
+    ("tenants:\n  - kommunekode: 101\n    areas: [1, 1]",
+     "entry 1 (kommunekode 101): field 'areas' names area 1 twice"),
     ("tenants:\n  - kommunekode: 101\n    channels: {3: sftp}",
      "entry 1 (kommunekode 101): field 'channels' is not allowed: area 3 (followup_interviews) may only be "
      "delivered by web service (§ 17, stk. 2)"),
@@ -396,3 +397,93 @@ def test_tenants_check_command_validates_the_file_and_names_missing_connections(
     assert main(["tenants", "check", "--file", str(path)]) == 0
     assert main(["tenants", "check", "--file", str(_write(tmp_path, "tenants: [{kommunekode: 1}]")),
                  "--no-connections"]) == 1
+
+
+def test_an_alert_of_a_tenant_names_the_municipality_its_dag_and_goes_to_its_address(monkeypatch):
+    from ams_reporting import alerts
+
+    from tests.test_alerts import _context
+
+    monkeypatch.setenv("AMS_TENANTS_FILE", str(EXAMPLE))
+    monkeypatch.setenv("AMS_ALERT_EMAIL", "deployment@it-service.example")
+    context = _context()
+    context["task_instance"].dag_id = context["ti"].dag_id = "employment_reporting_147"
+    alert = alerts.build_alert(context)
+    assert alert.subject.startswith("[AMS reporting] 147 Frederiksberg: area 1 ")
+    assert "Municipality: 147 Frederiksberg" in alert.body
+    assert "airflow tasks clear employment_reporting_147 " in alert.body and "ams_sftp_147" in alert.body
+    assert "0101901234" not in alert.body and "010190-1234" not in alert.body
+    assert alerts.recipients(alerts.tenant_of(context)) == ["it-drift@frederiksberg.example"]
+    # A municipality without an address of its own: the deployment's.
+    context["task_instance"].dag_id = "employment_reporting_151"
+    assert alerts.recipients(alerts.tenant_of(context)) == ["deployment@it-service.example"]
+    # The single DAG's alerts are as before.
+    context["task_instance"].dag_id = "employment_reporting"
+    assert "Municipality:" not in alerts.build_alert(context).body
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_municipality_moving_to_a_tenants_file_keeps_its_record_ids(tmp_path, monkeypatch, request, database):
+    """Delivered under the single deployment, adopted into its partition, run as a tenant: the records
+    already at the receiver keep their ids (a change is an update, nothing is created twice); a new
+    record gets an id with the kommunekode."""
+    from datetime import date
+
+    from cycle.pipeline import Settings as PipelineSettings
+    from cycle.pipeline import deliver_area, prepare_area
+    from delivery.archive import load_keys
+    from delivery.client import AmsClient
+    from demo import synthetic
+    from receiver.server import start_in_thread
+    from receiver.store import ReceiverStore
+    from transforms.source import create_engine_from_url
+
+    state_url = request.getfixturevalue("pg_state_url") if database == "postgresql" else (
+        f"sqlite:///{tmp_path / 'state.sqlite'}")
+    engine = create_engine_from_url(f"sqlite:///{tmp_path / 'source.sqlite'}")
+    synthetic.generate(engine, persons=80, defect_rate=0.0)
+    monkeypatch.setenv("AMS_ARCHIVE_KEY_FILE", str(tmp_path / "key"))
+    load_keys(tmp_path / "key", create=True)
+    receiver = start_in_thread(tmp_path / "receiver.sqlite")
+    area = get_area(1)
+
+    def run(run_id: str, tenant: str | None) -> None:
+        settings = PipelineSettings(home=tmp_path / "var", source_url=str(engine.url), state_url=state_url,
+                                    data_docs=False, batch_size=40, backoff_seconds=0.01, tenant=tenant)
+        prepare_area(1, run_id=run_id, period_end=date(2026, 10, 31), settings=settings)
+        deliver_area(1, run_id=run_id, settings=settings, client=AmsClient(receiver.wsdl_url, insecure_for_tests=True))
+
+    from transforms.source import extract_chunks
+
+    records = pd.concat([mapping.map_records(area, c).records for c in extract_chunks(engine, area)])
+    held_back = sorted(records.loc[records["action"] != mapping.ANNUL, "record_key"])[-1]
+    with engine.begin() as conn:  # a record the single deployment never saw: it comes after the move
+        row = dict(conn.execute(sa.text("SELECT * FROM measures WHERE measure_id = :k"), {"k": held_back}
+                                ).mappings().one())
+        conn.execute(sa.text("DELETE FROM measures WHERE measure_id = :k"), {"k": held_back})
+    try:
+        run("single", None)
+        before = {r.record_id: r for r in ReceiverStore(receiver.db_path).records(1)}
+        assert before
+        keys = sorted(StateStore(state_url).ledger_rows(1)["record_key"])
+        assert set(before) == {mapping.record_id(area, k) for k in keys}  # today's ids
+        adopt_unpartitioned(state_url, "101")
+        changed = keys[0]
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE measures SET weekly_hours = 11.5, updated_at = CURRENT_TIMESTAMP "
+                                 "WHERE measure_id = :k"), {"k": changed})
+            # The new record, stamped now so that the next read of the changes sees it.
+            columns = [c for c in row if c != "updated_at"]
+            conn.execute(sa.text(f"INSERT INTO measures ({', '.join(columns)}, updated_at) VALUES "
+                                 f"({', '.join(':' + c for c in columns)}, CURRENT_TIMESTAMP)"), row)
+        run("tenant", "101")
+        after = {r.record_id: r for r in ReceiverStore(receiver.db_path).records(1)}
+        new_id = mapping.record_id(area, held_back, "101")
+        assert set(after) == set(before) | {new_id}  # nothing created twice
+        assert after[mapping.record_id(area, changed)].version == 2  # the change: an update, same id
+        assert all(after[i].version == 1 for i in before if i != mapping.record_id(area, changed))
+        ledger = StateStore(state_url, tenant="101").ledger_rows(1).set_index("record_key")["record_id"]
+        assert ledger[changed] == mapping.record_id(area, changed) and ledger[held_back] == new_id
+    finally:
+        receiver.stop()
+        engine.dispose()

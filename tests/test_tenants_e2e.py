@@ -18,9 +18,9 @@ import yaml
 
 from conftest import PG_BASE_URL, ROOT
 from cycle.settings import Settings
+from tests.support import free_port
 from tests.test_alerts import Inbox, _smtp_connection
 from tests.test_end_to_end import airflow_db, assert_no_cpr_leak, assert_reconciles, expected  # noqa: F401
-from tests.support import free_port
 from transforms import mapping
 from transforms.registry import AREAS
 
