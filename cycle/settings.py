@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from delivery.archive import Vault, load_keys
-from delivery.state import StateStore
+from delivery.state import StateStore, tenant_suffix
 from transforms.registry import REPO_ROOT, Area
 
 
@@ -60,7 +60,9 @@ class Settings:
 
     @property
     def staging_dir(self) -> Path:
-        return self.home / "staging"
+        # A tenant's own folder: a preparation removes the staging folders its own state does not know,
+        # which must never be another municipality's payloads.
+        return self.home / "staging" if self.tenant is None else self.home / "staging" / tenant_suffix(self.tenant)
 
     @property
     def archive_dir(self) -> Path:

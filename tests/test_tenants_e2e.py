@@ -118,6 +118,16 @@ def _scenario(monkeypatch, tmp_path, receiver, smtp_inbox, state_url: str) -> No
         assert run.state == "success", f"municipality {code}: the DAG run ended {run.state}"
         runs[code] = run.run_id
 
+    # The UI's task labels name the municipality and the area.
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        labels = {ti.rendered_map_index for ti in session.query(TaskInstance).filter(
+            TaskInstance.dag_id == "employment_reporting_147", TaskInstance.run_id == runs["147"],
+            TaskInstance.task_id == "area.deliver")}
+    assert labels == {f"147 Frederiksberg: {a.code} {a.key}" for a in AREAS}
+
     store = ReceiverStore(receiver.db_path)
     at_receiver = {r.record_id: r for r in store.records()}
     want_ids: dict[str, set[str]] = {}
