@@ -167,7 +167,7 @@ def _municipality(dag_id: str, tenant: Tenant | None) -> str | None:
     if tenant is not None:
         return tenant.label
     prefix = DAG_ID_PREFIX + "_"
-    return f"{dag_id.removeprefix(prefix)} (not in the tenants file)" if dag_id.startswith(prefix) else None
+    return f"{dag_id.removeprefix(prefix)} (no valid entry in the tenants file)" if dag_id.startswith(prefix) else None
 
 
 def build_alert(context: Mapping[str, Any]) -> Alert:
