@@ -496,3 +496,26 @@ def test_a_tenants_staging_is_its_own_folder(tmp_path):
     assert single.staging_dir == tmp_path / "staging"  # as before tenants
     dirs = {code: Settings(home=tmp_path, tenant=code).staging_dir for code in ("101", "147")}
     assert dirs["101"] != dirs["147"] and all(d.is_relative_to(tmp_path / "staging") for d in dirs.values())
+
+
+def test_a_tenant_without_its_connection_fails_naming_municipality_field_and_connection(monkeypatch):
+    from ams_reporting.hooks import TenantConfigError, client_for_area, settings
+
+    monkeypatch.setenv("AMS_TENANTS_FILE", str(EXAMPLE))
+    monkeypatch.setenv("AMS_SOURCE_URL", "sqlite:////never/the/single/deployment/source.sqlite")
+    monkeypatch.delenv("AIRFLOW_CONN_AMS_SOURCE_147", raising=False)
+    with pytest.raises(TenantConfigError, match=r"municipality 147 Frederiksberg: there is no Airflow connection "
+                                                r"'ams_source_147' \(source_conn_id"):
+        settings("147")
+    monkeypatch.setenv("AIRFLOW_CONN_AMS_SOURCE_147", '{"conn_type": "sqlite", "extra": {"sqlalchemy_url": '
+                                                      '"sqlite:////data/frb.sqlite"}}')
+    config = settings("147")
+    assert (config.tenant, config.sender_municipality, config.source_url) == ("147", "147", "sqlite:////data/frb.sqlite")
+    # Area 1 of 147 is on the file channel: its own SFTP connection, never the single deployment's ams_sftp.
+    monkeypatch.setenv("AIRFLOW_CONN_AMS_SFTP", '{"conn_type": "sftp", "host": "127.0.0.1"}')
+    with pytest.raises(TenantConfigError, match="'ams_sftp_147' \\(sftp_conn_id"):
+        client_for_area(1, "147")
+    with pytest.raises(TenantConfigError, match="'ams_receiver_147' \\(receiver_conn_id"):
+        client_for_area(3, "147")
+    with pytest.raises(TenantConfigError, match="municipality 153 is not a valid entry"):
+        settings("153")
