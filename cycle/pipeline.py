@@ -181,7 +181,7 @@ def _classify(state: StateStore, area: Area, records: pd.DataFrame) -> tuple[pd.
     # A record the ledger knows keeps the id it was delivered under (a municipality that moved to a
     # tenants file keeps its records' ids; a new record of a tenant gets an id with its kommunekode).
     stored = diff["record_id"].to_numpy(dtype=object)
-    if len(records) and any(s is not None for s in stored):
+    if "record_id" in records.columns and any(s is not None for s in stored):
         ids = records["record_id"].to_numpy(dtype=object)
         records = records.assign(record_id=np.where(pd.notna(stored), stored, ids))
     counts["pending"] += int(in_flight.sum())
