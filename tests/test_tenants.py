@@ -489,15 +489,6 @@ def test_a_municipality_moving_to_a_tenants_file_keeps_its_record_ids(tmp_path, 
         engine.dispose()
 
 
-def test_a_tenants_staging_is_its_own_folder(tmp_path):
-    from cycle.settings import Settings
-
-    single = Settings(home=tmp_path)
-    assert single.staging_dir == tmp_path / "staging"  # as before tenants
-    dirs = {code: Settings(home=tmp_path, tenant=code).staging_dir for code in ("101", "147")}
-    assert dirs["101"] != dirs["147"] and all(d.is_relative_to(tmp_path / "staging") for d in dirs.values())
-
-
 def test_a_tenant_without_its_connection_fails_naming_municipality_field_and_connection(monkeypatch):
     from ams_reporting.hooks import TenantConfigError, client_for_area, settings
 

@@ -99,6 +99,18 @@ class AmsReceiverHook(BaseHook):
         return client_from_connection(conn.host, conn.port, conn.schema, conn.extra_dejson, conn_id=self.conn_id)
 
 
+def object_store_root() -> Any | None:
+    """The shared store's root as an ObjectStoragePath: AMS_OBJECT_STORE_URL with the credentials of the
+    connection AMS_OBJECT_STORE_CONN_ID (none: the URL's own, e.g. file:// or an instance role); None
+    when no URL is set (the local AMS_HOME, today's layout)."""
+    url = os.environ.get("AMS_OBJECT_STORE_URL", "")
+    if not url:
+        return None
+    from airflow.sdk import ObjectStoragePath
+
+    return ObjectStoragePath(url, conn_id=os.environ.get("AMS_OBJECT_STORE_CONN_ID") or None)
+
+
 class TenantConfigError(RuntimeError):
     """A municipality of the tenants file cannot run: its entry or one of its connections is missing."""
 
@@ -131,6 +143,7 @@ def settings(kommunekode: str | None = None) -> Settings:
     For a municipality of the tenants file (`kommunekode`): its source connection (which must exist),
     sender_municipality = its kommunekode, and Settings.tenant set, so its state is its own partition."""
     result = Settings.from_env()
+    result.object_store = object_store_root()
     if kommunekode is None:
         result.source_url = AmsSourceHook().sqlalchemy_url(result.source_url)
         return result
