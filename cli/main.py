@@ -13,6 +13,10 @@
                                check a § 49 notice (40 working days) and show what the change means
     ams-report conformance --receiver CONN_ID
                                the test before go-live (§ 46) against the agency's test endpoint
+    ams-report tenants check [--file F] [--no-connections]
+                               validate the tenants file (AMS_TENANTS_FILE) and that its connections exist
+    ams-report tenants adopt KOMMUNEKODE
+                               move the single-municipality state into that municipality's partition
 """
 
 from __future__ import annotations
@@ -298,9 +302,77 @@ def rotate_key(args: argparse.Namespace) -> int:
 
 
 def requeue(args: argparse.Namespace) -> int:
-    state = Settings.from_env().state()
-    count = state.requeue_rejected(args.area)
-    print(f"Area {args.area}: {count} record(s) the receiver refused will be sent again by the next run.")
+    settings = Settings.from_env()
+    settings.tenant = args.municipality
+    count = settings.state().requeue_rejected(args.area)
+    who = f"Municipality {args.municipality}, area" if args.municipality else "Area"
+    print(f"{who} {args.area}: {count} record(s) the receiver refused will be sent again by the next run.")
+    return 0
+
+
+def airflow_connection_ids(settings: Settings) -> set[str] | None:
+    """The ids of the Airflow connections that exist: AIRFLOW_CONN_<ID> variables and Airflow's store
+    (`airflow connections list`); None when Airflow's store cannot be read."""
+    found = {name.removeprefix("AIRFLOW_CONN_").lower() for name in os.environ if name.startswith("AIRFLOW_CONN_")}
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    done = subprocess.run([airflow, "connections", "list", "--output", "json"], capture_output=True, text=True,
+                          env=_airflow_env(settings))
+    if done.returncode != 0:
+        return None
+    try:
+        rows = json.loads(done.stdout[done.stdout.find("["):] or "[]")
+    except json.JSONDecodeError:
+        return None
+    return found | {str(r.get("conn_id")).lower() for r in rows if isinstance(r, dict)}
+
+
+def tenants_check(args: argparse.Namespace) -> int:
+    """Validate the tenants file; then check that every connection it names exists (unless told not to)."""
+    from cycle.tenants import TENANTS_FILE_ENV, read_tenants, tenants_file
+
+    path = args.file or tenants_file()
+    if path is None:
+        print(f"No tenants file: set {TENANTS_FILE_ENV} or pass --file. Without one the deployment reports for "
+              "one municipality (AMS_SENDER_MUNICIPALITY), as the demo does.", file=sys.stderr)
+        return 2
+    tenants, problems = read_tenants(path)
+    if not args.no_connections and tenants:
+        existing = airflow_connection_ids(Settings.from_env())
+        if existing is None:
+            problems.append("connections: Airflow's connection store could not be read (`airflow connections "
+                            "list` failed); the connections were not checked")
+        else:
+            for t in tenants:
+                for field, conn_id in t.connection_ids().items():
+                    if conn_id.lower() not in existing:
+                        problems.append(f"municipality {t.label}: field '{field}': there is no Airflow connection "
+                                        f"'{conn_id}' (AIRFLOW_CONN_{conn_id.upper()} or in Airflow's store)")
+    for t in tenants:
+        channels = ", ".join(f"area {a} {c}" for a, c in t.channels.items()) or "web service"
+        print(f"  {t.kommunekode:>3} {t.name:<20} {t.dag_id:<28} schedule {t.schedule or 'manual'}; areas "
+              f"{','.join(map(str, t.areas))}; {channels}")
+    for problem in problems:
+        print(f"PROBLEM {problem}")
+    print(f"{path}: {len(tenants)} municipality(ies) ready" + (f", {len(problems)} problem(s)" if problems else ""))
+    return 1 if problems else 0
+
+
+def tenants_adopt(args: argparse.Namespace) -> int:
+    """Move today's single-municipality state into one municipality's partition (docs/tenants.md)."""
+    from delivery.state import adopt_unpartitioned
+
+    settings = Settings.from_env()
+    if args.kommunekode != settings.sender_municipality:
+        print(f"Refused: the state to adopt was reported as municipality {settings.sender_municipality} "
+              f"(AMS_SENDER_MUNICIPALITY), not {args.kommunekode}.", file=sys.stderr)
+        return 2
+    try:
+        where = adopt_unpartitioned(settings.state_url, args.kommunekode)
+    except ValueError as exc:
+        print(f"Refused: {exc}", file=sys.stderr)
+        return 1
+    print(f"The single-municipality state is now municipality {args.kommunekode}'s: {where}. Its delivered "
+          "records keep their ids.")
     return 0
 
 
@@ -403,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
                    ).set_defaults(func=rotate_key)
     p = sub.add_parser("requeue", help="send an area's records the receiver refused again on the next run")
     p.add_argument("--area", type=int, required=True)
+    p.add_argument("--municipality", metavar="KOMMUNEKODE", help="with a tenants file: the municipality")
     p.set_defaults(func=requeue)
     p = sub.add_parser("interface-change", help="check a § 49 notice and show what an interface change means")
     p.add_argument("--from", dest="old", required=True, metavar="VERSION", help="the version in force, e.g. v1")
@@ -418,6 +491,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interface", metavar="VERSION", help="interface version (default: the one in force today)")
     p.add_argument("--out", type=Path, help="folder for the report (default var/conformance/<time>)")
     p.set_defaults(func=conformance)
+    p = sub.add_parser("tenants", help="the municipalities of a tenants file (AMS_TENANTS_FILE)")
+    tenants_sub = p.add_subparsers(dest="tenants_command", required=True)
+    q = tenants_sub.add_parser("check", help="validate the tenants file and check its connections exist")
+    q.add_argument("--file", type=Path, help="the tenants file (default: AMS_TENANTS_FILE)")
+    q.add_argument("--no-connections", action="store_true", help="validate the file only")
+    q.set_defaults(func=tenants_check)
+    q = tenants_sub.add_parser("adopt", help="move the single-municipality state into a municipality's partition")
+    q.add_argument("kommunekode")
+    q.set_defaults(func=tenants_adopt)
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -72,16 +72,20 @@ def _quality(area: Area, records: pd.DataFrame, period_end: date, run_id: str, d
     return run_quality(area, records, period_end=period_end, run_id=run_id, data_docs_dir=docs_dir)
 
 
-def _batch_id(area: Area, run_id: str, members: pd.DataFrame, taken: Callable[[str], bool]) -> str:
+def _batch_id(area: Area, run_id: str, members: pd.DataFrame, taken: Callable[[str], bool],
+              tenant: str | None = None) -> str:
     """Deterministic within a run: the same records with the same content give the same batch id on
     every try of the run, so a cleared `prepare` rebuilds a never-sent batch under its old id (and,
     with its stored creation time, byte-identically). An id the state store already holds for a batch
-    that was sent (`taken`) is never reused: a suffix gives the next one. A later run gets new ids."""
+    that was sent (`taken`) is never reused: a suffix gives the next one. A later run gets new ids.
+    A tenant's ids include its kommunekode: every municipality's DAG has the same run ids, and the
+    agency's one receiver must never take one municipality's batch for another's."""
     digest = sha256("\n".join(f"{k}:{h}" for k, h in zip(members["record_key"], members["content_hash"],
                                                           strict=True)).encode())
     n = 0
     while True:
-        batch_id = str(uuid.uuid5(BATCH_NAMESPACE, f"{area.code}:{run_id}:{digest}" + (f":{n}" if n else "")))
+        name = f"{area.code}:{run_id}:{digest}" + (f":{n}" if n else "")
+        batch_id = str(uuid.uuid5(BATCH_NAMESPACE, name if tenant is None else f"{tenant}:{name}"))
         if not taken(batch_id):
             return batch_id
         n += 1
@@ -128,7 +132,8 @@ class _BatchWriter:
         batch, rest = frame.iloc[:size], frame.iloc[size:]
         self.pending = [rest] if len(rest) else []
         self.pending_rows = len(rest)
-        batch_id = _batch_id(self.area, self.run_id, batch, lambda b: self.state.batch(b) is not None)
+        batch_id = _batch_id(self.area, self.run_id, batch, lambda b: self.state.batch(b) is not None,
+                             self.settings.tenant)
         created = datetime.fromisoformat(self.created[batch_id]) if batch_id in self.created else datetime.now(UTC)
         with self.timer.phase("payload"):
             payload = build_batch(self.area, batch, batch_id=batch_id, created=created,
@@ -176,6 +181,12 @@ def _classify(state: StateStore, area: Area, records: pd.DataFrame) -> tuple[pd.
     refused_same = live & ~same & (diff["rejected_hash"].to_numpy(dtype=object) == hashes)
     changed = live & ~same & ~refused_same
     to_annul = annul & active
+    # A record the ledger knows keeps the id it was delivered under (a municipality that moved to a
+    # tenants file keeps its records' ids; a new record of a tenant gets an id with its kommunekode).
+    stored = diff["record_id"].to_numpy(dtype=object)
+    if "record_id" in records.columns and any(s is not None for s in stored):
+        ids = records["record_id"].to_numpy(dtype=object)
+        records = records.assign(record_id=np.where(pd.notna(stored), stored, ids))
     counts["pending"] += int(in_flight.sum())
     counts["to_annul"] += int(to_annul.sum())
     counts["unchanged"] += int((annul & ~active).sum() + same.sum())
@@ -305,7 +316,7 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
                 break
             index += 1
             with timer.phase("map"):
-                mapped = mapping.map_records(area, chunk)
+                mapped = mapping.map_records(area, chunk, settings.tenant)
             counts["out_of_scope"] += len(mapped.out_of_scope)
             records = mapped.records
             counts["extracted"] += len(records)

@@ -216,6 +216,102 @@ def _chunks(items: list, size: int = _CHUNK) -> Iterator[list]:
         yield items[start : start + size]
 
 
+def tenant_suffix(tenant: str) -> str:
+    """The partition name of a municipality: "k0101" for kommunekode 101 (four digits sort well)."""
+    return f"k{int(tenant):04d}"
+
+
+def tenant_schema(base_schema: str, tenant: str) -> str:
+    """The PostgreSQL schema of a municipality's state: `ams_k0101` beside the default schema `public`,
+    `<schema>_k0101` when the state URL points at another schema (so two deployments, or two tests,
+    sharing a database keep apart)."""
+    prefix = "ams" if base_schema in ("", "public") else base_schema
+    return f"{prefix}_{tenant_suffix(tenant)}"
+
+
+def tenant_sqlite_path(path: str, tenant: str) -> str:
+    """The SQLite file of a municipality's state: `state_k0101.sqlite` beside `state.sqlite`."""
+    base, dot, ext = path.rpartition(".")
+    if not dot or "/" in ext:
+        return f"{path}_{tenant_suffix(tenant)}"
+    return f"{base}_{tenant_suffix(tenant)}.{ext}"
+
+
+def partitioned_engine(engine: Engine, tenant: str) -> Engine:
+    """An engine on the municipality's partition of the state database `engine` points at.
+
+    PostgreSQL: a schema per municipality (created when missing), as the connection's search_path, so
+    the Core tables and the few SQL texts here (temporary key table, findings and ledger reads) land in
+    it unchanged. SQLite: a file per municipality. Other dialects are not partitioned here: the state
+    URL must then name a database per municipality (docs/tenants.md)."""
+    url = engine.url
+    if engine.dialect.name == "sqlite":
+        database = url.database or ""
+        if database in ("", ":memory:") or database.startswith("file:"):
+            return engine  # an in-memory database is private to its engine already
+        return sa.create_engine(url.set(database=tenant_sqlite_path(database, tenant)))
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as conn:
+            base = conn.execute(sa.text("SELECT current_schema()")).scalar() or "public"
+            schema = tenant_schema(base, tenant)
+            conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+        # Only the partition on the search_path: table lookups must not find the shared layout's tables.
+        return sa.create_engine(url, connect_args={"options": f"-csearch_path={schema}"})
+    raise ValueError(f"the state database's dialect {engine.dialect.name!r} cannot be partitioned by municipality "
+                     "here; use PostgreSQL or SQLite, or give each municipality its own AMS_STATE_URL")
+
+
+def adopt_unpartitioned(url: str, tenant: str) -> str:
+    """Move the single-municipality state (ledger, batches, quarantine, findings, runs, watermarks) into
+    the partition of municipality `tenant`: for a deployment that moves from AMS_SENDER_MUNICIPALITY to
+    a tenants file. Its delivered records keep their ids (the ledger's), so nothing is created twice at
+    the receiver. Refused when the partition holds state already. Returns where the state now is."""
+    engine = sa.create_engine(url)
+    try:
+        if engine.dialect.name == "sqlite":
+            source = engine.url.database or ""
+            if source in ("", ":memory:") or not os.path.exists(source):
+                raise ValueError(f"there is no single-municipality state database at {source or url}")
+            target = tenant_sqlite_path(source, tenant)
+            if os.path.exists(target) and os.path.getsize(target) > 0 and _has_rows(sa.create_engine(
+                    f"sqlite:///{target}")):
+                raise ValueError(f"municipality {tenant} has state already ({target}); nothing was moved")
+            os.replace(source, target)
+            return target
+        if engine.dialect.name != "postgresql":
+            raise ValueError(f"adopting is done by hand on {engine.dialect.name!r}: copy the ams_* tables")
+        with engine.begin() as conn:
+            base = conn.execute(sa.text("SELECT current_schema()")).scalar() or "public"
+            schema = tenant_schema(base, tenant)
+            have = set(sa.inspect(conn).get_table_names(schema=base))
+            names = [t.name for t in metadata.sorted_tables if t.name in have]
+            if not names:
+                raise ValueError(f"there is no single-municipality state in schema {base!r}")
+            conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+            there = set(sa.inspect(conn).get_table_names(schema=schema))
+            for name in names:
+                if name in there:
+                    if conn.execute(sa.text(f'SELECT 1 FROM "{schema}"."{name}" LIMIT 1')).first() is not None:
+                        raise ValueError(f"municipality {tenant} has state already (schema {schema}); nothing "
+                                         "was moved")
+                    conn.execute(sa.text(f'DROP TABLE "{schema}"."{name}"'))  # empty: made by a first parse
+            for name in names:
+                conn.execute(sa.text(f'ALTER TABLE "{base}"."{name}" SET SCHEMA "{schema}"'))
+            return f"schema {schema}"
+    finally:
+        engine.dispose()
+
+
+def _has_rows(engine: Engine) -> bool:
+    try:
+        have = set(sa.inspect(engine).get_table_names())
+        with engine.connect() as conn:
+            return any(conn.execute(sa.select(t).limit(1)).first() is not None
+                       for t in metadata.sorted_tables if t.name in have)
+    finally:
+        engine.dispose()
+
+
 #: The advisory lock key of the state database's DDL (schemas, tables, columns): "amsddl".
 _DDL_LOCK_KEY = 0x616D7364646C
 
@@ -240,14 +336,22 @@ def _ddl_lock(engine: Engine) -> Iterator[None]:
 
 
 class StateStore:
-    """Ledger, batches and quarantine on one SQLAlchemy engine."""
+    """Ledger, batches and quarantine on one SQLAlchemy engine.
+
+    `tenant` (a kommunekode) selects that municipality's partition (`partitioned_engine`); None is the
+    single-municipality layout, unpartitioned, as before tenants existed."""
 
     def __init__(self, url_or_engine: str | Engine, tenant: str | None = None):
         self.engine = sa.create_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
-        self.tenant = tenant  # None: the single-municipality layout ("" in the staging key)
+        self.tenant = tenant
         with _ddl_lock(self.engine):  # workers starting at once on a fresh database: one creates, all find
+            if tenant is not None:
+                base = self.engine
+                self.engine = partitioned_engine(base, tenant)
             metadata.create_all(self.engine)
             self._add_missing_columns()
+        if tenant is not None and isinstance(url_or_engine, str) and base is not self.engine:
+            base.dispose()
 
     def _add_missing_columns(self) -> None:
         """A state DB made by an earlier version gets the nullable columns added since (no data changes)."""
@@ -273,13 +377,15 @@ class StateStore:
         owner = f"{socket.gethostname()}:{os.getpid()}:{what}"[:250]
         deadline = time.monotonic() + wait_seconds
         if self.engine.dialect.name == "postgresql":
-            key = zlib.crc32(f"ams-area-{area}".encode())
+            # Advisory locks are database-wide: a municipality's key differs from another's same area.
+            name = f"ams-area-{area}" if self.tenant is None else f"ams-{self.tenant}-area-{area}"
+            key = zlib.crc32(name.encode())
             conn = self.engine.connect()
             try:
                 while not conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
                     if time.monotonic() >= deadline:
-                        raise AreaBusy(f"area {area} is being processed by another task (PostgreSQL advisory "
-                                       f"lock {key} is held); wait for it to finish, then clear this task")
+                        raise AreaBusy(f"{self._whose()}area {area} is being processed by another task (PostgreSQL "
+                                       f"advisory lock {key} is held); wait for it to finish, then clear this task")
                     time.sleep(0.5)
                 conn.commit()
                 try:
@@ -293,14 +399,17 @@ class StateStore:
         while not self._take_lock_row(area, owner):
             if time.monotonic() >= deadline:
                 holder = self.lock_holder(area)
-                raise AreaBusy(f"area {area} is being processed by another task ({holder}); wait for it to "
-                               "finish, then clear this task")
+                raise AreaBusy(f"{self._whose()}area {area} is being processed by another task ({holder}); wait for "
+                               "it to finish, then clear this task")
             time.sleep(0.2)
         try:
             yield
         finally:
             with self.begin() as conn:
                 conn.execute(area_locks.delete().where(area_locks.c.area == area, area_locks.c.owner == owner))
+
+    def _whose(self) -> str:
+        return "" if self.tenant is None else f"municipality {self.tenant}: "
 
     def lock_holder(self, area: int) -> str | None:
         with self.begin() as conn:
@@ -572,7 +681,7 @@ class StateStore:
     # --- ledger ---------------------------------------------------------------------------------
 
     def ledger_diff(self, area: int, keys: list[str]) -> pd.DataFrame:
-        """For each key (in order): its ledger entry (receiver_state, accepted_hash, rejected_hash; None
+        """For each key (in order): its ledger entry (record_id, receiver_state, accepted_hash, rejected_hash; None
         when it has none) and `in_flight` (it belongs to a built, sent or unknown batch).
 
         A set operation: the keys go into a temporary table (one executemany, COPY on PostgreSQL) and the
@@ -580,13 +689,15 @@ class StateStore:
         a join lets SQLite scan the area's whole ledger per chunk), two statements per call."""
         out = pd.DataFrame({"record_key": pd.Series(keys, dtype=object)})
         if not keys:
-            return out.assign(receiver_state=None, accepted_hash=None, rejected_hash=None, in_flight=False)
+            return out.assign(record_id=None, receiver_state=None, accepted_hash=None, rejected_hash=None,
+                              in_flight=False)
         with self.begin() as conn:
             _load_keys(conn, list(dict.fromkeys(keys)))
             found = pd.DataFrame(conn.execute(sa.text(
-                "SELECT l.record_key, l.receiver_state, l.accepted_hash, l.rejected_hash FROM ams_ledger l "
-                "WHERE l.area = :area AND l.record_key IN (SELECT record_key FROM ams_diff_keys)"),
-                {"area": area}).all(), columns=["record_key", "receiver_state", "accepted_hash", "rejected_hash"])
+                "SELECT l.record_key, l.record_id, l.receiver_state, l.accepted_hash, l.rejected_hash "
+                "FROM ams_ledger l WHERE l.area = :area AND l.record_key IN (SELECT record_key FROM ams_diff_keys)"),
+                {"area": area}).all(),
+                columns=["record_key", "record_id", "receiver_state", "accepted_hash", "rejected_hash"])
             flying = set(conn.execute(sa.text(
                 # Driven by the keys (the index on record_key), not by the area's batches: while a first
                 # run stages, hundreds of its batches are open. `+b.area` keeps SQLite off the area index.
@@ -595,7 +706,7 @@ class StateStore:
                 "AND br.record_key IN (SELECT record_key FROM ams_diff_keys)"), {"area": area}).scalars())
             conn.execute(sa.text("DELETE FROM ams_diff_keys"))
         out = out.merge(found, on="record_key", how="left", sort=False)
-        out = out.astype({c: object for c in ("receiver_state", "accepted_hash", "rejected_hash")})
+        out = out.astype({c: object for c in ("record_id", "receiver_state", "accepted_hash", "rejected_hash")})
         out = out.where(out.notna(), None)
         return out.assign(in_flight=out["record_key"].isin(flying))
 

@@ -57,6 +57,13 @@ from transforms.source import (
 DEFAULT_SEED = 20100104
 DEFAULT_REFERENCE_DATE = date(2026, 10, 31)
 DEFAULT_MUNICIPALITY = "101"  # København
+
+
+def seed_for(municipality: str) -> int:
+    """The default seed of a municipality's demo source: DEFAULT_SEED for the demo's own municipality
+    (today's data, unchanged), a seed of its own for every other, so that several municipalities'
+    sources (tenants) hold distinct, yet deterministic, data with the same shape and record keys."""
+    return DEFAULT_SEED if municipality == DEFAULT_MUNICIPALITY else DEFAULT_SEED + 1000 * int(municipality)
 WINDOW_DAYS = 730  # the data covers the two years up to the reference date
 LATEST_PHASE_IN = max(a.phase_in for a in AREAS)
 
@@ -890,12 +897,14 @@ def generate(
     engine: Engine,
     *,
     persons: int = 5000,
-    seed: int = DEFAULT_SEED,
+    seed: int | None = None,
     defect_rate: float = 0.03,
     reference_date: date = DEFAULT_REFERENCE_DATE,
     municipality: str = DEFAULT_MUNICIPALITY,
 ) -> DemoData:
-    """Create the source schema if needed and replace its content with the demo data."""
+    """Create the source schema if needed and replace its content with the demo data (`seed` None: the
+    municipality's own, seed_for)."""
+    seed = seed_for(municipality) if seed is None else seed
     builder = _Builder(persons, seed, defect_rate, reference_date, municipality)
     builder.build()
     create_source_schema(engine)
@@ -918,7 +927,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--url", help="source database URL (default: $AMS_SOURCE_URL or var/source/demo.sqlite)")
     parser.add_argument("--persons", type=int, default=5000)
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument("--seed", type=int, default=None,
+                        help=f"default {DEFAULT_SEED} for {DEFAULT_MUNICIPALITY}, else one per municipality")
     parser.add_argument("--defect-rate", type=float, default=0.03)
     parser.add_argument("--reference-date", type=date.fromisoformat, default=DEFAULT_REFERENCE_DATE)
     parser.add_argument("--municipality", default=DEFAULT_MUNICIPALITY,

@@ -16,7 +16,6 @@ sources, record by record (ids and content), each record received exactly once.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -41,9 +40,7 @@ from receiver.store import ReceiverStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
-TENANTS = importlib.util.find_spec("cycle.tenants") is not None  # until the tenants file is merged
-# kommunekoder of the municipalities the deployment reports for (a tenants file; else the single DAG)
-CODES = ["101", "147", "151"] if TENANTS else ["101"]
+CODES = ["101", "147", "151"]  # the municipalities of the deployment's tenants file
 PERSONS = 300
 SETTINGS = {"AMS_DATA_DOCS": "0", "AMS_BATCH_SIZE": "40", "AMS_DELIVERY_ATTEMPTS": "2",
             "AMS_BACKOFF_SECONDS": "0.2", "AMS_RETRY_DELAY_SECONDS": "1"}
@@ -136,7 +133,7 @@ def outcome(tmp_path_factory) -> Any:
     monkeypatch = pytest.MonkeyPatch()
     with ExitStack() as stack:
         stack.callback(monkeypatch.undo)
-        municipalities = start_municipalities(stack, tmp, CODES, persons=PERSONS, tenants=TENANTS, control=True)
+        municipalities = start_municipalities(stack, tmp, CODES, persons=PERSONS, control=True)
         reference = _reference_runs(tmp, municipalities, monkeypatch)
 
         cluster = CeleryDeployment(tmp / "cluster", workers=2, concurrency=2,
@@ -237,6 +234,10 @@ def test_every_delivered_batch_is_archived(outcome):
     archive the bytes sent."""
     from delivery.state import ARCHIVED, StateStore
 
-    batches = StateStore(outcome.cluster.state_url).all_batches()
-    left = [(b["area"], b["batch_id"], b["status"]) for b in batches if b["status"] != ARCHIVED]
-    assert batches and not left, f"{len(left)} of {len(batches)} batches not archived, e.g. {left[:3]}"
+    for m in outcome.municipalities:
+        store = StateStore(outcome.cluster.state_url, tenant=m.code)
+        batches = store.all_batches()
+        store.engine.dispose()
+        left = [(b["area"], b["batch_id"], b["status"]) for b in batches if b["status"] != ARCHIVED]
+        assert batches and not left, (f"municipality {m.code}: {len(left)} of {len(batches)} batches not archived, "
+                                      f"e.g. {left[:3]}")

@@ -41,8 +41,13 @@ class MappedChunk:
     out_of_scope: pd.DataFrame  # record_key, reason: rows of the source that belong to no record here
 
 
-def record_id(area: Area, record_key: str) -> str:
-    return str(uuid.uuid5(ID_NAMESPACE, f"{area.code}:{record_key}"))
+def record_id(area: Area, record_key: str, municipality: str | None = None) -> str:
+    """The record's GUID: uuid5 of the area and the source key, and of the municipality when the
+    deployment serves several (`municipality`, a kommunekode): their case systems may use the same keys,
+    and the agency's one receiver must not take one municipality's record for another's. Without it
+    (the single-municipality deployment) the ids are those of every earlier run."""
+    name = f"{area.code}:{record_key}" if municipality is None else f"{municipality}:{area.code}:{record_key}"
+    return str(uuid.uuid5(ID_NAMESPACE, name))
 
 
 def _is_missing(value: object) -> bool:
@@ -283,8 +288,8 @@ DERIVATIONS: dict[int, Callable[[pd.DataFrame], pd.DataFrame]] = {
 CHECK_INPUTS = ("reconciles", "status_changed", "no_target_group", "overlaps_with")
 
 
-def map_records(area: Area, source: pd.DataFrame) -> MappedChunk:
-    """Map one chunk of an area's source frame to its records frame."""
+def map_records(area: Area, source: pd.DataFrame, municipality: str | None = None) -> MappedChunk:
+    """Map one chunk of an area's source frame to its records frame (`municipality`: see record_id)."""
     frame = source.copy()
     frame["record_key"] = frame["record_key"].map(_text)
     for f in area.fields:
@@ -319,7 +324,7 @@ def map_records(area: Area, source: pd.DataFrame) -> MappedChunk:
     frame["action"] = pd.Series(CREATE_OR_UPDATE, index=frame.index, dtype=object)
     if deleted is not None and len(frame):
         frame.loc[deleted.astype(bool), "action"] = ANNUL
-    frame["record_id"] = frame["record_key"].map(lambda k: record_id(area, k))
+    frame["record_id"] = frame["record_key"].map(lambda k: record_id(area, k, municipality))
 
     keep = ["record_key", "record_id", "action", *area.field_names]
     keep += [condition_column(c.name) for c in area.conditions]

@@ -4,7 +4,9 @@
 a message from the context (DAG, task, area, run, logical date, the exception text, the runbook's
 advice for that step, the log link) and e-mails it to `AMS_ALERT_EMAIL` (comma-separated) through
 the SMTP provider's SmtpHook, connection `AMS_ALERT_SMTP_CONN_ID` (default `smtp_default`). Without
-recipients it only logs: local runs stay quiet.
+recipients it only logs: local runs stay quiet. In a tenant's DAG (employment_reporting_<kommunekode>)
+the alert names the municipality (kommunekode and name) and goes to its `alert_email` from the tenants
+file (AMS_ALERT_EMAIL when it has none).
 
 Personal data: the exception text is already masked by the pipeline; every CPR-like number in the
 message is masked again (DDMMYY-****) before it is logged or sent.
@@ -25,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cycle.tenants import DAG_ID_PREFIX, Tenant, find_tenant
 from transforms.identifiers import mask_cpr_in_text
 from transforms.registry import Area, enabled_areas, get_area
 
@@ -128,18 +131,53 @@ def _exception_text(exception: object) -> str:
     return text if len(text) <= MAX_EXCEPTION_CHARS else text[:MAX_EXCEPTION_CHARS] + " ..."
 
 
-def _what_to_do(step: str, exception_text: str) -> str:
+def _what_to_do(step: str, exception_text: str, dag_id: str = DAG_ID_PREFIX, tenant: Tenant | None = None) -> str:
     if step == "deliver":
         closed = "closed access" in exception_text or "§ 48" in exception_text
-        return ACTION_ACCESS_CLOSED if closed else ACTION_DELIVER
-    return {"prepare": ACTION_PREPARE, "report": ACTION_REPORT}.get(step, ACTION_OTHER)
+        text = ACTION_ACCESS_CLOSED if closed else ACTION_DELIVER
+    else:
+        text = {"prepare": ACTION_PREPARE, "report": ACTION_REPORT}.get(step, ACTION_OTHER)
+    if tenant is not None:  # this municipality's DAG and connections
+        text = (text.replace("airflow tasks clear employment_reporting ", f"airflow tasks clear {dag_id} ")
+                .replace("connection ams_source", f"connection {tenant.source_conn_id}")
+                .replace("connection ams_sftp", f"connection {tenant.sftp_conn_id}"))
+    return text
+
+
+def tenant_of(context: Mapping[str, Any]) -> Tenant | None:
+    """The municipality of a failed task of a tenant's DAG (employment_reporting_<kommunekode>), from the
+    tenants file; None for the single-municipality DAG, or when the entry cannot be read (then the
+    alert still names the kommunekode, from the DAG id)."""
+    dag_id = str(_dag_id(context))
+    prefix = DAG_ID_PREFIX + "_"
+    if not dag_id.startswith(prefix):
+        return None
+    try:
+        return find_tenant(dag_id.removeprefix(prefix))
+    except (KeyError, OSError, ValueError):
+        return None
+
+
+def _dag_id(context: Mapping[str, Any]) -> str:
+    ti = context.get("task_instance") or context.get("ti")
+    return _get(ti, "dag_id") or _get(context.get("dag"), "dag_id") or DAG_ID_PREFIX
+
+
+def _municipality(dag_id: str, tenant: Tenant | None) -> str | None:
+    if tenant is not None:
+        return tenant.label
+    prefix = DAG_ID_PREFIX + "_"
+    return f"{dag_id.removeprefix(prefix)} (no valid entry in the tenants file)" if dag_id.startswith(prefix) else None
 
 
 def build_alert(context: Mapping[str, Any]) -> Alert:
     """The alert's subject and plain-text body for a failure context (every CPR-like number masked)."""
     ti = context.get("task_instance") or context.get("ti")
     dag_run = context.get("dag_run")
-    dag_id = _get(ti, "dag_id") or _get(context.get("dag"), "dag_id") or "employment_reporting"
+    dag_id = _dag_id(context)
+    tenant = tenant_of(context)
+    municipality = _municipality(dag_id, tenant)
+    who = f"{municipality}: " if municipality else ""
     task_id = _get(ti, "task_id") or _get(context.get("task"), "task_id") or "?"
     run_id = context.get("run_id") or _get(ti, "run_id") or _get(dag_run, "run_id") or "?"
     logical_date = context.get("logical_date") or _get(dag_run, "logical_date")
@@ -149,13 +187,14 @@ def build_alert(context: Mapping[str, Any]) -> Alert:
     exception_text = _exception_text(context.get("exception"))
     what = STEP_NAMES.get(step, f"task {task_id}")
     if area is not None:
-        subject = f"{SUBJECT_PREFIX} area {area.number} ({area.key}) {what} failed - run {run_id}"
+        subject = f"{SUBJECT_PREFIX} {who}area {area.number} ({area.key}) {what} failed - run {run_id}"
     else:
-        subject = f"{SUBJECT_PREFIX} {what} failed - run {run_id}"
+        subject = f"{SUBJECT_PREFIX} {who}{what} failed - run {run_id}"
     log_url = _get(ti, "log_url")
     lines = [
         subject.removeprefix(SUBJECT_PREFIX).strip(),
         "",
+        *([f"Municipality: {municipality}"] if municipality else []),
         f"DAG:          {dag_id}",
         f"Task:         {task_id}",
         f"Area:         {f'{area.number} {area.key} - {area.title}' if area else '-'}",
@@ -168,7 +207,7 @@ def build_alert(context: Mapping[str, Any]) -> Alert:
         exception_text,
         "",
         "What to do:",
-        _what_to_do(step, exception_text),
+        _what_to_do(step, exception_text, dag_id, tenant),
         "",
         f"Runbook: {RUNBOOK}, 'Re-running a failed delivery'.",
     ]
@@ -178,7 +217,10 @@ def build_alert(context: Mapping[str, Any]) -> Alert:
     return Alert(subject=mask_text(subject), body=body + "\n", log_url=log_url)
 
 
-def recipients() -> list[str]:
+def recipients(tenant: Tenant | None = None) -> list[str]:
+    """The alert's addresses: the municipality's alert_email (tenants file), else AMS_ALERT_EMAIL."""
+    if tenant is not None and tenant.alert_email:
+        return list(tenant.alert_email)
     return [a.strip() for a in os.environ.get(RECIPIENTS_ENV, "").replace(";", ",").split(",") if a.strip()]
 
 
@@ -208,7 +250,11 @@ def on_failure(context: Mapping[str, Any]) -> None:
                       mask_text(context.get("run_id") if isinstance(context, Mapping) else "?"))
         return
     log.error("%s\n%s", alert.subject, alert.body)
-    to = recipients()
+    try:
+        to = recipients(tenant_of(context))
+    except Exception:  # never raise from the callback; fall back to the deployment's address
+        log.exception("AMS reporting: the municipality's alert address could not be read")
+        to = recipients()
     if not to:
         log.info("no alert e-mail: %s is not set", RECIPIENTS_ENV)
         return

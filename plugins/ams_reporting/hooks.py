@@ -8,6 +8,10 @@ The delivery channel of each area is `AMS_CHANNEL_AREA<N>` (`webservice`, the de
 checked against the channels the registry allows for the area: only areas 1 and 2 may use the file
 channel (§ 51); areas 3, 4 and 5 are web service only (§§ 17, 22, 28, stk. 2). The file channel
 uses the SFTP connection `ams_sftp` (extra `remote_dir`, default `inbox`).
+
+With a tenants file (AMS_TENANTS_FILE, cycle/tenants.py) each municipality's tasks pass its
+kommunekode: its own source, receiver and SFTP connections and channels from its entry, checked when
+the task starts (a missing connection fails that municipality's task, not the DAG file).
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ from typing import Any
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 
+from cycle.channels import CHANNEL_NAMES, ChannelNotAllowed, resolve_channel  # noqa: F401 (re-exported)
 from cycle.settings import Settings
-from transforms.registry import AREAS, SFTP, WEBSERVICE, get_area
+from cycle.tenants import Tenant, find_tenant
+from transforms.registry import WEBSERVICE
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +111,47 @@ def object_store_root() -> Any | None:
     return ObjectStoragePath(url, conn_id=os.environ.get("AMS_OBJECT_STORE_CONN_ID") or None)
 
 
-def settings() -> Settings:
-    """Settings from the environment, with the source connection applied when it exists."""
+class TenantConfigError(RuntimeError):
+    """A municipality of the tenants file cannot run: its entry or one of its connections is missing."""
+
+
+def tenant(kommunekode: str) -> Tenant:
+    """The municipality's entry in the tenants file (AMS_TENANTS_FILE), read again at every task start
+    so that a fixed file takes effect without a restart."""
+    try:
+        return find_tenant(kommunekode)
+    except KeyError as exc:
+        raise TenantConfigError(str(exc.args[0])) from None
+
+
+def _tenant_connection(who: Tenant, field: str, conn_id: str) -> Any:
+    """A tenant's connection, or an error naming the municipality, the field and the connection: a
+    tenant never falls back to the single-municipality defaults (that would report another
+    municipality's data, or sign with another municipality's certificate)."""
+    conn = _connection(conn_id)
+    if conn is None:
+        raise TenantConfigError(
+            f"municipality {who.label}: there is no Airflow connection '{conn_id}' ({field} of its entry in "
+            f"the tenants file). Create it (docs/tenants.md), or correct {field}; `ams-report tenants check` "
+            "lists every missing connection. The other municipalities are not affected.")
+    return conn
+
+
+def settings(kommunekode: str | None = None) -> Settings:
+    """Settings from the environment, with the source connection applied when it exists.
+
+    For a municipality of the tenants file (`kommunekode`): its source connection (which must exist),
+    sender_municipality = its kommunekode, and Settings.tenant set, so its state is its own partition."""
     result = Settings.from_env()
-    result.source_url = AmsSourceHook().sqlalchemy_url(result.source_url)
     result.object_store = object_store_root()
+    if kommunekode is None:
+        result.source_url = AmsSourceHook().sqlalchemy_url(result.source_url)
+        return result
+    who = tenant(kommunekode)
+    _tenant_connection(who, "source_conn_id", who.source_conn_id)
+    result.source_url = AmsSourceHook(who.source_conn_id).sqlalchemy_url("")
+    result.sender_municipality = who.kommunekode
+    result.tenant = who.kommunekode
     return result
 
 
@@ -117,50 +159,47 @@ def settings() -> Settings:
 
 CHANNEL_ENV = "AMS_CHANNEL_AREA{number}"
 SFTP_CONN_ID = "ams_sftp"
-CHANNEL_NAMES = {WEBSERVICE: "web service", SFTP: "SFTP file (§ 51)"}
-#: Where the regulation says an area is delivered by web service only (REGULATION.md).
-_ALIASES = {"webservice": WEBSERVICE, "web-service": WEBSERVICE, "web_service": WEBSERVICE, "sftp": SFTP}
-
-
-class ChannelNotAllowed(ValueError):
-    """The configured delivery channel is unknown, or the regulation does not allow it for the area."""
 
 
 def channel_for_area(area_number: int) -> str:
     """The area's delivery channel: `AMS_CHANNEL_AREA<N>` (default web service), if the registry allows it."""
-    area = get_area(area_number)
-    variable = CHANNEL_ENV.format(number=area.number)
-    raw = os.environ.get(variable, "").strip()
-    channel = _ALIASES.get(raw.lower().replace(" ", ""), None) if raw else WEBSERVICE
-    if channel is None:
-        raise ChannelNotAllowed(f"{variable}={raw!r} is not a delivery channel; use 'webservice' or 'sftp'")
-    if channel not in area.channels:
-        allowed = " or ".join(CHANNEL_NAMES[c] for c in area.channels)
-        only = f"may only be delivered by {allowed}"
-        where = area.channels_paragraph
-        file_areas = " and ".join(str(a.number) for a in AREAS if SFTP in a.channels)
-        raise ChannelNotAllowed(
-            f"area {area.number} ({area.key}) {only}{f' ({where})' if where else ''}; {variable}={raw!r} is not "
-            f"allowed: the file channel (§ 51) is for areas {file_areas} only. Unset {variable} or set it to "
-            "'webservice'.")
-    return channel
+    variable = CHANNEL_ENV.format(number=area_number)
+    return resolve_channel(area_number, os.environ.get(variable, ""), variable)
 
 
-def client_for_area(area_number: int):
-    """The delivery client of an area's channel: AmsClient (web service) or SftpFileDropClient (§ 51)."""
+def client_for_area(area_number: int, kommunekode: str | None = None):
+    """The delivery client of an area's channel: AmsClient (web service) or SftpFileDropClient (§ 51).
+    For a municipality of the tenants file: its channel, its receiver (its certificate) or SFTP connection."""
+    if kommunekode is not None:
+        return _tenant_client(tenant(kommunekode), area_number)
     channel = channel_for_area(area_number)
     if channel == WEBSERVICE:
         return AmsReceiverHook().get_client()
-    from ams_reporting.sftp import DEFAULT_REMOTE_DIR, SftpFileDropClient
-
     conn = _connection(SFTP_CONN_ID)
     if conn is None:
         raise RuntimeError(
             f"Area {area_number} is set to the file channel ({CHANNEL_ENV.format(number=area_number)}=sftp) but "
             f"there is no Airflow connection '{SFTP_CONN_ID}'. Create it (conn type sftp: host, port, login, extra "
             '{"key_file": ..., "host_key": ..., "remote_dir": "inbox"}) or switch the area back to webservice.')
+    return _sftp_client(area_number, SFTP_CONN_ID, conn)
+
+
+def _sftp_client(area_number: int, conn_id: str, conn: Any):
+    from ams_reporting.sftp import DEFAULT_REMOTE_DIR, SftpFileDropClient
+
     extra = conn.extra_dejson
     remote_dir = extra.get("remote_dir") or DEFAULT_REMOTE_DIR
     log.info("area %s is delivered as files over SFTP (§ 51) to %s:%s/%s", area_number, conn.host, conn.port or 22,
              remote_dir)
-    return SftpFileDropClient(SFTP_CONN_ID, remote_dir=remote_dir, timeout=float(extra.get("timeout", 30)))
+    return SftpFileDropClient(conn_id, remote_dir=remote_dir, timeout=float(extra.get("timeout", 30)))
+
+
+def _tenant_client(who: Tenant, area_number: int):
+    if who.channel(area_number) == WEBSERVICE:
+        conn = _tenant_connection(who, "receiver_conn_id", who.receiver_conn_id)
+        from delivery.client import client_from_connection
+
+        return client_from_connection(conn.host, conn.port, conn.schema, conn.extra_dejson,
+                                      conn_id=who.receiver_conn_id)
+    conn = _tenant_connection(who, "sftp_conn_id", who.sftp_conn_id)
+    return _sftp_client(area_number, who.sftp_conn_id, conn)
