@@ -20,7 +20,7 @@ import os
 import subprocess
 import sys
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,6 @@ class Outcome:
     reference: dict[str, dict[str, bytes]]  # kommunekode -> record_id -> payload, from dag.test()
     killed_worker: int
     held: dict[str, Any]  # the batch whose reply was held: dag_id, area, map_index, batch_id
-    notes: list[str] = field(default_factory=list)
 
 
 def _receiver(m: Municipality, path: str, body: dict | None = None) -> Any:
