@@ -25,6 +25,9 @@ os.environ.setdefault("AMS_INSECURE_FOR_TESTS", "1")
 os.environ.setdefault("NO_PROXY", "*")
 # The tests make throw-away archive keys; outside the demo and the tests a missing key is an error.
 os.environ.setdefault("AMS_CREATE_ARCHIVE_KEY", "1")
+# Every task retries once (dags/: for a lost worker); dag.test() would wait the production delay (300 s)
+# before the retry of a task that fails on purpose in a test.
+os.environ.setdefault("AMS_RETRY_DELAY_SECONDS", "0")
 for path in (ROOT / "plugins", ROOT / "dags"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))

@@ -146,6 +146,7 @@ def demo_receiver(db: Path, *, control: bool = False) -> Iterator[tuple[Any, dic
 
 def demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("AMS_CREATE_ARCHIVE_KEY", "1")  # the demo makes its archive key (delivery.archive)
+    os.environ.setdefault("AMS_RETRY_DELAY_SECONDS", "0")  # `airflow dags test` would wait out a failed task's retry
     if args.full:
         os.environ["AMS_FULL_READ"] = "1"  # the Airflow run's tasks read it (Settings.from_env)
     settings = Settings.from_env()

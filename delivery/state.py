@@ -325,14 +325,19 @@ def _ddl_lock(engine: Engine) -> Iterator[None]:
     if engine.dialect.name != "postgresql":
         yield
         return
-    with engine.connect() as conn:
-        conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _DDL_LOCK_KEY})
-        conn.commit()
-        try:
-            yield
-        finally:
-            conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _DDL_LOCK_KEY})
+    # Its own unpooled connection, closed afterwards: the store's pool keeps no extra idle connection.
+    locker = sa.create_engine(engine.url, poolclass=sa.pool.NullPool)
+    try:
+        with locker.connect() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _DDL_LOCK_KEY})
             conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _DDL_LOCK_KEY})
+                conn.commit()
+    finally:
+        locker.dispose()
 
 
 class StateStore:
