@@ -27,7 +27,7 @@ from delivery.client import AmsClient
 from demo import synthetic
 from receiver.store import ReceiverStore
 from transforms.identifiers import mask_cpr_in_text
-from transforms.source import SOURCE_TABLES, create_engine_from_url, create_source_schema
+from transforms.source import SOURCE_TABLES, create_engine_from_url, create_source_schema, db_value
 
 ALL_AREAS = (1, 2, 3, 4, 5, 6, 7, 8)
 FIRST_DAY = date(2026, 11, 2)
@@ -127,7 +127,7 @@ def _change_feed(conn: sa.Connection, rng: random.Random, kind: str, table: str,
         conn.execute(sa.text("UPDATE person_target_groups SET target_group = :g, insured = :i, updated_at = :s "
                              "WHERE person_id = :p"),
                      {"g": rng.choice(["LAB2-1", "LAB2-2", "LAB2-3", "IL-LEDIG", "BESKAEFTIGET"]),
-                      "i": rng.randint(0, 1), "s": stamp, "p": person})
+                      "i": db_value(bool(rng.randint(0, 1)), conn), "s": stamp, "p": person})
     elif kind == "benefit":
         conn.execute(sa.text("UPDATE benefits SET benefit_code = :c, updated_at = :s WHERE person_id = :p"),
                      {"c": rng.choice(["10", "20", "42"]), "s": stamp, "p": person})
@@ -154,8 +154,9 @@ def _change_feed(conn: sa.Connection, rng: random.Random, kind: str, table: str,
 
 def _change_mentor_persons(conn: sa.Connection, rng: random.Random, kind: str, stamp: str,
                            persons: list[int]) -> bool:
-    member = _one(conn, rng, "SELECT grant_id, person_id FROM mentor_grant_persons WHERE deleted_at IS NULL "
-                             "ORDER BY grant_id, person_id")
+    member = _one(conn, rng, "SELECT gp.grant_id, gp.person_id FROM mentor_grant_persons gp "
+                             "JOIN mentor_grants g ON g.grant_id = gp.grant_id "  # of a live grant: it is sent
+                             "WHERE gp.deleted_at IS NULL AND g.deleted_at IS NULL ORDER BY gp.grant_id, gp.person_id")
     if member is None:
         return False
     if kind == "mentor_person_drop":  # the soft delete alone
