@@ -154,9 +154,18 @@ def _change_feed(conn: sa.Connection, rng: random.Random, kind: str, table: str,
 
 def _change_mentor_persons(conn: sa.Connection, rng: random.Random, kind: str, stamp: str,
                            persons: list[int]) -> bool:
+    # A member of a live grant (it is sent) that nothing else changed today (made last in the day, see
+    # _change): only the change of its persons can make the grant be read again.
     member = _one(conn, rng, "SELECT gp.grant_id, gp.person_id FROM mentor_grant_persons gp "
-                             "JOIN mentor_grants g ON g.grant_id = gp.grant_id "  # of a live grant: it is sent
-                             "WHERE gp.deleted_at IS NULL AND g.deleted_at IS NULL ORDER BY gp.grant_id, gp.person_id")
+                             "JOIN mentor_grants g ON g.grant_id = gp.grant_id "
+                             "WHERE gp.deleted_at IS NULL AND g.deleted_at IS NULL AND g.updated_at < :today "
+                             "AND NOT EXISTS (SELECT 1 FROM mentor_grant_persons o JOIN persons p "
+                             "ON p.person_id = o.person_id WHERE o.grant_id = gp.grant_id AND (o.updated_at >= :today "
+                             "OR o.deleted_at >= :today OR p.updated_at >= :today)) ORDER BY gp.grant_id, gp.person_id",
+                  today=stamp[:10]) or _one(
+        conn, rng, "SELECT gp.grant_id, gp.person_id FROM mentor_grant_persons gp JOIN mentor_grants g "
+                   "ON g.grant_id = gp.grant_id WHERE gp.deleted_at IS NULL AND g.deleted_at IS NULL "
+                   "ORDER BY gp.grant_id, gp.person_id")
     if member is None:
         return False
     if kind == "mentor_person_drop":  # the soft delete alone
@@ -176,6 +185,7 @@ def _change(conn: sa.Connection, rng: random.Random, day: int, kinds: list[str],
     live = conn.execute(sa.text("SELECT measure_id, person_id FROM measures WHERE deleted_at IS NULL "
                                 "ORDER BY measure_id")).all()
     persons = [r.person_id for r in conn.execute(sa.text("SELECT person_id FROM persons ORDER BY person_id"))]
+    kinds = sorted(kinds, key=lambda kind: kind.startswith("mentor_person"))  # stable: the rest keep their order
     for n, kind in enumerate(kinds):
         stamp = _stamp(day, n)
         measure, _person = rng.choice(live)
