@@ -46,7 +46,8 @@ from delivery.archive import (
     archive_batch,
     sha256,
 )
-from delivery.state import ACKNOWLEDGED, OUTSTANDING, AreaBusy, StateStore
+from delivery.objectstore import StorePath, copy_tree, is_local
+from delivery.state import ACKNOWLEDGED, OUTSTANDING, STAGED_IN_DB, AreaBusy, StateStore
 from transforms import mapping
 from transforms.contracts import FINDING_COLUMNS, check_contract
 from transforms.identifiers import mask_cpr
@@ -135,16 +136,18 @@ class _BatchWriter:
                                   version=self.version)
         with self.timer.phase("xsd"):
             validate_payload(payload)  # nothing leaves that the XSD does not accept
-        path = self.settings.batch_staging(self.area, batch_id) / PAYLOAD_FILE
         with self.timer.phase("encrypt"):
-            self.vault.write(path, payload)
+            sealed = self.vault.seal(payload)
         failpoints.point("prepare.staged")
         with self.timer.phase("add_batch"):
             members = batch[["record_key", "record_id", "content_hash", "action"]].assign(
                 masked_person=_masked_persons(self.area, batch).to_numpy())
+            # The encrypted payload goes into the state DB with the batch row, in one transaction: every
+            # worker reaches it, and a batch never exists without its payload (shared-nothing workers).
             self.state.add_batch(batch_id=batch_id, area=self.area.number, run_id=self.run_id,
-                                 staged_path=str(path), payload_sha256=sha256(payload),
-                                 payload_created=created.isoformat(), members=members)
+                                 staged_path=STAGED_IN_DB, payload_sha256=sha256(payload),
+                                 payload_created=created.isoformat(), members=members, payload=sealed,
+                                 payload_name=PAYLOAD_FILE)
         self.batch_ids.append(batch_id)
 
 
@@ -256,12 +259,14 @@ def prepare_area(area_ref: int | str, *, run_id: str, period_end: date, settings
 
 
 def _remove_stale_staging(settings: Settings, state: StateStore, area: Area) -> None:
-    """Staging folders that no open batch owns (a crash between staging and recording the batch, or
-    after archiving): they hold CPR payloads with no retention, so they go."""
-    root = settings.staging_dir / area.code
+    """Staged blobs that no open batch owns: they hold CPR payloads with no retention, so they go. In the
+    state DB the transactions leave none behind (StateStore.remove_stale_staging is the safety net); on
+    disk, folders staged before issue 10 whose batch is done are removed from this worker's disk."""
+    keep = {b["batch_id"] for b in state.batches_in(area.number, (*OUTSTANDING, ACKNOWLEDGED))}
+    state.remove_stale_staging(area.number)
+    root = settings.home / "staging" / area.code
     if not root.exists():
         return
-    keep = {b["batch_id"] for b in state.batches_in(area.number, (*OUTSTANDING, ACKNOWLEDGED))}
     for folder in root.iterdir():
         if folder.name not in keep:
             shutil.rmtree(folder) if folder.is_dir() else folder.unlink()
@@ -279,7 +284,7 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
     _remove_stale_staging(settings, state, area)
     timer = PhaseTimer()
     writer = _BatchWriter(area, run_id, settings, state, vault, created, version, timer)
-    docs_dir = settings.reports_dir / "data_docs" if settings.data_docs else None
+    docs_dir = settings.data_docs_build_dir if settings.data_docs else None
     counts: Counter = Counter()
     rules: Counter = Counter()
     quarantined_keys: set[str] = set()
@@ -370,6 +375,12 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
     state.set_watermark(area.number, since=plan.mark if not counts.get("pending") else None,
                         period_end=period_end.isoformat(), fingerprint=plan.fingerprint, run_id=run_id,
                         full=plan.full)
+    if docs_index and docs_dir is not None and not is_local(settings.reports_dir):
+        # Great Expectations wrote the site on this worker's disk: publish it where every worker and the
+        # UI read it (the object store), then name the stored index.
+        with timer.phase("quality"):
+            copy_tree(docs_dir, settings.reports_dir / "data_docs")
+        docs_index = settings.reports_dir / "data_docs" / "index.html"
     counts["quarantined"] += counts.pop("rejected_unchanged", 0)
     counts["batches_staged"] = len(batch_ids)
     summary = {"area": area.number, **{k: int(v) for k, v in counts.items()}}
@@ -474,7 +485,7 @@ def _deliver_batch(receiver: _Receiver, state: StateStore, vault: Vault, batch: 
     batch_id = batch["batch_id"]
     label = f"area {area.number} batch {batch_id}"
     in_doubt = batch["status"] in ("sent", "unknown")
-    staged = Path(batch["staged_path"])
+    claimed = int(batch.get("attempts") or 0)  # the claim's compare-and-set value (mark_sending)
     timer = timer or PhaseTimer()
     may_have_arrived = ("It may have reached the receiver: clear this task when the cause is fixed; the receiver "
                         "is asked about it first, so nothing is sent twice.")
@@ -499,7 +510,7 @@ def _deliver_batch(receiver: _Receiver, state: StateStore, vault: Vault, batch: 
                     return _store(state, settings, vault, batch, receipt, run_id,
                                   lookup_request=receipt.request_bytes, timer=timer)
                 log.info("%s: not received by the receiver; sending it", label)
-            payload = _read_staged(vault, staged)
+            payload = _read_staged(vault, state, batch, PAYLOAD_FILE)
             if payload is None or sha256(payload) != batch["payload_sha256"]:
                 # Never received (the receiver said so, or it was never sent) and its bytes are gone:
                 # free its records; the next preparation stages them again.
@@ -509,7 +520,11 @@ def _deliver_batch(receiver: _Receiver, state: StateStore, vault: Vault, batch: 
                 log.error("%s: %s, and the receiver does not have it. Its %d record(s) are staged again by the "
                           "next run (docs/operations.md, 'Batch states').", label, reason, batch["record_count"])
                 return None
-            state.mark_sending(batch_id)
+            if not state.mark_sending(batch_id, attempts=claimed):
+                # Another task marked it sending since we read it: that task owns its outcome now.
+                log.warning("%s: claimed by another task meanwhile; left to it (nothing sent here)", label)
+                return {}
+            claimed += 1
             in_doubt = True
             failpoints.point("deliver.before_post")
             with timer.phase("send"):
@@ -554,28 +569,45 @@ def _deliver_batch(receiver: _Receiver, state: StateStore, vault: Vault, batch: 
     raise AssertionError("unreachable")
 
 
-def _read_staged(vault: Vault, path: Path) -> bytes | None:
-    """A staged payload, b"" when it cannot be decrypted (damaged, or no configured key opens it),
-    None when it is missing."""
+def _staged_blob(state: StateStore, batch: dict, name: str) -> bytes | None:
+    """A batch's staged blob (encrypted), None when it is missing. Batches staged before issue 10 have a
+    file path in `staged_path`: their files are read where they are (an upgrade with batches open)."""
+    blob = state.staged_blob(batch["batch_id"], name)
+    if blob is None and (batch.get("staged_path") or STAGED_IN_DB) not in (STAGED_IN_DB, "-"):
+        legacy = Path(batch["staged_path"]).parent / name
+        blob = legacy.read_bytes() if legacy.is_file() else None
+    return blob
+
+
+def _read_staged(vault: Vault, state: StateStore, batch: dict, name: str) -> bytes | None:
+    """A staged blob decrypted, b"" when it cannot be decrypted (damaged, or no configured key opens
+    it), None when it is missing."""
     from cryptography.fernet import InvalidToken
 
-    try:
-        return vault.read(path)
-    except FileNotFoundError:
+    blob = _staged_blob(state, batch, name)
+    if blob is None:
         return None
-    except InvalidToken:
+    try:
+        return vault.open(blob)
+    except (InvalidToken, OSError, EOFError):  # OSError/EOFError: a damaged gzip stream inside a valid token
         return b""
+
+
+def _open_staged(vault: Vault, state: StateStore, batch: dict, name: str) -> bytes:
+    """A staged blob decrypted; FileNotFoundError when it is missing (the archive step's retry path)."""
+    blob = _staged_blob(state, batch, name)
+    if blob is None:
+        raise FileNotFoundError(2, f"staged {name} of batch {batch['batch_id']} is missing", name)
+    return vault.open(blob)
 
 
 def _store(state: StateStore, settings: Settings, vault: Vault, batch: dict, receipt, run_id: str,
            lookup_request: bytes | None = None, timer: PhaseTimer | None = None) -> dict:
     """Stage the receipt's bytes, store it in the ledger (acknowledged), then archive. The staged
     receipt lets a later task finish the archive when this one cannot (disk full, crash)."""
-    area = get_area(batch["area"])
-    folder = settings.batch_staging(area, batch["batch_id"])
-    vault.write(folder / RECEIPT_FILE, receipt.response_bytes or b"")
+    state.stage(batch["batch_id"], RECEIPT_FILE, vault.seal(receipt.response_bytes or b""))
     if lookup_request is not None:
-        vault.write(folder / LOOKUP_REQUEST_FILE, lookup_request)
+        state.stage(batch["batch_id"], LOOKUP_REQUEST_FILE, vault.seal(lookup_request))
     failpoints.point("deliver.receipt_staged")
     results = {r.record_id: (r.status, None if r.error_code is None else str(r.error_code), r.error_text)
                for r in receipt.records}
@@ -615,9 +647,8 @@ def _archive(settings: Settings, state: StateStore, vault: Vault, batch: dict) -
     from cryptography.fernet import InvalidToken
 
     area = get_area(batch["area"])
-    folder = settings.batch_staging(area, batch["batch_id"])
     label = f"area {area.number} batch {batch['batch_id']}"
-    payload = _read_staged(vault, folder / PAYLOAD_FILE)
+    payload = _read_staged(vault, state, batch, PAYLOAD_FILE)
     if payload is None or sha256(payload) != batch["payload_sha256"]:
         if PAYLOAD_LOST not in (batch.get("last_error") or ""):
             state.note_error(batch["batch_id"], f"{PAYLOAD_LOST}: the staged payload is "
@@ -628,14 +659,15 @@ def _archive(settings: Settings, state: StateStore, vault: Vault, batch: dict) -
                       "missing" if payload is None else "damaged")
         return True
     try:
-        lookup = folder / LOOKUP_REQUEST_FILE
+        lookup = _staged_blob(state, batch, LOOKUP_REQUEST_FILE)
         acknowledged = batch.get("acknowledged_at") or datetime.now(UTC)
         target = archive_batch(
             vault, settings.archive_dir, area=area.number, batch_id=batch["batch_id"], run_id=batch["run_id"],
-            request=payload, response=vault.read(folder / RECEIPT_FILE), record_count=batch["record_count"],
+            request=payload, response=_open_staged(vault, state, batch, RECEIPT_FILE),
+            record_count=batch["record_count"],
             accepted=batch.get("accepted_count") or 0, rejected=batch.get("rejected_count") or 0,
             receipt_id=batch.get("receipt_message_id") or "", day=acknowledged.date(),
-            lookup_request=vault.read(lookup) if lookup.exists() else None)
+            lookup_request=vault.open(lookup) if lookup is not None else None)
         failpoints.point("archive.written")
     except (OSError, ValueError, InvalidToken) as exc:
         detail = (f"{type(exc).__name__}: {exc.strerror or exc}" if isinstance(exc, OSError)
@@ -644,8 +676,11 @@ def _archive(settings: Settings, state: StateStore, vault: Vault, batch: dict) -
         log.error("%s: acknowledged, but the archive could not be written (%s); the next deliver or report "
                   "task tries again", label, detail)
         return False
+    # Archived and unstaged in one transaction of the state DB.
     if state.mark_archived(batch["batch_id"], str(target)):
-        shutil.rmtree(folder, ignore_errors=True)
+        legacy = Path(batch.get("staged_path") or STAGED_IN_DB).parent
+        if legacy.is_absolute() and legacy.name == batch["batch_id"]:  # staged on disk before issue 10
+            shutil.rmtree(legacy, ignore_errors=True)
     return True
 
 
@@ -665,7 +700,7 @@ def finish_archives(settings: Settings, state: StateStore, vault: Vault, area: i
     return failed
 
 
-def apply_archive_retention(settings: Settings) -> list[Path]:
+def apply_archive_retention(settings: Settings) -> list[StorePath]:
     """Delete archived day folders older than AMS_ARCHIVE_RETENTION_DAYS (unset: keep everything)."""
     if settings.archive_retention_days is None or not settings.archive_dir.exists():
         return []

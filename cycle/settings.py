@@ -8,10 +8,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from delivery.archive import Vault, load_keys
+from delivery.archive import ArchiveKeyMissing, Vault, load_keys
+from delivery.objectstore import StorePath, is_local, store_root
 from delivery.state import StateStore
-from transforms.registry import REPO_ROOT, Area
+from transforms.registry import REPO_ROOT
 
 
 @dataclass
@@ -34,6 +36,9 @@ class Settings:
     # The municipality (kommunekode) this run reports for when the deployment serves several (a tenants
     # file, AMS_TENANTS_FILE); None: the single-municipality layout, where nothing is partitioned.
     tenant: str | None = None
+    # The root of the archive, reports and Data Docs as a path object (the Airflow layer sets an
+    # ObjectStoragePath with the AMS_OBJECT_STORE_CONN_ID credentials); None: AMS_OBJECT_STORE_URL, else home.
+    object_store: Any = None
 
     def __post_init__(self) -> None:
         self.home = Path(self.home)
@@ -59,25 +64,64 @@ class Settings:
         )
 
     @property
-    def staging_dir(self) -> Path:
-        return self.home / "staging"
+    def store(self) -> StorePath:
+        """The shared store's root: what every worker reaches (archive/, reports/)."""
+        return self.object_store if self.object_store is not None else store_root(self.home)
+
+    def _tenant(self, root: StorePath) -> StorePath:
+        return root / self.tenant if self.tenant else root
 
     @property
-    def archive_dir(self) -> Path:
-        return Path(os.environ.get("AMS_ARCHIVE_DIR", self.home / "archive"))
+    def archive_dir(self) -> StorePath:
+        """<store>/archive (AMS_ARCHIVE_DIR overrides), per municipality <archive>/<kommunekode>."""
+        root = Path(os.environ["AMS_ARCHIVE_DIR"]) if os.environ.get("AMS_ARCHIVE_DIR") else self.store / "archive"
+        return self._tenant(root)
 
     @property
-    def reports_dir(self) -> Path:
-        return self.home / "reports"
+    def reports_root(self) -> StorePath:
+        """<store>/reports: every municipality's folder, and the operator's overview across them."""
+        return self.store / "reports"
+
+    @property
+    def reports_dir(self) -> StorePath:
+        """This run's report folder: <reports root>, per municipality <reports root>/<kommunekode>."""
+        return self._tenant(self.reports_root)
+
+    @property
+    def data_docs_build_dir(self) -> Path:
+        """Where Great Expectations builds the Data Docs (it writes only to a local folder): the report
+        folder itself when that is local (today's layout), else a working folder on this worker whose
+        tree is copied to <reports>/data_docs after every build."""
+        if is_local(self.reports_dir):
+            return Path(self.reports_dir) / "data_docs"
+        return self._tenant(self.home / "work" / "data_docs")
 
     def vault(self) -> Vault:
+        """The archive keys. Staged payloads (in the state DB) and the archive are read by every worker,
+        so on several workers the key must be one shared secret (AMS_ARCHIVE_KEY from the secrets
+        backend): a key file made up on one worker's disk could not open what another one wrote."""
+        if multi_worker() and not os.environ.get("AMS_ARCHIVE_KEY") and not os.environ.get("AMS_ARCHIVE_KEY_FILE"):
+            key_file = self.home / "keys" / "archive.key"
+            if not key_file.exists():
+                raise ArchiveKeyMissing(
+                    f"No archive key: this deployment runs tasks on several workers ({multi_worker()}), and "
+                    "AMS_ARCHIVE_KEY is not set. A key made up on this worker could not decrypt what the other "
+                    "workers stage and archive, so none is made up. Set AMS_ARCHIVE_KEY on every worker from the "
+                    "secrets backend (docs/operations.md, 'The archive key').")
         return Vault(load_keys(self.home / "keys" / "archive.key"))
-
-    def batch_staging(self, area: Area, batch_id: str) -> Path:
-        """The staging folder of one batch: its payload, then its receipt (and lookup), until archived."""
-        return self.staging_dir / area.code / batch_id
 
     def state(self) -> StateStore:
         if self.state_url.startswith("sqlite:///"):
             Path(self.state_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        return StateStore(self.state_url)
+        return StateStore(self.state_url, tenant=self.tenant)
+
+
+def multi_worker() -> str:
+    """Why tasks may run on several workers ("" when they cannot): the Airflow executor distributes
+    them (Celery, Kubernetes, Edge), or AMS_MULTI_WORKER=1 says so."""
+    executor = os.environ.get("AIRFLOW__CORE__EXECUTOR", "")
+    if any(name in executor for name in ("Celery", "Kubernetes", "Edge")):
+        return f"AIRFLOW__CORE__EXECUTOR={executor}"
+    if os.environ.get("AMS_MULTI_WORKER", "").lower() in ("1", "true", "yes"):
+        return "AMS_MULTI_WORKER=1"
+    return ""

@@ -9,6 +9,10 @@ front and running `ams-report rotate-archive-key`. Each manifest names the key b
 in a secrets backend. Outside the demo and the tests a missing key is an error, never a new key
 (`AMS_CREATE_ARCHIVE_KEY=1`, set by the demo and the test suite, allows creating one).
 
+Where: `Settings.archive_dir`, the object store's `archive/` (AMS_OBJECT_STORE_URL; default AMS_HOME), or
+AMS_ARCHIVE_DIR; per municipality under `<archive>/<kommunekode>/`. The functions here take any folder of
+the store (delivery.objectstore: pathlib.Path, UPath, ObjectStoragePath), so s3:// works like a disk.
+
 Archive layout, one folder per batch (the day is the day its receipt was stored):
     <archive>/area<N>/<YYYY-MM-DD>/<batch_id>/payload.xml.gz.enc   the exact SubmitBatchRequest sent
                                               receipt.xml.gz.enc   the receiver's answer with the receipt
@@ -26,7 +30,6 @@ import gzip
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -35,6 +38,7 @@ from pathlib import Path
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from delivery import failpoints
+from delivery.objectstore import StorePath, remove_tree, tail, write_atomic
 
 PAYLOAD_FILE = "payload.xml.gz.enc"
 RECEIPT_FILE = "receipt.xml.gz.enc"
@@ -110,25 +114,31 @@ class Vault:
         """The blob re-encrypted with the newest key."""
         return self._fernet.rotate(blob)
 
-    def write(self, path: Path, data: bytes) -> str:
+    def write(self, path: StorePath, data: bytes) -> str:
         """Seal data into path atomically; return the SHA-256 of the stored file."""
         return _write_atomic(path, self.seal(data))
 
-    def read(self, path: Path) -> bytes:
+    def read(self, path: StorePath) -> bytes:
         return self.open(path.read_bytes())
 
 
-def _write_atomic(path: Path, blob: bytes) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(blob)
-    os.replace(tmp, path)
+def _write_atomic(path: StorePath, blob: bytes) -> str:
+    write_atomic(path, blob)
     return sha256(blob)
 
 
-def archive_batch(vault: Vault, archive_dir: Path, *, area: int, batch_id: str, run_id: str, request: bytes,
+def archive_folder(archive_dir: StorePath, archive_path: str) -> StorePath:
+    """An archived batch's folder under `archive_dir`, from the `archive_path` the state DB recorded
+    (area/day/batch id at its end): the configured root wins, whatever scheme wrote the path."""
+    folder = archive_dir
+    for part in tail(archive_path or "", 3):
+        folder = folder / part
+    return folder
+
+
+def archive_batch(vault: Vault, archive_dir: StorePath, *, area: int, batch_id: str, run_id: str, request: bytes,
                   response: bytes, record_count: int, accepted: int, rejected: int, receipt_id: str,
-                  lookup_request: bytes | None = None, day: date | None = None) -> Path:
+                  lookup_request: bytes | None = None, day: date | None = None) -> StorePath:
     """Archive the exact bytes sent (`request`: the SubmitBatchRequest) and received for one batch, and
     the GetBatchReceipt exchange when the receipt was recovered, with a checksum manifest written last.
     Writing the same batch again replaces its folder's files (idempotent)."""
@@ -154,7 +164,7 @@ def archive_batch(vault: Vault, archive_dir: Path, *, area: int, batch_id: str, 
     return folder
 
 
-def _check_folder(vault: Vault, folder: Path) -> tuple[dict | None, list[str]]:
+def _check_folder(vault: Vault, folder: StorePath) -> tuple[dict | None, list[str]]:
     """The folder's manifest and the problems found in it."""
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
@@ -182,7 +192,7 @@ def _check_folder(vault: Vault, folder: Path) -> tuple[dict | None, list[str]]:
     return manifest, problems
 
 
-def verify_archive(vault: Vault, archive_dir: Path, batches: Iterable[dict] | None = None,
+def verify_archive(vault: Vault, archive_dir: StorePath, batches: Iterable[dict] | None = None,
                    retention_days: int | None = None) -> list[str]:
     """Check every archived batch against its manifest; return the problems found (empty: all good).
 
@@ -192,13 +202,13 @@ def verify_archive(vault: Vault, archive_dir: Path, batches: Iterable[dict] | No
     one, is rewritten when it is archived); a folder no batch owns is an orphan. Batches older than
     `retention_days` may be gone."""
     problems: list[str] = []
-    folders = sorted(p for p in archive_dir.glob("area*/*/*") if p.is_dir())
+    folders = sorted((p for p in archive_dir.glob("area*/*/*") if p.is_dir()), key=str) if archive_dir.exists() else []
     by_id = None if batches is None else {b["batch_id"]: b for b in batches}
     for folder in folders:
         if by_id is not None:
             owner = by_id.get(folder.name)
             if owner is None or owner["status"] not in ("archived", "acknowledged") or (
-                    owner["status"] == "archived" and Path(owner["archive_path"] or "") != folder):
+                    owner["status"] == "archived" and tail(owner["archive_path"] or "", 3) != tail(str(folder), 3)):
                 problems.append(f"{folder}: an orphan folder: no archived batch in the state database owns it")
                 continue
             if owner["status"] == "acknowledged":
@@ -220,7 +230,7 @@ def verify_archive(vault: Vault, archive_dir: Path, batches: Iterable[dict] | No
             continue
         if batch["status"] != "archived":
             continue
-        folder = Path(batch["archive_path"] or "")
+        folder = archive_folder(archive_dir, batch["archive_path"] or "")
         archived_at = batch.get("archived_at")
         if cutoff is not None and archived_at is not None and _aware(archived_at) < cutoff:
             continue
@@ -242,11 +252,11 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def rotate_archive(vault: Vault, archive_dir: Path) -> int:
+def rotate_archive(vault: Vault, archive_dir: StorePath) -> int:
     """Re-encrypt every archived file with the newest key and update the manifests; returns the
     number of files rewritten. Plaintext checksums do not change."""
     count = 0
-    for manifest_path in sorted(archive_dir.glob("area*/*/*/manifest.json")):
+    for manifest_path in sorted(archive_dir.glob("area*/*/*/manifest.json"), key=str):
         manifest = json.loads(manifest_path.read_text())
         for name, sums in manifest.get("files", {}).items():
             path = manifest_path.parent / name
@@ -257,16 +267,16 @@ def rotate_archive(vault: Vault, archive_dir: Path) -> int:
     return count
 
 
-def apply_retention(archive_dir: Path, keep_days: int, today: date | None = None) -> list[Path]:
+def apply_retention(archive_dir: StorePath, keep_days: int, today: date | None = None) -> list[StorePath]:
     """Delete day folders older than keep_days; return what was removed."""
     cutoff = (today or date.today()) - timedelta(days=keep_days)
     removed = []
-    for day in sorted(archive_dir.glob("area*/*")):
+    for day in sorted(archive_dir.glob("area*/*"), key=str):
         try:
             day_date = date.fromisoformat(day.name)
         except ValueError:
             continue
         if day_date < cutoff:
-            shutil.rmtree(day)
+            remove_tree(day)
             removed.append(day)
     return removed

@@ -13,7 +13,7 @@ import threading
 
 #: Every named point, in the order a batch passes them.
 POINTS = (
-    "prepare.staged",          # payload file written, batch row not yet
+    "prepare.staged",          # payload encrypted, not yet stored (it is stored with the batch row)
     "state.discard",           # unsent batches read, not yet deleted
     "deliver.before_post",     # batch marked sent, request not yet posted
     "deliver.after_reply",     # receipt in hand, nothing stored yet

@@ -4,7 +4,15 @@ Any SQLAlchemy database (`AMS_STATE_URL`; SQLite by default, PostgreSQL in produ
 are declared with SQLAlchemy Core so one definition serves every dialect.
 
 Personal data: the state holds record keys, record GUIDs, content hashes and *masked* persons only.
-The rows themselves travel between tasks as the staged payload (encrypted) - never through here.
+The rows themselves travel between tasks as the staged payload, encrypted with the archive key before
+it reaches this store (`ams_staged`, below): the state DB never sees a plaintext payload.
+
+Staging (`ams_staged`): the encrypted payload of a batch, then its receipt (and lookup request), as
+blobs keyed by (tenant, batch id, name). They live in the state DB, not on a worker's disk, so a
+`deliver` on any worker reads what a `prepare` on another staged (shared-nothing workers, issue 10).
+The payload is written in the transaction that records the batch as `built` (a batch row never exists
+without its payload, nor a payload without its row); it is removed in the transaction that marks the
+batch `archived`, with its unsent batch when a preparation discards it, and when the batch is `lost`.
 
 Batch states (DESIGN.md, principle 3; docs/operations.md explains them for operators):
 - `built`: staged, never sent. The only state a preparation may discard and rebuild.
@@ -161,6 +169,20 @@ watermarks = sa.Table(
     sa.Column("run_id", sa.String(250), nullable=False),
 )
 
+# The staged blobs of open batches (see the module docstring). `tenant` ("" without a tenants file)
+# is part of the key, so two municipalities' batches can never share a staging row, whatever their ids.
+staged = sa.Table(
+    "ams_staged", metadata,
+    sa.Column("tenant", sa.String(8), primary_key=True),
+    sa.Column("batch_id", sa.String(36), primary_key=True),
+    sa.Column("name", sa.String(40), primary_key=True),  # payload.xml.gz.enc, receipt.xml.gz.enc, ...
+    sa.Column("blob", sa.LargeBinary, nullable=False),  # Fernet token of the gzip'd bytes (Vault.seal)
+    sa.Column("staged_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+#: What `staged_path` holds for a batch staged in the state DB (before issue 10: a file path).
+STAGED_IN_DB = "state-db:ams_staged"
+
 area_locks = sa.Table(
     "ams_area_locks", metadata,
     sa.Column("area", sa.Integer, primary_key=True),
@@ -197,8 +219,9 @@ def _chunks(items: list, size: int = _CHUNK) -> Iterator[list]:
 class StateStore:
     """Ledger, batches and quarantine on one SQLAlchemy engine."""
 
-    def __init__(self, url_or_engine: str | Engine):
+    def __init__(self, url_or_engine: str | Engine, tenant: str | None = None):
         self.engine = sa.create_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
+        self.tenant = tenant  # None: the single-municipality layout ("" in the staging key)
         metadata.create_all(self.engine)
         self._add_missing_columns()
 
@@ -277,6 +300,49 @@ class StateStore:
     def begin(self) -> Iterator[Connection]:
         with self.engine.begin() as conn:
             yield conn
+
+    # --- staging (encrypted blobs of open batches) --------------------------------------------------
+
+    def _staged_key(self, batch_id: str, name: str | None = None):
+        cond = [staged.c.tenant == (self.tenant or ""), staged.c.batch_id == batch_id]
+        return sa.and_(*cond, staged.c.name == name) if name is not None else sa.and_(*cond)
+
+    def stage(self, batch_id: str, name: str, blob: bytes, conn: Connection | None = None) -> None:
+        """Store (or replace) one staged blob of a batch; in `conn`'s transaction when given."""
+        if conn is None:
+            with self.begin() as own:
+                self.stage(batch_id, name, blob, own)
+            return
+        conn.execute(staged.delete().where(self._staged_key(batch_id, name)))
+        conn.execute(staged.insert().values(tenant=self.tenant or "", batch_id=batch_id, name=name, blob=blob,
+                                            staged_at=now()))
+
+    def staged_blob(self, batch_id: str, name: str) -> bytes | None:
+        """One staged blob, None when there is none."""
+        with self.begin() as conn:
+            blob = conn.execute(sa.select(staged.c.blob).where(self._staged_key(batch_id, name))).scalar()
+        return None if blob is None else bytes(blob)
+
+    def unstage(self, batch_id: str, name: str | None = None, conn: Connection | None = None) -> int:
+        """Remove a batch's staged blobs (one, or all); returns how many were removed."""
+        if conn is None:
+            with self.begin() as own:
+                return self.unstage(batch_id, name, own)
+        return int(conn.execute(staged.delete().where(self._staged_key(batch_id, name))).rowcount or 0)
+
+    def remove_stale_staging(self, area: int) -> int:
+        """Remove staged blobs of this tenant whose batch (of `area`) is done or gone; returns how many."""
+        open_ = sa.select(batches.c.batch_id).where(batches.c.status.in_((*OUTSTANDING, ACKNOWLEDGED)))
+        of_area = sa.select(batches.c.batch_id).where(batches.c.area == area)
+        with self.begin() as conn:
+            result = conn.execute(staged.delete().where(
+                staged.c.tenant == (self.tenant or ""), staged.c.batch_id.not_in(open_),
+                sa.or_(staged.c.batch_id.in_(of_area), staged.c.batch_id.not_in(sa.select(batches.c.batch_id)))))
+        return int(result.rowcount or 0)
+
+    def staged_names(self, batch_id: str) -> list[str]:
+        with self.begin() as conn:
+            return sorted(conn.execute(sa.select(staged.c.name).where(self._staged_key(batch_id))).scalars())
 
     # --- runs -----------------------------------------------------------------------------------
 
@@ -570,14 +636,18 @@ class StateStore:
             ids = [r["batch_id"] for r in rows]
             failpoints.point("state.discard")
             for part in _chunks(ids):
+                conn.execute(staged.delete().where(staged.c.tenant == (self.tenant or ""), staged.c.batch_id.in_(
+                    sa.select(batches.c.batch_id).where(batches.c.batch_id.in_(part), batches.c.status == "built"))))
                 conn.execute(batch_records.delete().where(batch_records.c.batch_id.in_(
                     sa.select(batches.c.batch_id).where(batches.c.batch_id.in_(part), batches.c.status == "built"))))
                 conn.execute(batches.delete().where(batches.c.batch_id.in_(part), batches.c.status == "built"))
         return [dict(r) for r in rows]
 
     def add_batch(self, *, batch_id: str, area: int, run_id: str, staged_path: str, payload_sha256: str,
-                  payload_created: str, members: pd.DataFrame) -> bool:
-        """Record a staged batch as `built`; False when a batch with this id exists already."""
+                  payload_created: str, members: pd.DataFrame, payload: bytes | None = None,
+                  payload_name: str = "payload.xml.gz.enc") -> bool:
+        """Record a staged batch as `built`, with its encrypted `payload` staged in the same transaction;
+        False when a batch with this id exists already (nothing is written then)."""
         with self.begin() as conn:
             existing = conn.execute(sa.select(batches.c.status).where(batches.c.batch_id == batch_id)).first()
             if existing is not None:
@@ -590,6 +660,8 @@ class StateStore:
                 ["batch_id", "record_key", "record_id", "content_hash", "action", "masked_person", "position"]]
             for part in _chunks(rows.to_dict("records"), 5000):
                 conn.execute(batch_records.insert(), part)
+            if payload is not None:
+                self.stage(batch_id, payload_name, payload, conn)
         return True
 
     def batches_in(self, area: int, statuses: Iterable[str]) -> list[dict]:
@@ -637,9 +709,19 @@ class StateStore:
                 batches.c.batch_id == batch_id, batches.c.status.in_(list(allowed))).values(status=status, **values))
         return bool(result.rowcount)
 
-    def mark_sending(self, batch_id: str) -> bool:
-        """Written before the POST: after a crash the batch is in doubt and is looked up first."""
-        return self._move(batch_id, OUTSTANDING, "sent", sent_at=now(), attempts=batches.c.attempts + 1)
+    def mark_sending(self, batch_id: str, attempts: int | None = None) -> bool:
+        """Written before the POST: after a crash the batch is in doubt and is looked up first.
+
+        With `attempts` (the count the caller read) it is a claim: the row moves only if no other task
+        has marked it sending since (compare-and-set on `attempts`; on PostgreSQL the second of two
+        concurrent UPDATEs waits for the first's commit, re-reads the row and matches nothing). So two
+        tasks can never both send a batch, even if the area lock were lost (docs/architecture.md)."""
+        values: dict = {"status": "sent", "sent_at": now(), "attempts": batches.c.attempts + 1}
+        where = [batches.c.batch_id == batch_id, batches.c.status.in_(OUTSTANDING)]
+        if attempts is not None:
+            where.append(batches.c.attempts == attempts)
+        with self.begin() as conn:
+            return bool(conn.execute(batches.update().where(*where).values(**values)).rowcount)
 
     def mark_in_doubt(self, batch_id: str, error: str) -> bool:
         """A try failed without a receipt: the batch may have arrived. Never back to `built`."""
@@ -658,10 +740,20 @@ class StateStore:
             area = conn.execute(sa.select(batches.c.area).where(batches.c.batch_id == batch_id)).scalar()
             if area is not None:
                 self._forget_watermark(conn, area)
-        return self._move(batch_id, OUTSTANDING, LOST, last_error=reason)
+        moved = self._move(batch_id, OUTSTANDING, LOST, last_error=reason)
+        if moved:
+            self.unstage(batch_id)  # what is left of it (a damaged payload) can never be sent
+        return moved
 
     def mark_archived(self, batch_id: str, archive_path: str) -> bool:
-        return self._move(batch_id, (ACKNOWLEDGED,), ARCHIVED, archive_path=archive_path, archived_at=now())
+        """Archived: the batch moves and its staged blobs go in one transaction (none left behind)."""
+        with self.begin() as conn:
+            result = conn.execute(batches.update().where(
+                batches.c.batch_id == batch_id, batches.c.status == ACKNOWLEDGED).values(
+                status=ARCHIVED, archive_path=archive_path, archived_at=now()))
+            if result.rowcount:
+                self.unstage(batch_id, conn=conn)
+        return bool(result.rowcount)
 
     def apply_receipt(self, batch_id: str, *, run_id: str, outcome: str, message_id: str, event_date: str,
                       record_results: dict[str, tuple[str, str | None, str | None]], recovered: bool = False,

@@ -21,6 +21,8 @@ from __future__ import annotations
 import csv
 import glob
 import hashlib
+import io
+import json
 import math
 import os
 import re
@@ -37,6 +39,7 @@ from jinja2 import DictLoader, Environment, StrictUndefined
 from markupsafe import Markup, escape
 
 from cycle.settings import Settings
+from delivery.objectstore import StorePath, ensure_folder, is_local, tail, write_atomic
 from delivery.state import StateStore, run_areas
 from delivery.state import quarantine as quarantine_table
 from reports import plots
@@ -135,11 +138,20 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _write_csv(path: Path, header: Iterable[str], rows: Iterable[Iterable[object]], *,
-               shared: Path | None = None) -> None:
+def _write_csv(path: StorePath, header: Iterable[str], rows: Iterable[Iterable[object]], *,
+               shared: StorePath | None = None) -> None:
     """Write a CSV atomically. With `shared` (a folder), a file with the same content as one written
     before is not stored again: both names are hard links to one copy in `shared` (issue 9: a day with
-    no change adds no 14 MB findings.csv), falling back to a plain file where links are not possible."""
+    no change adds no 14 MB findings.csv), falling back to a plain file where links are not possible.
+    On an object store (no links, no rename) the file is one put."""
+    if not is_local(path):
+        buffer = io.StringIO(newline="")
+        writer = csv.writer(buffer)
+        writer.writerow(list(header))
+        for row in rows:
+            writer.writerow([_csv_cell(v) for v in row])
+        write_atomic(path, buffer.getvalue().encode("utf-8-sig"))
+        return
     tmp = path.with_name(path.name + ".tmp")
     digest = hashlib.sha256()
     with tmp.open("w", newline="", encoding="utf-8-sig") as fh:  # BOM: spreadsheets read § and æøå right
@@ -171,7 +183,10 @@ def _write_csv(path: Path, header: Iterable[str], rows: Iterable[Iterable[object
             shutil.copyfile(kept, path)
 
 
-def _write_text(path: Path, text: str) -> None:
+def _write_text(path: StorePath, text: str) -> None:
+    if not is_local(path):
+        write_atomic(path, text.encode("utf-8"))
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
@@ -411,14 +426,17 @@ def _data_docs_links(run_id: str, reports_dir: Path) -> dict:
     """The Data Docs index and, per area, this run's validation pages (one per chunk)."""
     docs = reports_dir / "data_docs"
     per_area: dict[int, list[dict]] = {}
-    pattern = str(docs / "validations" / "*" / f"{glob.escape(run_id)}-*-area*" / "*" / "*.html")
-    for name in sorted(glob.glob(pattern)):
-        path = Path(name)
+    if is_local(docs):
+        pattern = str(docs / "validations" / "*" / f"{glob.escape(run_id)}-*-area*" / "*" / "*.html")
+        found = [Path(name) for name in sorted(glob.glob(pattern))]
+    else:  # an object store: list the run folders and keep this run's (no escaping rules to trust)
+        found = sorted(docs.glob("validations/*/*/*/*.html"), key=str) if docs.exists() else []
+    for path in found:
         folder = path.parent.parent.name  # <run_id>-<chunk>-area<N>
         m = re.fullmatch(re.escape(run_id) + r"-(\d+)-area(\d+)", folder)
         if not m:
             continue
-        rel = path.relative_to(docs).as_posix()
+        rel = "/".join(tail(str(path), 5))  # validations/<suite>/<run>-<chunk>-area<N>/<stamp>/<page>
         per_area.setdefault(int(m.group(2)), []).append(
             {"chunk": int(m.group(1)), "href": "../../data_docs/" + quote(rel, safe="/")})
     for links in per_area.values():
@@ -729,8 +747,101 @@ _INDEX = """{% extends "layout" %}
 """
 
 
+_OVERVIEW = """{% extends "layout" %}
+{% block title %}AMS reporting - all municipalities{% endblock %}
+{% block body %}
+<h1>AMS reporting: all municipalities</h1>
+<p class="muted">For the operator: the latest run of every municipality this deployment reports for
+(one DAG <code>employment_reporting_&lt;kommunekode&gt;</code> each). Each municipality's own pages, for its
+analysts, are linked.</p>
+{% if municipalities %}
+<table>
+<thead><tr><th>municipality</th><th>latest run</th><th>finished</th><th>status</th><th class="n">extracted</th>
+<th class="n">delivered</th><th class="n">quarantined</th><th class="n">in doubt</th><th class="n">not archived</th>
+<th class="n">open quarantine</th></tr></thead>
+<tbody>
+{% for m in municipalities %}
+<tr{% if m.attention %} class="current"{% endif %}>
+<td><a href="{{ m.code }}/">{{ m.code }} {{ m.name }}</a></td>
+<td class="run-id">{% if m.run_href %}<a href="{{ m.run_href }}">{{ m.run_id }}</a>
+{% else %}{{ m.run_id }}{% endif %}</td>
+<td>{{ m.written }}</td><td><strong>{{ m.status }}</strong></td>
+<td class="n">{{ m.totals.extracted }}</td><td class="n">{{ m.totals.delivered }}</td>
+<td class="n">{{ m.totals.quarantined }}</td><td class="n">{{ m.in_doubt }}</td><td class="n">{{ m.unarchived }}</td>
+<td class="n">{{ m.open_quarantine }}</td></tr>
+{% endfor %}
+</tbody>
+</table>
+<p class="note">In doubt: batches that may have reached the agency, looked up before anything is sent again.
+Not archived: acknowledged batches whose archive is not written yet. Both should be 0 after a clean run
+(docs/operations.md, "Batch states").</p>
+{% else %}
+<p class="info">No municipality has written a report yet.</p>
+{% endif %}
+{% endblock %}
+"""
+
+#: A municipality's status card: written beside its index by every report task, read by the overview.
+TENANT_CARD = "latest.json"
+_KOMMUNEKODE = re.compile(r"\d{3}")
+
+
+def write_tenant_card(settings: Settings, summary: dict) -> StorePath:
+    """<reports root>/<kommunekode>/latest.json: the latest run's status and counts (no personal data)."""
+    state = settings.state()
+    overview = _run_overview(state, summary["run_id"])
+    card = {"code": settings.tenant, "run_id": summary["run_id"], "safe": overview["safe"],
+            "status": overview["status"], "totals": {k: int(v) for k, v in overview["totals"].items()
+                                                     if isinstance(v, int | float)},
+            "in_doubt": summary["in_doubt"], "unarchived": summary["unarchived"],
+            "open_quarantine": summary["open_quarantine"], "written": datetime.now(UTC).isoformat()}
+    path = settings.reports_dir / TENANT_CARD
+    write_atomic(path, json.dumps(card, indent=2, sort_keys=True).encode())
+    return path
+
+
+def municipality_cards(reports_root: StorePath) -> list[dict]:
+    """The status card of every municipality folder found in the reports root, by kommunekode."""
+    from transforms.codelists import rows
+
+    if not reports_root.exists():
+        return []
+    names = {r["kode"]: r["navn"] for r in rows("municipalities")}
+    cards = []
+    for folder in sorted(reports_root.iterdir(), key=lambda p: p.name):
+        if not _KOMMUNEKODE.fullmatch(folder.name) or not (folder / TENANT_CARD).is_file():
+            continue
+        try:
+            card = json.loads((folder / TENANT_CARD).read_text(encoding="utf-8"))
+        except ValueError:
+            continue
+        totals = {c: card.get("totals", {}).get(c, 0) for c in ("extracted", "delivered", "quarantined")}
+        run_page = folder / "runs" / str(card.get("safe", "")) / "index.html"
+        cards.append({
+            "code": folder.name, "name": names.get(folder.name, ""), "run_id": card.get("run_id", ""),
+            "run_href": f"{folder.name}/runs/{card['safe']}/" if card.get("safe") and run_page.is_file() else None,
+            "status": card.get("status", ""), "totals": totals, "in_doubt": int(card.get("in_doubt", 0)),
+            "unarchived": int(card.get("unarchived", 0)), "open_quarantine": int(card.get("open_quarantine", 0)),
+            "written": str(card.get("written", ""))[:16].replace("T", " "),
+            "attention": bool(card.get("in_doubt") or card.get("unarchived")) or card.get("status") != "delivered"})
+    return cards
+
+
+def render_overview(reports_root: StorePath) -> str:
+    return _env().get_template("overview").render(municipalities=municipality_cards(reports_root),
+                                                  generated=_when(datetime.now(UTC)))
+
+
+def write_overview(settings: Settings) -> StorePath:
+    """<reports root>/index.html: the operator's page across municipalities (a tenants deployment)."""
+    path = settings.reports_root / "index.html"
+    _write_text(path, render_overview(settings.reports_root))
+    return path
+
+
 def _env() -> Environment:
-    env = Environment(loader=DictLoader({"layout": _LAYOUT, "run": _RUN, "index": _INDEX, "runs_table": _RUNS_TABLE}),
+    env = Environment(loader=DictLoader({"layout": _LAYOUT, "run": _RUN, "index": _INDEX, "runs_table": _RUNS_TABLE,
+                                         "overview": _OVERVIEW}),
                       autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.globals["when"] = _when
     env.globals["css"] = Markup(_CSS)
@@ -807,7 +918,7 @@ def write_run_page(run_id: str, settings: Settings) -> Path:
     state = settings.state()
     context = _run_context(run_id, settings, state)
     folder = settings.reports_dir / "runs" / safe_folder_name(run_id)
-    folder.mkdir(parents=True, exist_ok=True)
+    ensure_folder(folder)
     _write_csv(folder / "quarantine.csv",
                ("area", "record_key", "person", "rule", "rule_title", "severity", "field", "paragraph", "message",
                 "first_seen_run", "last_seen_run"),

@@ -14,11 +14,11 @@ extracted = delivered + annulled + quarantined + unchanged + outstanding.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from cycle.settings import Settings
+from delivery.objectstore import ensure_folder
 from reports.counts import COLUMNS, area_row, safe_folder_name
-from reports.pages import write_index, write_run_page
+from reports.pages import write_index, write_overview, write_run_page, write_tenant_card
 
 
 def run_summary(run_id: str, settings: Settings) -> dict:
@@ -90,10 +90,10 @@ def format_summary(summary: dict) -> str:
     if summary.get("in_doubt") or summary.get("unarchived"):
         lines.append(f"Batches in doubt (looked up before anything is sent again): {summary.get('in_doubt', 0)}; "
                      f"acknowledged but not archived yet: {summary.get('unarchived', 0)}.")
-    run_folder = Path(summary["reports_dir"]) / "runs" / safe_folder_name(summary["run_id"])
+    run_folder = f"{summary['reports_dir'].rstrip('/')}/runs/{safe_folder_name(summary['run_id'])}"  # path or URL
     lines += ["", f"Open quarantine entries: {summary['open_quarantine']}",
-              f"Run summary:         {run_folder / 'summary.md'}",
-              f"Data Docs:           {Path(summary['reports_dir']) / 'data_docs' / 'index.html'}",
+              f"Run summary:         {run_folder}/summary.md",
+              f"Data Docs:           {summary['reports_dir'].rstrip('/')}/data_docs/index.html",
               f"Archive:             {summary['archive_dir']}"]
     return "\n".join(lines)
 
@@ -102,9 +102,12 @@ def write_run_report(run_id: str, settings: Settings) -> dict:
     """Write summary.json and summary.md for the run; return the totals (small, for XCom)."""
     summary = run_summary(run_id, settings)
     folder = settings.reports_dir / "runs" / safe_folder_name(run_id)
-    folder.mkdir(parents=True, exist_ok=True)
+    ensure_folder(folder)
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
     (folder / "summary.md").write_text("```\n" + format_summary(summary) + "\n```\n")
     write_run_page(run_id, settings)
     write_index(settings)
+    if settings.tenant:  # one municipality of several: its status card, and the overview across them
+        write_tenant_card(settings, summary)
+        write_overview(settings)
     return {"run_id": run_id, **summary["totals"]}

@@ -271,11 +271,18 @@ class DeliveryProtocol(RuleBasedStateMachine):
         self._cycle(data)
 
     @precondition(lambda self: self.state.outstanding_batches(AREA.number))
-    @rule(data=st.data())
-    def lose_staged_file(self, data) -> None:
+    @rule(data=st.data(), damage=st.booleans())
+    def lose_staged_file(self, data, damage) -> None:
+        """The staged payload (a row of the state DB's staging table) is gone or damaged."""
         batch = data.draw(st.sampled_from(self.state.outstanding_batches(AREA.number)))
-        Path(batch["staged_path"]).unlink(missing_ok=True)
-        TALLY["fault: staged payload lost"] += 1
+        if damage:
+            blob = self.state.staged_blob(batch["batch_id"], PAYLOAD_FILE)
+            if blob is not None:
+                self.state.stage(batch["batch_id"], PAYLOAD_FILE, blob[:-8] + b"damaged!")
+            TALLY["fault: staged payload damaged"] += 1
+        else:
+            self.state.unstage(batch["batch_id"], PAYLOAD_FILE)
+            TALLY["fault: staged payload lost"] += 1
 
     @precondition(lambda self: self.steps_since_clean >= 3)
     @rule()

@@ -87,13 +87,15 @@ def test_in_doubt_batch_whose_lookup_is_refused_stays_in_doubt(world):
     assert run(settings, receiver, "run-1", prepare=False) is None
     assert ReceiverStore(receiver.db_path).batch(first["batch_id"]) is not None
     assert state.batch(first["batch_id"])["status"] == "unknown"  # in doubt, never `built`
-    staged = Path(first["staged_path"]).read_bytes()
+    staged = state.staged_blob(first["batch_id"], PAYLOAD_FILE)
+    assert staged is not None
     # A record of that batch is deleted at the source; the runbook's "clear prepare" runs again.
     gone = state.batch_members(first["batch_id"])["record_key"].iloc[0]
     touch(tmp_path, gone, "deleted_at = ?", datetime.now(UTC).isoformat(sep=" "))
     prepared = prepare_area(AREA, run_id="run-1", period_end=PERIOD_END, settings=settings)
     assert prepared["pending"] == first["record_count"]  # its records wait for the lookup, not rebuilt
-    assert Path(first["staged_path"]).read_bytes() == staged and state.batch(first["batch_id"])["status"] == "unknown"
+    assert state.staged_blob(first["batch_id"], PAYLOAD_FILE) == staged
+    assert state.batch(first["batch_id"])["status"] == "unknown"
     run(settings, receiver, "run-1", prepare=False)  # access restored: the lookup recovers the receipt
     assert state.batch(first["batch_id"])["recovered"]
     run(settings, receiver, "run-2")  # the next run annuls the deleted record
@@ -121,9 +123,11 @@ def test_a_rebuilt_unsent_batch_is_byte_identical(world):
     settings, _, _ = world
     state = settings.state()
     prepare_area(AREA, run_id="run-1", period_end=PERIOD_END, settings=settings)
-    before = {b["batch_id"]: settings.vault().read(Path(b["staged_path"])) for b in state.outstanding_batches(AREA)}
+    before = {b["batch_id"]: settings.vault().open(state.staged_blob(b["batch_id"], PAYLOAD_FILE) or b"")
+              for b in state.outstanding_batches(AREA)}
     prepare_area(AREA, run_id="run-1", period_end=PERIOD_END, settings=settings)  # a cleared prepare
-    after = {b["batch_id"]: settings.vault().read(Path(b["staged_path"])) for b in state.outstanding_batches(AREA)}
+    after = {b["batch_id"]: settings.vault().open(state.staged_blob(b["batch_id"], PAYLOAD_FILE) or b"")
+             for b in state.outstanding_batches(AREA)}
     assert after == before
 
 
@@ -152,7 +156,7 @@ def test_recovered_receipt_archives_the_submitted_payload_and_the_lookup(world):
     control(receiver, "drop_reply")
     prepare_area(AREA, run_id="run-1", period_end=PERIOD_END, settings=settings)
     first = state.outstanding_batches(AREA)[0]
-    staged = settings.vault().read(Path(first["staged_path"]))
+    staged = settings.vault().open(state.staged_blob(first["batch_id"], PAYLOAD_FILE) or b"")
     result = deliver_area(AREA, run_id="run-1", settings=settings, client=AmsClient(receiver.wsdl_url, timeout=5))
     assert result["recovered"] == 1
     batch = state.batch(first["batch_id"])
@@ -182,7 +186,7 @@ def test_archive_failure_after_the_receipt_is_finished_by_the_next_task(world):
                                                                state.all_batches()))
     assert finish_archives(settings, state, settings.vault()) == 0  # the report task's repair
     batch = state.batch(waiting[0]["batch_id"])
-    assert batch["status"] == "archived" and not Path(batch["staged_path"]).parent.exists()
+    assert batch["status"] == "archived" and state.staged_names(batch["batch_id"]) == []  # unstaged with it
     assert verify_archive(settings.vault(), settings.archive_dir, state.all_batches()) == []
 
 
@@ -214,7 +218,7 @@ def test_lost_staged_file_of_a_batch_the_receiver_never_got(world):
     control(receiver, "error500", count=10)
     assert run(settings, receiver, "run-1", prepare=False) is None
     doubt = state.batches_in(AREA, ("unknown",))[0]
-    Path(doubt["staged_path"]).unlink()
+    assert state.unstage(doubt["batch_id"], PAYLOAD_FILE) == 1
     result = run(settings, receiver, "run-1", prepare=False)
     assert result is not None and result["batches_lost"] == 1  # asked first, then freed: not blocked
     assert state.batch(doubt["batch_id"])["status"] == "lost"
@@ -351,7 +355,7 @@ def test_a_payload_lost_after_the_receiver_got_it_is_reported_and_does_not_block
     first = state.outstanding_batches(AREA)[0]
     control(receiver, "drop_reply", then=[{"mode": "error500", "operation": "GetBatchReceipt", "count": 10}])
     assert run(settings, receiver, "run-1", prepare=False) is None  # the receiver has it; we do not know
-    Path(first["staged_path"]).unlink()
+    assert state.unstage(first["batch_id"], PAYLOAD_FILE) == 1
     result = run(settings, receiver, "run-1", prepare=False)  # the lookup recovers the receipt
     assert result is not None and result["recovered"] == 1
     assert state.batch(first["batch_id"])["status"] == "acknowledged"

@@ -14,6 +14,7 @@ import requests
 from lxml import etree
 
 from cycle.pipeline import AreaDeliveryStopped, Settings, deliver_area, prepare_area
+from delivery.archive import PAYLOAD_FILE
 from delivery.client import AmsClient, BusinessFault
 from delivery.interface_change import describe_change, field_changes, xsd_differences
 from receiver.server import ReceiverHandle, start_in_thread
@@ -181,9 +182,9 @@ AREA = 3
 
 
 def staged_namespaces(settings: Settings) -> set[str]:
-    vault = settings.vault()
-    return {etree.QName(etree.fromstring(vault.read(Path(b["staged_path"])))).namespace
-            for b in settings.state().outstanding_batches(AREA)}
+    vault, state = settings.vault(), settings.state()
+    return {etree.QName(etree.fromstring(vault.open(state.staged_blob(b["batch_id"], PAYLOAD_FILE) or b""))).namespace
+            for b in state.outstanding_batches(AREA)}
 
 
 def test_switch_on_the_effective_date_and_rerun_of_the_day_before(tmp_path, monkeypatch) -> None:

@@ -30,7 +30,8 @@ from conftest import ROOT
 from cycle.pipeline import Settings, deliver_area, prepare_area
 from demo import synthetic
 from reports import pages as report_html
-from reports.summary import _safe, write_run_report
+from reports.counts import safe_folder_name
+from reports.summary import write_run_report
 from tests.support import free_port
 from transforms.source import create_engine_from_url
 
@@ -96,7 +97,7 @@ def _withdraw_at_source(settings: Settings, source: str) -> None:
 
 
 def _page_path(settings: Settings, run_id: str) -> Path:
-    return settings.reports_dir / "runs" / _safe(run_id) / "index.html"
+    return settings.reports_dir / "runs" / safe_folder_name(run_id) / "index.html"
 
 
 def _assert_no_raw_cpr(text: str, cprs: set[str], where: str) -> None:
@@ -147,7 +148,7 @@ def test_run_page_shows_counts_rules_and_every_quarantined_record(world):
         for f in q["findings"]:
             assert f["rule"] in row and str(escape(f["paragraph"])) in row and str(escape(f["message"])) in row
         # seen in both runs: first seen links to the first run's page, last seen is this run
-        assert f"{_safe(RUNS[0])}/index.html" in row and "this run" in row
+        assert f"{safe_folder_name(RUNS[0])}/index.html" in row and "this run" in row
 
     # Data Docs: the index and this run's validations, linked relatively and present.
     assert 'href="../../data_docs/index.html"' in page
@@ -225,7 +226,7 @@ def test_index_lists_runs_newest_first(world):
     settings, _ = world
     index = (settings.reports_dir / "index.html").read_text(encoding="utf-8")
     links = re.findall(r'href="runs/([^"/]+)/index.html"', index)
-    newest, oldest = _safe(RUNS[1]), _safe(RUNS[0])
+    newest, oldest = safe_folder_name(RUNS[1]), safe_folder_name(RUNS[0])
     assert newest in links and oldest in links
     assert index.index(f'runs/{newest}/index.html') < index.index(f'runs/{oldest}/index.html')
     assert 'href="data_docs/index.html"' in index
@@ -300,7 +301,7 @@ def test_app_serves_the_reports_read_only_and_refuses_traversal(world, tmp_path)
 
     settings, _ = world
     reports = settings.reports_dir
-    safe = _safe(RUNS[-1])
+    safe = safe_folder_name(RUNS[-1])
     secret = reports.parent / "outside.txt"
     secret.write_text("not for the browser")
     link = reports / "data_docs" / "static" / "escape.txt"
@@ -359,7 +360,7 @@ def test_app_requires_an_airflow_login(world, monkeypatch):
     client = TestClient(create_app(reports_dir=settings.reports_dir))
     r = client.get("/")
     assert r.status_code == 401 and "sign in" in r.text.lower() and "Open quarantine" not in r.text
-    assert client.get(f"/runs/{_safe(RUNS[-1])}/quarantine.csv").status_code == 401
+    assert client.get(f"/runs/{safe_folder_name(RUNS[-1])}/quarantine.csv").status_code == 401
     assert client.get("/data_docs/index.html").status_code == 401
 
     _as_user(monkeypatch, SimpleAuthManagerUser(username="ana", role="viewer"))
@@ -375,7 +376,7 @@ def test_only_a_user_whom_the_auth_manager_lets_read_the_reports_sees_them(world
     from fastapi.testclient import TestClient
 
     settings, _ = world
-    safe = _safe(RUNS[-1])
+    safe = safe_folder_name(RUNS[-1])
     pages = ("/", f"/runs/{safe}/", f"/runs/{safe}/quarantine.csv", f"/runs/{safe}/findings.csv",
              f"/runs/{safe}/summary.json", "/data_docs/index.html")
     client = TestClient(create_app(reports_dir=settings.reports_dir))
@@ -546,7 +547,7 @@ def test_analyst_reads_the_findings_in_the_airflow_ui(chromium, world, api_serve
             _assert_no_raw_cpr(page.content(), cprs, "index page")
             page.screenshot(path=str(shots / "reports-index.png"))
             page.get_by_role("link", name="Latest run", exact=True).click()
-            page.wait_for_url(f"**/ams-reports/runs/{_safe(RUNS[-1])}/**")
+            page.wait_for_url(f"**/ams-reports/runs/{safe_folder_name(RUNS[-1])}/**")
             expect(page.locator("tr[data-quarantine-area] td.mono").first).to_have_text(MASKED)
             check_run_page(page.content(), "run page")
             page.screenshot(path=str(shots / "reports-ui.png"), full_page=True)

@@ -21,6 +21,7 @@ import asyncssh
 import pytest
 
 from cycle.pipeline import AreaDeliveryStopped, Settings, deliver_area, prepare_area
+from delivery.archive import PAYLOAD_FILE
 from delivery.client import AccessClosed, BusinessFault, TransientDeliveryError
 from demo import synthetic
 from transforms.registry import REPO_ROOT
@@ -166,7 +167,7 @@ def _prepare(settings: Settings, run_id: str) -> dict:
 
 
 def _staged(settings: Settings, batch_id: str) -> bytes:
-    return settings.vault().read(Path(settings.state().batch(batch_id)["staged_path"]))
+    return settings.vault().open(settings.state().staged_blob(batch_id, PAYLOAD_FILE) or b"")
 
 
 # --- channel selection ----------------------------------------------------------------------------

@@ -93,10 +93,23 @@ class AmsReceiverHook(BaseHook):
         return client_from_connection(conn.host, conn.port, conn.schema, conn.extra_dejson, conn_id=self.conn_id)
 
 
+def object_store_root() -> Any | None:
+    """The shared store's root as an ObjectStoragePath: AMS_OBJECT_STORE_URL with the credentials of the
+    connection AMS_OBJECT_STORE_CONN_ID (none: the URL's own, e.g. file:// or an instance role); None
+    when no URL is set (the local AMS_HOME, today's layout)."""
+    url = os.environ.get("AMS_OBJECT_STORE_URL", "")
+    if not url:
+        return None
+    from airflow.sdk import ObjectStoragePath
+
+    return ObjectStoragePath(url, conn_id=os.environ.get("AMS_OBJECT_STORE_CONN_ID") or None)
+
+
 def settings() -> Settings:
     """Settings from the environment, with the source connection applied when it exists."""
     result = Settings.from_env()
     result.source_url = AmsSourceHook().sqlalchemy_url(result.source_url)
+    result.object_store = object_store_root()
     return result
 
 

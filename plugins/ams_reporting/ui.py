@@ -9,6 +9,11 @@ written by reports.summary / reports.pages) and nothing else:
     /runs/<safe run id>/               that run's page
     /runs/<safe run id>/<file>         quarantine.csv, findings.csv, summary.md, summary.json
     /data_docs/...                     the Great Expectations Data Docs (the site only, not data_docs/gx)
+    /<kommunekode>/...                 the same pages of one municipality (a tenants deployment, where
+                                       / is the operator's overview across municipalities)
+
+The reports live in the object store (AMS_OBJECT_STORE_URL, credentials from AMS_OBJECT_STORE_CONN_ID;
+default AMS_HOME/reports): a local folder is served as files, an object store through its path API.
 
 Any other path, or one that would leave the folder, is a 404. Requests need an Airflow login (the UI's
 session cookie or a bearer token, as for Airflow's REST API) of a user whom Airflow's auth manager
@@ -26,9 +31,11 @@ from __future__ import annotations
 
 import html
 import mimetypes
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
@@ -39,6 +46,8 @@ APP_NAME = "AMS reports"
 NAV_NAME = "AMS data quality"
 NAV_ROUTE = "ams-data-quality"
 
+#: A municipality's folder under the reports root (a tenants deployment).
+_KOMMUNEKODE = re.compile(r"\d{3}")
 #: A run folder's name as reports.summary._safe writes it.
 _RUN_FOLDER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,250}")
 #: The files of a run folder that are served, with their media type and whether they download.
@@ -80,10 +89,16 @@ def external_view() -> dict:
     return {"name": NAV_NAME, "href": URL_PREFIX.lstrip("/") + "/", "destination": "nav", "url_route": NAV_ROUTE}
 
 
-def default_reports_dir() -> Path:
+def default_reports_dir() -> Any:
+    """The reports root: <store>/reports (every municipality's folder, or today's single folder)."""
     from cycle.pipeline import Settings  # per request: AMS_HOME is read when a page is asked for
 
-    return Settings.from_env().reports_dir
+    settings = Settings.from_env()
+    if os.environ.get("AMS_OBJECT_STORE_URL"):
+        from ams_reporting.hooks import object_store_root
+
+        settings.object_store = object_store_root()
+    return settings.reports_root
 
 
 def _public_asset(relative: str) -> bool:
@@ -127,23 +142,33 @@ def _page(status: int, title: str, text: str, link: tuple[str, str] | None = Non
     return HTMLResponse(body, status_code=status, headers={**_HEADERS, "Content-Security-Policy": _OWN_CSP})
 
 
-def _serve(path: Path, media_type: str, *, csp: str | None, download: str | None = None,
-           extra: dict[str, str] | None = None) -> FileResponse:
+def _serve(path: Any, media_type: str, *, csp: str | None, download: str | None = None,
+           extra: dict[str, str] | None = None) -> Response:
     headers = {**_HEADERS, **(extra or {})}
     if csp:
         headers["Content-Security-Policy"] = csp
     if download:
         headers["Content-Disposition"] = f'attachment; filename="{download}"'
+    if not isinstance(path, Path):  # an object store: the object's bytes
+        return Response(path.read_bytes(), media_type=media_type, headers=headers)
     return FileResponse(path, media_type=media_type, headers=headers)
 
 
-def _inside(base: Path, relative: str) -> Path | None:
+def _inside(base: Any, relative: str) -> Any | None:
     """`base/relative` if it is a file inside `base` (no '..', no hidden part, no symlink out), else None."""
     if not relative or "\x00" in relative or "\\" in relative:
         return None
     pure = PurePosixPath(relative)
     if pure.is_absolute() or any(part in ("", ".", "..") or part.startswith(".") for part in pure.parts):
         return None
+    if not isinstance(base, Path):  # an object store: keys have no links to leave by; the parts are checked
+        target = base
+        for part in pure.parts:
+            target = target / part
+        try:
+            return target if target.is_file() else None
+        except OSError:
+            return None
     try:
         root = base.resolve(strict=True)
         target = (root / pure).resolve(strict=True)
@@ -154,17 +179,17 @@ def _inside(base: Path, relative: str) -> Path | None:
     return target
 
 
-def create_app(*, reports_dir: Path | Callable[[], Path] | None = None, require_login: bool = True) -> FastAPI:
+def create_app(*, reports_dir: Any | Callable[[], Any] | None = None, require_login: bool = True) -> FastAPI:
     """The app. `reports_dir` (a folder, or a function giving it) defaults to the AMS settings."""
-    where: Callable[[], Path]
+    where: Callable[[], Any]
     if reports_dir is None:
         where = default_reports_dir
     elif callable(reports_dir):
         where = reports_dir
     else:
-        fixed = Path(reports_dir)
+        fixed = Path(reports_dir) if isinstance(reports_dir, str) else reports_dir
 
-        def where() -> Path:
+        def where() -> Any:
             return fixed
 
     app = FastAPI(title=APP_NAME, docs_url=None, redoc_url=None, openapi_url=None,
@@ -190,13 +215,54 @@ def create_app(*, reports_dir: Path | Callable[[], Path] | None = None, require_
                      "(in Airflow: Dags &rarr; employment_reporting &rarr; Trigger). Its last task writes the "
                      "pages shown here.")
 
-    @app.api_route("/", methods=["GET", "HEAD"], response_model=None)
-    @app.api_route("/index.html", methods=["GET", "HEAD"], response_model=None)
-    def index() -> Response:
-        path = where() / "index.html"
+    def tenant_base(code: str) -> Any:
+        """A municipality's folder under the reports root (404 for anything but a kommunekode)."""
+        if not _KOMMUNEKODE.fullmatch(code):
+            raise HTTPException(404)
+        return where() / code
+
+    def index_of(base: Any) -> Response:
+        path = base / "index.html"
         if not path.is_file():
             return no_run_yet()
         return _serve(path, RUN_FILES["index.html"][0], csp=_OWN_CSP)
+
+    def run_file_of(base: Any, run: str, name: str) -> Response:
+        if not _RUN_FOLDER.fullmatch(run) or name not in RUN_FILES:
+            raise HTTPException(404)
+        path = _inside(base, f"runs/{run}/{name}")
+        if path is None:
+            if not (base / "index.html").is_file():
+                return no_run_yet()
+            raise HTTPException(404)
+        media_type, download = RUN_FILES[name]
+        return _serve(path, media_type, csp=_OWN_CSP if name == "index.html" else None,
+                      download=f"{run}-{name}" if download else None)
+
+    def data_docs_of(base: Any, relative: str) -> Response:
+        relative = relative or "index.html"
+        first = PurePosixPath(relative).parts[0] if relative else ""
+        if relative != "index.html" and first not in DOCS_FOLDERS:
+            raise HTTPException(404)
+        path = _inside(base / "data_docs", relative)
+        if path is None:
+            if relative == "index.html":
+                return _page(404, "No Data Docs yet", "The Great Expectations Data Docs are built by the first "
+                             "run of the DAG <code>employment_reporting</code> (unless AMS_DATA_DOCS=0).")
+            raise HTTPException(404)
+        media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        if media_type.startswith("text/") or media_type in ("application/javascript", "application/json"):
+            media_type += "; charset=utf-8"
+        if _public_asset(relative):
+            # Sandboxed pages load these from an opaque origin: fonts need CORS, and no cookie comes along.
+            return _serve(path, media_type, csp=None, extra={"Access-Control-Allow-Origin": "*",
+                                                             "Cache-Control": "private, max-age=3600"})
+        return _serve(path, media_type, csp=DOCS_CSP)
+
+    @app.api_route("/", methods=["GET", "HEAD"], response_model=None)
+    @app.api_route("/index.html", methods=["GET", "HEAD"], response_model=None)
+    def index() -> Response:
+        return index_of(where())
 
     @app.api_route("/runs", methods=["GET", "HEAD"], response_model=None)
     def runs() -> Response:
@@ -214,42 +280,46 @@ def create_app(*, reports_dir: Path | Callable[[], Path] | None = None, require_
 
     @app.api_route("/runs/{run}/", methods=["GET", "HEAD"], response_model=None)
     def run_page(run: str) -> Response:
-        return run_file(run, "index.html")
+        return run_file_of(where(), run, "index.html")
 
     @app.api_route("/runs/{run}/{name}", methods=["GET", "HEAD"], response_model=None)
     def run_file(run: str, name: str) -> Response:
-        if not _RUN_FOLDER.fullmatch(run) or name not in RUN_FILES:
-            raise HTTPException(404)
-        base = where()
-        path = _inside(base, f"runs/{run}/{name}")
-        if path is None:
-            if not (base / "index.html").is_file():
-                return no_run_yet()
-            raise HTTPException(404)
-        media_type, download = RUN_FILES[name]
-        return _serve(path, media_type, csp=_OWN_CSP if name == "index.html" else None,
-                      download=f"{run}-{name}" if download else None)
+        return run_file_of(where(), run, name)
 
     @app.api_route("/data_docs/{relative:path}", methods=["GET", "HEAD"], response_model=None)
     def data_docs(relative: str) -> Response:
-        relative = relative or "index.html"
-        first = PurePosixPath(relative).parts[0] if relative else ""
-        if relative != "index.html" and first not in DOCS_FOLDERS:
+        return data_docs_of(where(), relative)
+
+    # One municipality's pages (a tenants deployment): the same pages under /<kommunekode>/, so the
+    # relative links inside them work unchanged. Declared last: /runs/... and /data_docs/... come first.
+    @app.api_route("/{code}", methods=["GET", "HEAD"], response_model=None)
+    def tenant_without_slash(code: str) -> Response:
+        tenant_base(code)
+        return RedirectResponse(f"{code}/", status_code=307)
+
+    @app.api_route("/{code}/", methods=["GET", "HEAD"], response_model=None)
+    @app.api_route("/{code}/index.html", methods=["GET", "HEAD"], response_model=None)
+    def tenant_index(code: str) -> Response:
+        return index_of(tenant_base(code))
+
+    @app.api_route("/{code}/runs/{run}", methods=["GET", "HEAD"], response_model=None)
+    def tenant_run_without_slash(code: str, run: str) -> Response:
+        tenant_base(code)
+        if not _RUN_FOLDER.fullmatch(run):
             raise HTTPException(404)
-        docs = where() / "data_docs"
-        path = _inside(docs, relative)
-        if path is None:
-            if relative == "index.html":
-                return _page(404, "No Data Docs yet", "The Great Expectations Data Docs are built by the first "
-                             "run of the DAG <code>employment_reporting</code> (unless AMS_DATA_DOCS=0).")
-            raise HTTPException(404)
-        media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        if media_type.startswith("text/") or media_type in ("application/javascript", "application/json"):
-            media_type += "; charset=utf-8"
-        if _public_asset(relative):
-            # Sandboxed pages load these from an opaque origin: fonts need CORS, and no cookie comes along.
-            return _serve(path, media_type, csp=None, extra={"Access-Control-Allow-Origin": "*",
-                                                             "Cache-Control": "private, max-age=3600"})
-        return _serve(path, media_type, csp=DOCS_CSP)
+        return RedirectResponse(f"{run}/", status_code=307)
+
+    @app.api_route("/{code}/runs/{run}/", methods=["GET", "HEAD"], response_model=None)
+    def tenant_run_page(code: str, run: str) -> Response:
+        return run_file_of(tenant_base(code), run, "index.html")
+
+    @app.api_route("/{code}/runs/{run}/{name}", methods=["GET", "HEAD"], response_model=None)
+    def tenant_run_file(code: str, run: str, name: str) -> Response:
+        return run_file_of(tenant_base(code), run, name)
+
+    @app.api_route("/{code}/data_docs/{relative:path}", methods=["GET", "HEAD"], response_model=None,
+                   name="data_docs")
+    def tenant_data_docs(code: str, relative: str) -> Response:
+        return data_docs_of(tenant_base(code), relative)
 
     return app
