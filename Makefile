@@ -41,7 +41,7 @@ soak: $(STAMP)
 		tests/test_delivery_model.py -k soak
 
 ## bench: area 1's whole cycle beside a floor (full, no change, 1 % changed), then the validation-only
-## benchmark; BENCH_ARGS="--rows 1000000" (default 100000), "--source-url postgresql://..." (bench/cycle.py)
+## benchmark; BENCH_ARGS="--rows 1000000" (default 100000), "--source-url postgresql://...", "--area 3" (bench/cycle.py)
 bench: $(STAMP)
 	$(BIN)/python bench/cycle.py $(BENCH_ARGS)
 

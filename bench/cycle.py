@@ -1,4 +1,5 @@
-"""End-to-end benchmark (issue 9): area 1's whole cycle beside a floor measured in the same run.
+"""End-to-end benchmark (issue 9): area 1's whole cycle beside a floor measured in the same run
+(`--area N`: one of areas 3-8 instead, on the demo source; see --help).
 
     make bench                                        # 100,000 area-1 records, SQLite source
     make bench BENCH_ARGS="--rows 1000000"
@@ -38,19 +39,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
-AREA = 1
 PERIOD_END = date(2026, 11, 28)
 PREPARE_PHASES = ("extract", "map", "contract", "quality", "findings", "hash", "diff", "payload", "xsd", "encrypt",
                   "add_batch")
 DELIVER_PHASES = ("send", "receipt", "archive")
 
 
-def _floor(source_url: str, out: Path, chunksize: int) -> dict:
-    """Read the rows of area 1's query tables with pandas in chunks; write them as gzip'd XML with lxml."""
+def _floor(source_url: str, out: Path, chunksize: int, area: int = 1) -> dict:
+    """Read the rows of the area's query tables (areas 3-8: its own table) with pandas in chunks; write them
+    as gzip'd XML with lxml."""
     import pandas as pd
     from lxml import etree
 
-    from demo.scale import floor_query
+    from demo.scale import area_floor_query, floor_query
     from transforms.source import create_engine_from_url
 
     engine = create_engine_from_url(source_url)
@@ -58,7 +59,7 @@ def _floor(source_url: str, out: Path, chunksize: int) -> dict:
     rows = 0
     with engine.connect() as conn, gzip.open(out, "wb", compresslevel=6) as raw, etree.xmlfile(raw) as xf:
         with xf.element("Records"):
-            for chunk in pd.read_sql(floor_query(), conn, chunksize=chunksize):
+            for chunk in pd.read_sql(floor_query() if area == 1 else area_floor_query(area), conn, chunksize=chunksize):
                 columns = list(chunk.columns)
                 for values in chunk.itertuples(index=False, name=None):
                     record = etree.Element("Record")
@@ -72,7 +73,7 @@ def _floor(source_url: str, out: Path, chunksize: int) -> dict:
 
 
 def _one_cycle(args: argparse.Namespace) -> None:
-    """Child process: one prepare + deliver + report of area 1; prints a JSON line."""
+    """Child process: one prepare + deliver + report of the area; prints a JSON line."""
     from cycle.pipeline import Settings, deliver_area, prepare_area
     from cycle.timing import PhaseTimer, peak_rss_mib
     from delivery.client import client_from_connection
@@ -84,9 +85,9 @@ def _one_cycle(args: argparse.Namespace) -> None:
     extra = json.loads(args.client_extra)
     timer = PhaseTimer()
     with timer.phase("prepare"):
-        prepared = prepare_area(AREA, run_id=args.run_id, period_end=PERIOD_END, settings=settings)
+        prepared = prepare_area(args.area, run_id=args.run_id, period_end=PERIOD_END, settings=settings)
     with timer.phase("deliver"):
-        delivered = deliver_area(AREA, run_id=args.run_id, settings=settings,
+        delivered = deliver_area(args.area, run_id=args.run_id, settings=settings,
                                  client=lambda: client_from_connection(args.host, args.port, "ams", extra))
     with timer.phase("report"):
         write_run_report(args.run_id, settings)
@@ -100,7 +101,8 @@ def _one_cycle(args: argparse.Namespace) -> None:
 def _run_cycle(args: argparse.Namespace, run_id: str, host: str, port: int, extra: dict) -> dict:
     command = [sys.executable, __file__, "--one-cycle", "--home", args.home, "--source-url", args.source_url,
                "--state-url", args.state_url, "--chunk", str(args.chunk), "--batch-size", str(args.batch_size),
-               "--run-id", run_id, "--host", host, "--port", str(port), "--client-extra", json.dumps(extra)]
+               "--area", str(args.area), "--run-id", run_id, "--host", host, "--port", str(port),
+               "--client-extra", json.dumps(extra)]
     done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
     if done.returncode != 0:
         sys.stderr.write(done.stderr[-5000:])
@@ -117,7 +119,11 @@ def _disk(path: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=100_000, help="area-1 records in the source (about)")
+    parser.add_argument("--rows", type=int, default=100_000, help="the area's records in the source (about)")
+    parser.add_argument("--area", type=int, default=1, choices=(1, 3, 4, 5, 6, 7, 8),
+                        help="the area to bench (default 1); areas 3-8: the demo source with enough persons for "
+                             "--rows (slower to make), floor = the area's table read plainly, and the changed "
+                             "day stamps updated_at on --changed of its rows without changing their content")
     parser.add_argument("--chunk", type=int, default=100_000, help="AMS_CHUNK_SIZE of the cycle and the floor")
     parser.add_argument("--batch-size", type=int, default=5000)
     parser.add_argument("--changed", type=float, default=0.01, help="share of measures changed before day 3")
@@ -163,17 +169,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def _bench(args: argparse.Namespace, home: Path) -> int:
     from delivery.security import generate_test_pki
-    from demo.scale import change_measures, scale_source
+    from demo.scale import change_measures, demo_source, scale_source, touch_rows
     from receiver.server import ReceiverProcess
 
     t = time.perf_counter()
     if args.reuse_source:
         print(f"source: {args.source_url.split(':', 1)[0]}, as a previous run left it (--reuse-source)", flush=True)
-    else:
+    elif args.area == 1:
         made = scale_source(args.source_url, args.rows)
         print(f"source: {made['measures']:,} measures ({made['copies']} copies of the demo source), "
               f"{args.source_url.split(':', 1)[0]}, made in {time.perf_counter() - t:.0f} s", flush=True)
-    floor = _floor(args.source_url, home / "floor.xml.gz", args.chunk)
+    else:
+        made = demo_source(args.source_url, args.area, args.rows)
+        print(f"source: {made['rows']:,} area-{args.area} rows (the demo source of {made['persons']:,} persons), "
+              f"{args.source_url.split(':', 1)[0]}, made in {time.perf_counter() - t:.0f} s", flush=True)
+    floor = _floor(args.source_url, home / "floor.xml.gz", args.chunk, args.area)
     print(f"floor: {floor['rows']:,} rows in {floor['seconds']:.1f} s", flush=True)
 
     pki = generate_test_pki(home / "pki", name="AMS bench")
@@ -186,8 +196,12 @@ def _bench(args: argparse.Namespace, home: Path) -> int:
         host, port = "127.0.0.1", int(receiver.port or 0)
         for name in ("full", "no change", f"{args.changed:.0%} changed"):
             if name.endswith("changed"):
-                changed = change_measures(args.source_url, args.changed)
-                print(f"changed {changed:,} measures at the source", flush=True)
+                if args.area == 1:
+                    changed = change_measures(args.source_url, args.changed)
+                    print(f"changed {changed:,} measures at the source", flush=True)
+                else:
+                    changed = touch_rows(args.source_url, args.area, args.changed)
+                    print(f"stamped updated_at on {changed:,} area-{args.area} rows (content unchanged)", flush=True)
             before = (_disk(state_path) if state_path else 0, _disk(home / "var" / "reports"))
             stamp = datetime.now(UTC).strftime("%H%M%S")
             result = _run_cycle(args, f"bench-{name.split()[0].rstrip('%')}-{stamp}", host, port, extra)
@@ -198,7 +212,7 @@ def _bench(args: argparse.Namespace, home: Path) -> int:
                   f"peak RSS {result['peak_rss_mib']:.0f} MiB", flush=True)
     print()
     print(format_table(args, floor, results))
-    if not args.no_validation:
+    if not args.no_validation and args.area == 1:
         print()
         subprocess.run([sys.executable, str(ROOT / "bench" / "validate_area1.py"), "--rows", str(args.rows),
                         "--chunk", str(args.chunk)], check=True)
@@ -208,7 +222,7 @@ def _bench(args: argparse.Namespace, home: Path) -> int:
 def format_table(args: argparse.Namespace, floor: dict, results: dict[str, dict]) -> str:
     rows = results["full"]["prepared"].get("extracted", 0)
     names = list(results)
-    lines = [f"area 1, {rows:,} records (source rows read: {floor['rows']:,}), chunks of {args.chunk:,}, "
+    lines = [f"area {args.area}, {rows:,} records (source rows read: {floor['rows']:,}), chunks of {args.chunk:,}, "
              f"batches of {args.batch_size:,}; floor {floor['seconds']:.1f} s",
              f"{'phase':<12}" + "".join(f"{n:>16}" for n in names) + f"{'full rows/s':>14}{'full/floor':>12}"]
     lines.append("-" * len(lines[-1]))

@@ -332,10 +332,12 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
                 len(f) for f in findings) else _empty_findings()
             # A range is checked by both layers (registry bounds): one finding per record, rule and field.
             found = found.drop_duplicates(["record_key", "rule", "field"], ignore_index=True)
+            # A row read but outside the area's scope now (its person's group changed) was read too: its
+            # findings and quarantine entry no longer hold, whether the read was full or of changes only.
+            read_keys = [*records["record_key"].tolist(), *mapped.out_of_scope["record_key"].tolist()]
             with timer.phase("findings"):
-                counts["findings_stored"] += state.record_findings(run_id, area.number, found,
-                                                                   read=records["record_key"].tolist())
-                read_hashes.append(np.fromiter(map(hash, records["record_key"].tolist()), dtype=np.int64))
+                counts["findings_stored"] += state.record_findings(run_id, area.number, found, read=read_keys)
+                read_hashes.append(np.fromiter(map(hash, read_keys), dtype=np.int64))
             # Records, not findings: one record with three bad codes counts once for code.invalid.
             rules.update(f"{r.rule}:{r.severity}" for r in
                          found.drop_duplicates(["record_key", "rule", "severity"]).itertuples())

@@ -98,3 +98,66 @@ def change_measures(url: str, share: float) -> int:
         return len(chosen)
     finally:
         engine.dispose()
+
+
+# --- areas 3-8 (bench/cycle.py --area N) ----------------------------------------------------------------
+#: The table each of areas 3-8 reports from, and its key.
+AREA_TABLES = {
+    3: ("followup_interviews", "interview_id"),
+    4: ("absence_interviews", "interview_id"),
+    5: ("cv_interviews", "interview_id"),
+    6: ("personal_assistance_grants", "grant_id"),
+    7: ("mentor_grants", "grant_id"),
+    8: ("aid_grants", "grant_id"),
+}
+
+
+def area_floor_query(area: int) -> str:
+    """The floor of areas 3-8: the area's table read plainly (no joins, no derivations, no checks)."""
+    table, key = AREA_TABLES[area]
+    return f"SELECT * FROM {table} ORDER BY {key}"
+
+
+def demo_source(url: str, area: int, rows: int, *, seed: int = synthetic.DEFAULT_SEED) -> dict[str, int]:
+    """Fill the source at `url` with the demo source, with enough persons for about `rows` rows in the
+    area's table (areas 3-8 hold a fraction of a row per person: the generator runs twice, a small base
+    first to learn the fraction). Slower than scale_source (the generator is Python), fine for tens of
+    thousands of records."""
+    table, _key = AREA_TABLES[area]
+    engine = create_engine_from_url(url)
+    try:
+        persons = BASE_PERSONS
+        for _ in range(2):
+            synthetic.generate(engine, persons=persons, seed=seed)
+            with engine.connect() as conn:
+                have = int(conn.execute(sa.text(f"SELECT COUNT(*) FROM {table}")).scalar_one())
+            wanted = math.ceil(persons * rows / max(have, 1))
+            if have >= rows or wanted <= persons:
+                break
+            persons = wanted
+        with engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT").execute(sa.text("ANALYZE"))
+        return {"persons": persons, "rows": have}
+    finally:
+        engine.dispose()
+
+
+def touch_rows(url: str, area: int, share: float) -> int:
+    """Stamp `updated_at` on every 1/share-th live row of the area's table (in key order), content unchanged:
+    the rows are read again on the next day, and found unchanged at the ledger."""
+    table, key = AREA_TABLES[area]
+    engine = create_engine_from_url(url)
+    try:
+        with engine.begin() as conn:
+            keys = conn.execute(sa.text(
+                f"SELECT {key} FROM {table} WHERE deleted_at IS NULL ORDER BY {key}")).scalars().all()
+            step = max(1, round(1 / share)) if share > 0 else 0
+            chosen = keys[::step] if step else []
+            stamp = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+            stamp_value = stamp.isoformat(sep=" ") if dialect_name(engine) == "sqlite" else stamp
+            if chosen:
+                conn.execute(sa.text(f"UPDATE {table} SET updated_at = :now WHERE {key} = :k"),
+                             [{"k": k, "now": stamp_value} for k in chosen])
+        return len(chosen)
+    finally:
+        engine.dispose()

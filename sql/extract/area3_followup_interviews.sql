@@ -4,6 +4,12 @@
 -- from held_on in Python (transforms.codelists.visitation_rules_version), not here.
 -- Derivation input beyond the fields:
 --   reconciles  1 when a payment to the person covers held_on (§ 15)
+-- Change detection (DESIGN.md principle 9; NULL parameters: the full read, as updated_at is never NULL):
+--   :since          only interviews that may have changed since this source stamp: the interview's own
+--                   change (updated_at or deleted_at >= :since) and every interview of a person with a
+--                   change in persons (the CPR number) or payments (reconciles);
+--   :recheck_after  and the interviews held after this day (dates.future changes as the period moves).
+-- The stamp to pass next time comes from area3_followup_interviews.mark.sql, read before this query.
 SELECT
     p.cpr                  AS person_cpr,
     f.municipality_code    AS municipality_code,
@@ -19,4 +25,9 @@ SELECT
     f.deleted_at           AS deleted_at
 FROM followup_interviews f
 LEFT JOIN persons p ON p.person_id = f.person_id
+WHERE f.updated_at >= COALESCE(:since, f.updated_at) OR f.deleted_at >= :since
+   OR f.person_id IN (
+        SELECT c.person_id FROM persons c WHERE c.updated_at >= :since OR c.deleted_at >= :since
+        UNION SELECT c.person_id FROM payments c WHERE c.updated_at >= :since OR c.deleted_at >= :since)
+   OR f.held_on > :recheck_after
 ORDER BY record_key

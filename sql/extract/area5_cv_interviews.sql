@@ -6,6 +6,13 @@
 --   target_group, insured  the person's group and a-kasse membership on held_on
 --   reconciles             1 when a benefit spell covers held_on (§ 26)
 -- As-of rule: valid_from <= day and (valid_to is null or valid_to >= day); the latest valid_from wins.
+-- Change detection (DESIGN.md principle 9; NULL parameters: the full read, as updated_at is never NULL):
+--   :since          only interviews that may have changed since this source stamp: the interview's own
+--                   change (updated_at or deleted_at >= :since) and every interview of a person with a
+--                   change in persons (the CPR number), person_target_groups (target_group, insured, and
+--                   so the area's scope) or benefits (reconciles);
+--   :recheck_after  and the interviews held after this day (dates.future changes as the period moves).
+-- The stamp to pass next time comes from area5_cv_interviews.mark.sql, read before this query.
 SELECT
     p.cpr                AS person_cpr,
     c.municipality_code  AS municipality_code,
@@ -30,4 +37,10 @@ SELECT
     c.deleted_at         AS deleted_at
 FROM cv_interviews c
 LEFT JOIN persons p ON p.person_id = c.person_id
+WHERE c.updated_at >= COALESCE(:since, c.updated_at) OR c.deleted_at >= :since
+   OR c.person_id IN (
+        SELECT x.person_id FROM persons x WHERE x.updated_at >= :since OR x.deleted_at >= :since
+        UNION SELECT x.person_id FROM person_target_groups x WHERE x.updated_at >= :since OR x.deleted_at >= :since
+        UNION SELECT x.person_id FROM benefits x WHERE x.updated_at >= :since OR x.deleted_at >= :since)
+   OR c.held_on > :recheck_after
 ORDER BY record_key

@@ -5,6 +5,15 @@
 -- This portable version uses SQL:2016 LISTAGG (Oracle, Db2, Snowflake); SQLite and PostgreSQL
 -- use area7_mentor_support.sqlite.sql and area7_mentor_support.postgresql.sql beside it, and
 -- another dialect (MS SQL: STRING_AGG ... WITHIN GROUP) adds its own file the same way.
+-- Change detection (DESIGN.md principle 9; NULL parameters: the full read, as updated_at is never NULL):
+--   :since          only grants that may have changed since this source stamp: the grant's own change
+--                   (updated_at or deleted_at >= :since), every grant with a change in its persons
+--                   (mentor_grant_persons: a person added, removed or soft-deleted), and every grant of a
+--                   person with a change in persons (the CPR number, so person_cprs);
+--   :recheck_after  and the grants starting after this day (dates.future changes as the period moves;
+--                   a planned end_date after the period is normal, not checked).
+-- The stamp to pass next time comes from area7_mentor_support.mark.sql (one for every dialect), read
+-- before this query. Every dialect's file filters the same way.
 SELECT
     g.municipality_code  AS municipality_code,
     g.basis              AS basis,
@@ -28,4 +37,11 @@ LEFT JOIN (
      WHERE gp.deleted_at IS NULL
      GROUP BY gp.grant_id
 ) l ON l.grant_id = g.grant_id
+WHERE g.updated_at >= COALESCE(:since, g.updated_at) OR g.deleted_at >= :since
+   OR g.grant_id IN (
+        SELECT c.grant_id FROM mentor_grant_persons c WHERE c.updated_at >= :since OR c.deleted_at >= :since
+        UNION SELECT gp.grant_id FROM mentor_grant_persons gp
+                JOIN persons c ON c.person_id = gp.person_id
+               WHERE c.updated_at >= :since OR c.deleted_at >= :since)
+   OR g.start_date > :recheck_after
 ORDER BY record_key

@@ -1,0 +1,8 @@
+-- The change mark of area6_personal_assistance.sql: the latest stamp (updated_at or deleted_at) in the tables it reads.
+-- Read before the extraction; the next incremental read passes it as :since (>=, so a row stamped in
+-- the same second as the mark is read again, never missed).
+SELECT MAX(t) AS mark FROM (
+    SELECT MAX(updated_at) AS t FROM personal_assistance_grants UNION ALL SELECT MAX(deleted_at) FROM personal_assistance_grants
+    UNION ALL SELECT MAX(updated_at) FROM persons UNION ALL SELECT MAX(deleted_at) FROM persons
+    UNION ALL SELECT MAX(updated_at) FROM payments UNION ALL SELECT MAX(deleted_at) FROM payments
+) x

@@ -1,0 +1,9 @@
+-- The change mark of area7_mentor_support.sql and its dialect versions: the latest stamp (updated_at or
+-- deleted_at) in the tables they read.
+-- Read before the extraction; the next incremental read passes it as :since (>=, so a row stamped in
+-- the same second as the mark is read again, never missed).
+SELECT MAX(t) AS mark FROM (
+    SELECT MAX(updated_at) AS t FROM mentor_grants UNION ALL SELECT MAX(deleted_at) FROM mentor_grants
+    UNION ALL SELECT MAX(updated_at) FROM mentor_grant_persons UNION ALL SELECT MAX(deleted_at) FROM mentor_grant_persons
+    UNION ALL SELECT MAX(updated_at) FROM persons UNION ALL SELECT MAX(deleted_at) FROM persons
+) x
