@@ -22,9 +22,10 @@ $(STAMP): pyproject.toml constraints.txt requirements.txt
 	$(BIN)/pip install --quiet -c constraints.txt -r requirements.txt
 	touch $(STAMP)
 
-## run: one daily reporting cycle on the embedded defaults (demo source DB, local AMS receiver)
+## run: one daily reporting cycle on the embedded defaults (demo source DB, local AMS receiver);
+## RUN_ARGS="--municipalities 101,147" runs several municipalities, one DAG each
 run: $(STAMP)
-	$(BIN)/ams-report demo
+	$(BIN)/ams-report demo $(RUN_ARGS)
 
 ## ui: the Airflow UI on the demo (airflow standalone + the local receiver); Ctrl-C stops everything
 ui: $(STAMP)

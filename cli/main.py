@@ -69,8 +69,9 @@ def _airflow(args: list[str], env: dict[str, str], log_path: Path) -> int:
         return subprocess.call([airflow, *args], env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def ensure_demo_source(settings: Settings, persons: int) -> bool:
-    """Create and fill the demo source database once; later runs read what is there (fixes included)."""
+def ensure_demo_source(settings: Settings, persons: int, municipality: str | None = None) -> bool:
+    """Create and fill the demo source database once; later runs read what is there (fixes included).
+    `municipality`: a source of that municipality (its own deterministic data), else the demo's."""
     from demo import synthetic
     from transforms.source import create_engine_from_url, create_source_schema
 
@@ -80,7 +81,7 @@ def ensure_demo_source(settings: Settings, persons: int) -> bool:
     path.parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine_from_url(settings.source_url)
     create_source_schema(engine)
-    data = synthetic.generate(engine, persons=persons)
+    data = synthetic.generate(engine, persons=persons, municipality=municipality or synthetic.DEFAULT_MUNICIPALITY)
     engine.dispose()
     print(f"Created the demo source database {path}: {sum(data.counts.values())} rows, "
           f"{len(data.defects)} planted defects.")
@@ -96,9 +97,12 @@ def _receiver_connection(receiver_url: str, extra: dict | None) -> str:
                        "extra": {"timeout": 30, "scheme": scheme, **(extra or {})}})
 
 
-def run_cycle(settings: Settings, receiver_url: str, *, log_path: Path, connection_extra: dict | None = None) -> str:
-    """Run the DAG once through `airflow dags test`; return the run id."""
+def run_cycle(settings: Settings, receiver_url: str, *, log_path: Path, connection_extra: dict | None = None,
+              dag_id: str = DAG_ID, extra_env: dict[str, str] | None = None) -> str:
+    """Run a reporting DAG once through `airflow dags test`; return the run id (read from `settings`'
+    state, the municipality's partition when `settings.tenant` is set)."""
     env = _airflow_env(settings)
+    env.update(extra_env or {})
     airflow_home = Path(env["AIRFLOW_HOME"])
     if not (airflow_home / "airflow.db").exists():
         print("Preparing Airflow's metadata database (first run only) ...")
@@ -106,8 +110,8 @@ def run_cycle(settings: Settings, receiver_url: str, *, log_path: Path, connecti
             raise SystemExit(f"airflow db migrate failed; see {log_path}")
     env["AIRFLOW_CONN_AMS_RECEIVER"] = _receiver_connection(receiver_url, connection_extra)
     before = set(settings.state().recent_runs(1000))
-    print("Running one reporting cycle through Airflow (airflow dags test) ...")
-    code = _airflow(["dags", "test", DAG_ID], env, log_path)
+    print(f"Running one reporting cycle through Airflow (airflow dags test {dag_id}) ...")
+    code = _airflow(["dags", "test", dag_id], env, log_path)
     after = [r for r in settings.state().recent_runs(1000) if r not in before]
     if code != 0 or not after:
         print(f"The Airflow run failed (exit code {code}). Its log, with each task's output: {log_path}\n")
@@ -149,6 +153,8 @@ def demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("AMS_RETRY_DELAY_SECONDS", "0")  # `airflow dags test` would wait out a failed task's retry
     if args.full:
         os.environ["AMS_FULL_READ"] = "1"  # the Airflow run's tasks read it (Settings.from_env)
+    if args.municipalities:
+        return demo_municipalities(args, [code.strip() for code in args.municipalities.split(",") if code.strip()])
     settings = Settings.from_env()
     ensure_demo_source(settings, args.persons)
     log_path = settings.home / "logs" / "demo.log"
@@ -160,6 +166,67 @@ def demo(args: argparse.Namespace) -> int:
     _print_summary(settings, run_id)
     print(f"Airflow log of this run: {log_path}")
     return 0
+
+
+def _connection_env(conn_id: str, value: str) -> dict[str, str]:
+    """An Airflow connection given by the environment (AIRFLOW_CONN_<ID>)."""
+    return {f"AIRFLOW_CONN_{conn_id.upper()}": value}
+
+
+def demo_municipalities(args: argparse.Namespace, codes: list[str]) -> int:
+    """Several municipalities on one machine: a tenants file of `codes` (var/tenants/demo-tenants.yaml), a
+    demo source per municipality, one local receiver (the agency has one), and each municipality's DAG
+    `employment_reporting_<kommunekode>` run once through `airflow dags test`."""
+    import yaml
+
+    from cycle.tenants import TenantsError, load_tenants
+
+    base = Settings.from_env()
+    tenants_path = base.home / "tenants" / "demo-tenants.yaml"
+    tenants_path.parent.mkdir(parents=True, exist_ok=True)
+    tenants_path.write_text("# Written by `ams-report demo --municipalities`: the demo's municipalities.\n"
+                            + yaml.safe_dump({"tenants": [{"kommunekode": code} for code in codes]}, sort_keys=False))
+    try:
+        tenants = load_tenants(tenants_path)
+    except TenantsError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    os.environ["AMS_TENANTS_FILE"] = str(tenants_path)
+    env: dict[str, str] = {"AMS_TENANTS_FILE": str(tenants_path)}
+    per_tenant: dict[str, Settings] = {}
+    for tenant in tenants:
+        settings = Settings.from_env()
+        settings.source_url = f"sqlite:///{base.home / 'source' / f'demo_{tenant.kommunekode}.sqlite'}"
+        settings.tenant = settings.sender_municipality = tenant.kommunekode
+        ensure_demo_source(settings, args.persons, tenant.kommunekode)
+        env.update(_connection_env(tenant.source_conn_id, json.dumps(
+            {"conn_type": "generic", "extra": {"sqlalchemy_url": settings.source_url}})))
+        per_tenant[tenant.kommunekode] = settings
+    log_path = base.home / "logs" / "demo.log"
+    receiver_db = base.home / "receiver" / "receiver.sqlite"
+    receiver_db.parent.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, str | None] = {}
+    with demo_receiver(receiver_db) as (receiver, extra):
+        for tenant in tenants:
+            env.update(_connection_env(tenant.receiver_conn_id, _receiver_connection(receiver.url, extra)))
+        for tenant in tenants:
+            print(f"\nMunicipality {tenant.label}:")
+            try:  # one municipality's failure does not stop the others
+                runs[tenant.kommunekode] = run_cycle(per_tenant[tenant.kommunekode], receiver.url, log_path=log_path,
+                                                     connection_extra=extra, dag_id=tenant.dag_id, extra_env=env)
+            except SystemExit:
+                runs[tenant.kommunekode] = None
+    print("Local AMS receiver stopped.")
+    for tenant in tenants:
+        run_id = runs[tenant.kommunekode]
+        print(f"\n=== {tenant.label} ({tenant.dag_id}) ===")
+        if run_id is None:
+            print(f"The run failed; see {log_path}")
+        else:
+            _print_summary(per_tenant[tenant.kommunekode], run_id)
+    print(f"\nOverview across municipalities: {base.reports_root / 'index.html'}")
+    print(f"Tenants file of this demo: {tenants_path}\nAirflow log of these runs: {log_path}")
+    return 0 if all(runs.values()) else 1
 
 
 def ui(args: argparse.Namespace) -> int:
@@ -455,6 +522,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="one daily cycle on the embedded defaults")
     p.add_argument("--persons", type=int, default=5000, help="size of the demo source (first run only)")
+    p.add_argument("--municipalities", metavar="KODE,KODE,...",
+                   help="several municipalities on this machine: a tenants file of these kommunekoder, a demo "
+                        "source each, one DAG each (employment_reporting_<kommunekode>)")
     p.add_argument("--full", action="store_true",
                    help="read the whole source, not only what changed since the last run (the weekly safety "
                         "net does this by itself: AMS_FULL_READ_EVERY_DAYS, default 7)")

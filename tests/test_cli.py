@@ -53,3 +53,33 @@ def test_demo_twice_then_verify_and_summary(tmp_path):
     payload.write_bytes(blob[:20] + (b"A" if blob[20:21] != b"A" else b"B") + blob[21:])  # always a change
     tampered = _cli(["verify-archive"], home)
     assert tampered.returncode == 1 and "was changed after archiving" in tampered.stdout
+
+
+def test_demo_of_several_municipalities_on_one_machine(tmp_path):
+    """`ams-report demo --municipalities 101,147`: a tenants file, a source and a DAG per municipality, one
+    receiver. Both deliver (their record ids do not collide at the one receiver: it holds every record each
+    summary counts as delivered), each has its own report folder, and the overview links both."""
+    home = tmp_path / "var"
+    result = _cli(["demo", "--municipalities", "101,147", "--persons", "200"], home)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert "=== 101 København (employment_reporting_101) ===" in out
+    assert "=== 147 Frederiksberg (employment_reporting_147) ===" in out
+    delivered = 0
+    for block in out.split("=== ")[1:]:
+        rows = re.findall(r"^([1-8])\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+delivered$", block, re.M)
+        assert [r[0] for r in rows] == [str(n) for n in range(1, 9)]
+        delivered += sum(int(r[2]) + int(r[3]) for r in rows)
+    assert delivered > 0
+    with sqlite3.connect(home / "receiver" / "receiver.sqlite") as conn:
+        held, resent = conn.execute("SELECT COUNT(*), COALESCE(SUM(resends), 0) FROM records").fetchone()
+    assert (held, resent) == (delivered, 0)
+    overview = (home / "reports" / "index.html").read_text()
+    assert 'href="101/"' in overview and 'href="147/"' in overview
+    assert (home / "reports" / "101" / "index.html").exists() and (home / "archive" / "147").is_dir()
+    for code in ("101", "147"):
+        with sqlite3.connect(home / "source" / f"demo_{code}.sqlite") as conn:
+            cprs = {r[0] for r in conn.execute("SELECT cpr FROM persons") if r[0] != "0000000000"}
+        assert not [c for c in cprs if c in out or c in result.stderr]
+    bad = _cli(["demo", "--municipalities", "101,9999"], tmp_path / "bad")
+    assert bad.returncode == 2 and "9999" in bad.stderr and "kommunekode" in bad.stderr
