@@ -196,10 +196,7 @@ def _sftp_client(area_number: int, conn_id: str, conn: Any):
 
 def _tenant_client(who: Tenant, area_number: int):
     if who.channel(area_number) == WEBSERVICE:
-        conn = _tenant_connection(who, "receiver_conn_id", who.receiver_conn_id)
-        from delivery.client import client_from_connection
-
-        return client_from_connection(conn.host, conn.port, conn.schema, conn.extra_dejson,
-                                      conn_id=who.receiver_conn_id)
+        _tenant_connection(who, "receiver_conn_id", who.receiver_conn_id)  # no fall-back to AMS_WSDL_URL
+        return AmsReceiverHook(who.receiver_conn_id).get_client()
     conn = _tenant_connection(who, "sftp_conn_id", who.sftp_conn_id)
     return _sftp_client(area_number, who.sftp_conn_id, conn)
