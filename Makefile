@@ -42,9 +42,10 @@ soak: $(STAMP)
 		tests/test_delivery_model.py -k soak
 
 ## bench: area 1's whole cycle beside a floor (full, no change, 1 % changed), then the validation-only
-## benchmark; BENCH_ARGS="--rows 1000000" (default 100000), "--source-url postgresql://...", "--area 3" (bench/cycle.py)
+## benchmark; ROWS=1000000 (default 100000), BENCH_ARGS="--linear-from 100000", "--source-url postgresql://...",
+## "--area 3" (bench/cycle.py --help)
 bench: $(STAMP)
-	$(BIN)/python bench/cycle.py $(BENCH_ARGS)
+	$(BIN)/python bench/cycle.py $(if $(ROWS),--rows $(ROWS)) $(BENCH_ARGS)
 
 ## bench-validate: throughput and peak memory of the contract and the data-quality suite alone
 bench-validate: $(STAMP)

@@ -72,8 +72,9 @@ def _floor(source_url: str, out: Path, chunksize: int, area: int = 1) -> dict:
     return {"seconds": time.perf_counter() - start, "rows": rows, "bytes": out.stat().st_size}
 
 
-def _one_cycle(args: argparse.Namespace) -> None:
-    """Child process: one prepare + deliver + report of the area; prints a JSON line."""
+def _one_step(args: argparse.Namespace) -> None:
+    """Child process: one task of the area's cycle (prepare, deliver or report), as Airflow runs each in a
+    process of its own; prints a JSON line with its seconds and its peak RSS."""
     from cycle.pipeline import Settings, deliver_area, prepare_area
     from cycle.timing import PhaseTimer, peak_rss_mib
     from delivery.client import client_from_connection
@@ -84,30 +85,46 @@ def _one_cycle(args: argparse.Namespace) -> None:
                         chunksize=args.chunk, data_docs=False, batch_size=args.batch_size)
     extra = json.loads(args.client_extra)
     timer = PhaseTimer()
-    with timer.phase("prepare"):
-        prepared = prepare_area(args.area, run_id=args.run_id, period_end=PERIOD_END, settings=settings)
-    with timer.phase("deliver"):
-        delivered = deliver_area(args.area, run_id=args.run_id, settings=settings,
-                                 client=lambda: client_from_connection(args.host, args.port, "ams", extra))
-    with timer.phase("report"):
-        write_run_report(args.run_id, settings)
-    row = settings.state().run_rows(args.run_id)[0]
-    print(json.dumps({"totals": timer.seconds_rounded(3), "phases": row["counts"].get("phases", {}),
-                      "prepared": {k: v for k, v in prepared.items() if isinstance(v, int)},
-                      "delivered": {k: v for k, v in delivered.items() if isinstance(v, int)},
+    counts: dict = {}
+    with timer.phase(args.step):
+        if args.step == "prepare":
+            counts = prepare_area(args.area, run_id=args.run_id, period_end=PERIOD_END, settings=settings)
+        elif args.step == "deliver":
+            counts = deliver_area(args.area, run_id=args.run_id, settings=settings,
+                                  client=lambda: client_from_connection(args.host, args.port, "ams", extra))
+        else:
+            write_run_report(args.run_id, settings)
+    print(json.dumps({"seconds": timer.seconds_rounded(3)[args.step],
+                      "counts": {k: v for k, v in counts.items() if isinstance(v, int)},
                       "peak_rss_mib": peak_rss_mib()}))
 
 
+STEPS = ("prepare", "deliver", "report")
+
+
 def _run_cycle(args: argparse.Namespace, run_id: str, host: str, port: int, extra: dict) -> dict:
-    command = [sys.executable, __file__, "--one-cycle", "--home", args.home, "--source-url", args.source_url,
-               "--state-url", args.state_url, "--chunk", str(args.chunk), "--batch-size", str(args.batch_size),
-               "--area", str(args.area), "--run-id", run_id, "--host", host, "--port", str(port),
-               "--client-extra", json.dumps(extra)]
-    done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
-    if done.returncode != 0:
-        sys.stderr.write(done.stderr[-5000:])
-        raise SystemExit(f"the {run_id} cycle failed (exit {done.returncode})")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    """prepare, deliver and report of one day, each in its own process (its peak RSS is the task's)."""
+    result: dict = {"totals": {}, "rss": {}}
+    for step in STEPS:
+        command = [sys.executable, __file__, "--one-step", step, "--home", args.home, "--source-url",
+                   args.source_url, "--state-url", args.state_url, "--chunk", str(args.chunk), "--batch-size",
+                   str(args.batch_size), "--area", str(args.area), "--run-id", run_id, "--host", host, "--port",
+                   str(port), "--client-extra", json.dumps(extra)]
+        done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
+        if done.returncode != 0:
+            sys.stderr.write(done.stderr[-5000:])
+            raise SystemExit(f"the {run_id} {step} failed (exit {done.returncode})")
+        out = json.loads(done.stdout.strip().splitlines()[-1])
+        result["totals"][step] = out["seconds"]
+        result["rss"][step] = out["peak_rss_mib"]
+        if step != "report":
+            result["prepared" if step == "prepare" else "delivered"] = out["counts"]
+    from cycle.pipeline import Settings
+
+    settings = Settings(home=Path(args.home) / "var", source_url=args.source_url, state_url=args.state_url)
+    result["phases"] = settings.state().run_rows(run_id)[0]["counts"].get("phases", {})
+    result["peak_rss_mib"] = max(result["rss"][s] for s in ("prepare", "deliver"))
+    return result
 
 
 def _disk(path: Path) -> int:
@@ -133,14 +150,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-validation", action="store_true", help="skip the validation-only benchmark")
     parser.add_argument("--reuse-source", action="store_true",
                         help="use the source a previous run made in --home (its state and reports are removed)")
-    parser.add_argument("--one-cycle", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--linear-from", type=int, default=0, metavar="ROWS",
+                        help="first run the same at ROWS records (a source of its own) and print each phase's "
+                             "growth from there (the issue's 'linear' target: at most 11x for 10x the rows)")
+    parser.add_argument("--json", default="", help="also write every figure to this JSON file")
+    parser.add_argument("--one-step", choices=STEPS, dest="step", help=argparse.SUPPRESS)
     parser.add_argument("--run-id", help=argparse.SUPPRESS)
     parser.add_argument("--host", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--client-extra", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.one_cycle:
-        _one_cycle(args)
+    if args.step:
+        _one_step(args)
         return 0
 
     tmp = None
@@ -168,6 +189,40 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _bench(args: argparse.Namespace, home: Path) -> int:
+    tables = []
+    if args.linear_from:
+        small = argparse.Namespace(**{**vars(args), "rows": args.linear_from, "reuse_source": False,
+                                      "home": str(home / f"linear-{args.linear_from}")})
+        small.source_url = args.source_url if args.source_url.startswith("postgresql") else ""
+        small.source_url = small.source_url or f"sqlite:///{Path(small.home) / 'source.sqlite'}"
+        small.state_url = f"sqlite:///{Path(small.home) / 'state.sqlite'}"
+        Path(small.home).mkdir(parents=True, exist_ok=True)
+        print(f"== {args.linear_from:,} records first (--linear-from)", flush=True)
+        floor_small, results_small = _measure(small, Path(small.home))
+        tables.append(format_table(small, floor_small, results_small))
+        print(f"== {args.rows:,} records", flush=True)
+    floor, results = _measure(args, home)
+    print()
+    print(format_table(args, floor, results))
+    print()
+    print(format_targets(floor, results))
+    if args.linear_from:
+        print()
+        print(tables[0])
+        print()
+        print(format_linear(results_small, results, floor_small, floor))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"floor": floor, "results": results, **(
+            {"linear_from": {"floor": floor_small, "results": results_small}} if args.linear_from else {})}, indent=1))
+    if not args.no_validation and args.area == 1:
+        print()
+        subprocess.run([sys.executable, str(ROOT / "bench" / "validate_area1.py"), "--rows", str(args.rows),
+                        "--chunk", str(args.chunk)], check=True)
+    return 0
+
+
+def _measure(args: argparse.Namespace, home: Path) -> tuple[dict, dict[str, dict]]:
+    """Source, floor, and the three days at one size; returns the floor and each day's results."""
     from delivery.security import generate_test_pki
     from demo.scale import change_measures, demo_source, scale_source, touch_rows
     from receiver.server import ReceiverProcess
@@ -209,14 +264,8 @@ def _bench(args: argparse.Namespace, home: Path) -> int:
             result["disk_added"] = (after[0] - before[0], after[1] - before[1])
             results[name] = result
             print(f"{name}: {sum(result['totals'].values()):.1f} s, sent {result['delivered'].get('accepted', 0):,}, "
-                  f"peak RSS {result['peak_rss_mib']:.0f} MiB", flush=True)
-    print()
-    print(format_table(args, floor, results))
-    if not args.no_validation and args.area == 1:
-        print()
-        subprocess.run([sys.executable, str(ROOT / "bench" / "validate_area1.py"), "--rows", str(args.rows),
-                        "--chunk", str(args.chunk)], check=True)
-    return 0
+                  f"peak RSS " + ", ".join(f"{k} {v:.0f}" for k, v in result["rss"].items()) + " MiB", flush=True)
+    return floor, results
 
 
 def format_table(args: argparse.Namespace, floor: dict, results: dict[str, dict]) -> str:
@@ -240,9 +289,62 @@ def format_table(args: argparse.Namespace, floor: dict, results: dict[str, dict]
                  f"{cycle[0] / floor['seconds']:>11.2f}x")
     lines.append(f"{'% of full':<12}" + "".join(f"{100 * s / cycle[0]:>15.1f}%" for s in cycle))
     lines.append(f"{'sent':<12}" + "".join(f"{r['delivered'].get('accepted', 0):>16,}" for r in results.values()))
-    lines.append(f"{'peak RSS':<12}" + "".join(f"{r['peak_rss_mib']:>12,.0f} MiB" for r in results.values()))
+    for step in STEPS:
+        lines.append(f"{'RSS ' + step:<12}" + "".join(f"{r['rss'][step]:>12,.0f} MiB" for r in results.values()))
     lines.append(f"{'state +':<12}" + "".join(f"{r['disk_added'][0] / 1024:>13,.0f} kB" for r in results.values()))
     lines.append(f"{'reports +':<12}" + "".join(f"{r['disk_added'][1] / 1024:>13,.0f} kB" for r in results.values()))
+    return "\n".join(lines)
+
+
+TARGET_FLOOR_RATIO = 3.0  # issue 9: the full cycle at most 3x the floor
+TARGET_RSS_MIB = 1024  # and the task's peak RSS at most 1 GiB
+TARGET_NO_CHANGE, TARGET_CHANGED = 0.10, 0.15  # shares of the full run's time
+TARGET_QUIET_KB = 64  # "a few kilobytes" added by a day with no change, to the state DB and to the reports
+
+
+def format_targets(floor: dict, results: dict[str, dict]) -> str:
+    """Each of issue 9's targets that one size can show, with the figure and met / NOT met."""
+    full, quiet, changed = (results[n] for n in results)
+    cycle = {n: sum(r["totals"].values()) for n, r in results.items()}
+    full_s, quiet_s, changed_s = cycle.values()
+    rss = max(max(r["rss"][s] for s in ("prepare", "deliver")) for r in results.values())
+    checks = [
+        ("full cycle at most 3x the floor", f"{full_s:.1f} s = {full_s / floor['seconds']:.2f}x the floor",
+         full_s <= TARGET_FLOOR_RATIO * floor["seconds"]),
+        ("task peak RSS at most 1 GiB", f"{rss:,.0f} MiB (prepare, deliver; report {full['rss']['report']:,.0f})",
+         rss <= TARGET_RSS_MIB),
+        ("no change: at most 10 % of full", f"{100 * quiet_s / full_s:.1f} %", quiet_s <= TARGET_NO_CHANGE * full_s),
+        ("1 % changed: at most 15 % of full", f"{100 * changed_s / full_s:.1f} %, sent "
+         f"{changed['delivered'].get('accepted', 0):,}", changed_s <= TARGET_CHANGED * full_s),
+        ("no change adds a few kB to the state DB", f"{quiet['disk_added'][0] / 1024:,.0f} kB",
+         quiet["disk_added"][0] <= TARGET_QUIET_KB * 1024),
+        ("no change adds a few kB to the reports", f"{quiet['disk_added'][1] / 1024:,.0f} kB",
+         quiet["disk_added"][1] <= TARGET_QUIET_KB * 1024),
+    ]
+    width = max(len(c[0]) for c in checks) + 2
+    return "\n".join(["targets (issue 9)"] + [f"  {name:<{width}}{figure:<44}{'met' if ok else 'NOT met'}"
+                                               for name, figure, ok in checks])
+
+
+def format_linear(small: dict[str, dict], large: dict[str, dict], floor_small: dict, floor_large: dict) -> str:
+    """Each phase of the full run at the larger size against the smaller: the growth beside the rows'."""
+    rows_small = small["full"]["prepared"].get("extracted", 0) or 1
+    rows_large = large["full"]["prepared"].get("extracted", 0)
+    factor = rows_large / rows_small
+    limit = factor * 1.1  # issue 9: 11x for 10x the rows
+    lines = [f"growth from {rows_small:,} to {rows_large:,} records ({factor:.1f}x the rows; the target: at most "
+             f"{limit:.1f}x per phase; the floor grew {floor_large['seconds'] / floor_small['seconds']:.1f}x)",
+             f"{'phase':<12}{'small':>10}{'large':>10}{'growth':>10}"]
+    for phase in (*PREPARE_PHASES, *DELIVER_PHASES):
+        a, b = small["full"]["phases"].get(phase, 0.0), large["full"]["phases"].get(phase, 0.0)
+        growth = b / a if a else 0.0
+        flag = "" if growth <= limit or b < 1.0 else "  over"
+        lines.append(f"{phase:<12}{a:>9.1f}s{b:>9.1f}s{growth:>9.1f}x{flag}")
+    for step in STEPS:
+        a, b = small["full"]["totals"][step], large["full"]["totals"][step]
+        lines.append(f"{'= ' + step:<12}{a:>9.1f}s{b:>9.1f}s{b / a if a else 0:>9.1f}x")
+    a, b = (max(r["full"]["rss"][s] for s in ("prepare", "deliver")) for r in (small, large))
+    lines.append(f"{'task RSS':<12}{a:>7,.0f}MiB{b:>7,.0f}MiB{b / a:>9.2f}x  (flat: the same at both sizes)")
     return "\n".join(lines)
 
 
