@@ -1,0 +1,49 @@
+"""The benchmark's verdicts (bench/cycle.py): each target of issue 9 is judged from the figures, not assumed.
+
+The benchmark itself is not a test (it measures); these pin how it reads its own figures.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("bench_cycle", ROOT / "bench" / "cycle.py")
+assert spec and spec.loader
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+
+
+def _day(seconds: float, rss: float, added: tuple[int, int], sent: int, phases: dict | None = None) -> dict:
+    return {"totals": {"prepare": seconds * 0.6, "deliver": seconds * 0.3, "report": seconds * 0.1},
+            "rss": {"prepare": rss, "deliver": rss / 2, "report": 300.0}, "phases": phases or {},
+            "prepared": {"extracted": 1000}, "delivered": {"accepted": sent}, "disk_added": added}
+
+
+def _verdicts(text: str) -> dict[str, bool]:
+    lines = text.splitlines()[1:]
+    return {line.strip()[:40].strip(): line.rstrip().endswith(" met") and not line.rstrip().endswith("NOT met")
+            for line in lines}
+
+
+def test_targets_met_and_not_met_follow_the_figures() -> None:
+    floor = {"seconds": 10.0, "rows": 1000}
+    good = {"full": _day(30.0, 900, (1, 1), 990), "no change": _day(2.9, 400, (0, 10 * 1024), 0),
+            "1% changed": _day(4.4, 400, (50_000, 60_000), 10)}
+    assert all(_verdicts(bench.format_targets(floor, good)).values())
+
+    bad = {"full": _day(31.0, 1100, (1, 1), 990), "no change": _day(3.2, 400, (100 * 1024, 0), 0),
+           "1% changed": _day(4.7, 400, (0, 0), 10)}
+    verdicts = _verdicts(bench.format_targets(floor, bad))
+    assert sum(not ok for ok in verdicts.values()) == 5, verdicts  # all but the reports' growth
+
+
+def test_linear_flags_a_phase_that_grows_faster_than_the_rows() -> None:
+    small = {"full": _day(10.0, 500, (0, 0), 0, {"extract": 1.0, "send": 2.0})}
+    large = {"full": _day(100.0, 520, (0, 0), 0, {"extract": 10.5, "send": 30.0})}
+    large["full"]["prepared"]["extracted"] = 10_000
+    text = bench.format_linear(small, large, {"seconds": 1.0}, {"seconds": 10.0})
+    lines = {line.split()[0]: line for line in text.splitlines()[2:]}
+    assert not lines["extract"].endswith("over")
+    assert lines["send"].endswith("over")
