@@ -193,3 +193,27 @@ CREATE TABLE IF NOT EXISTS aid_grants (
 );
 CREATE INDEX IF NOT EXISTS ix_aid_person ON aid_grants (person_id);
 CREATE INDEX IF NOT EXISTS ix_aid_updated ON aid_grants (updated_at);
+
+-- Change detection (DESIGN.md principle 9): a daily run reads only what changed since the last mark
+-- (sql/extract/*.mark.sql: the latest updated_at / deleted_at of every table an area reads; the
+-- change filters: rows and persons with a stamp >= the mark). An index on both stamps of every table
+-- makes the mark a lookup and the filters a range scan, not a scan of the table, however large it is.
+CREATE INDEX IF NOT EXISTS ix_persons_updated ON persons (updated_at);
+CREATE INDEX IF NOT EXISTS ix_persons_deleted ON persons (deleted_at);
+CREATE INDEX IF NOT EXISTS ix_target_groups_updated ON person_target_groups (updated_at);
+CREATE INDEX IF NOT EXISTS ix_target_groups_deleted ON person_target_groups (deleted_at);
+CREATE INDEX IF NOT EXISTS ix_benefits_updated ON benefits (updated_at);
+CREATE INDEX IF NOT EXISTS ix_benefits_deleted ON benefits (deleted_at);
+CREATE INDEX IF NOT EXISTS ix_payments_updated ON payments (updated_at);
+CREATE INDEX IF NOT EXISTS ix_payments_deleted ON payments (deleted_at);
+CREATE INDEX IF NOT EXISTS ix_jobplans_updated ON jobplans (updated_at);
+CREATE INDEX IF NOT EXISTS ix_jobplans_deleted ON jobplans (deleted_at);
+CREATE INDEX IF NOT EXISTS ix_measures_deleted ON measures (deleted_at);
+CREATE INDEX IF NOT EXISTS ix_followup_deleted ON followup_interviews (deleted_at);
+CREATE INDEX IF NOT EXISTS ix_absence_deleted ON absence_interviews (deleted_at);
+CREATE INDEX IF NOT EXISTS ix_cv_deleted ON cv_interviews (deleted_at);
+CREATE INDEX IF NOT EXISTS ix_pa_deleted ON personal_assistance_grants (deleted_at);
+CREATE INDEX IF NOT EXISTS ix_mentor_deleted ON mentor_grants (deleted_at);
+CREATE INDEX IF NOT EXISTS ix_mentor_persons_updated ON mentor_grant_persons (updated_at);
+CREATE INDEX IF NOT EXISTS ix_mentor_persons_deleted ON mentor_grant_persons (deleted_at);
+CREATE INDEX IF NOT EXISTS ix_aid_deleted ON aid_grants (deleted_at);
