@@ -155,6 +155,19 @@ def create_engine_from_url(url: str) -> Engine:
     parsed = sa.engine.make_url(url)
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() == "postgresql":
+        pg_engine = sa.create_engine(parsed, pool_pre_ping=True)
+
+        @sa.event.listens_for(pg_engine, "connect")
+        def _no_jit(dbapi_connection: Any, _record: Any) -> None:
+            # The area queries' correlated subqueries give high cost estimates, so PostgreSQL compiled
+            # them with JIT: about 1 s of every extraction whatever it read, 37x the time of a daily read
+            # of changes only and 5x a full read at 10,000 measures (docs/performance.md).
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute("SET jit = off")
+            dbapi_connection.commit()
+
+        return pg_engine
     if parsed.get_backend_name() != "sqlite":
         return sa.create_engine(parsed, pool_pre_ping=True)
 
