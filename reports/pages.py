@@ -861,6 +861,9 @@ def _run_context(run_id: str, settings: Settings, state: StateStore, view: dict 
         return Markup('<a href="{}">{}</a>').format(href, text) if href else text
 
     trend = _trend(state, run_id, reports_dir, "../")
+    for o in trend["runs"]:  # this page, being written (before it exists the link went to summary.md)
+        if o["current"]:
+            o["href"] = f"../{quote(run['safe'])}/index.html"
     top_rules_chart, top_rules = _top_rules(trend)
     return {
         "run": run,
@@ -984,15 +987,21 @@ def write_run_page(run_id: str, settings: Settings) -> Path:
     findings_now = tables.findings_state(state)
     quarantine_now = tables.quarantine_state(state, run_id)
     started = _run_start(state, run_id)
+    starts_before, starts_upto = tables.run_starts(state, run_id)
     areas = sorted(int(r["area"]) for r in state.run_rows(run_id))
     earlier = _earlier_reports(state, run_id, settings.reports_dir / "runs") if local else []
 
     view, findings_file, view_file, quarantine_file = None, None, None, None
     for kept in earlier:
         same_run = kept["run_id"] == run_id
-        before = same_run or (started is not None and started > datetime.fromisoformat(kept["written_at"]))
+        # the run before: it started just before this one (nothing between, nothing moved), and this one
+        # started after its report had looked at the findings (none of this run's can be in them)
+        after = same_run or (started is not None and started > datetime.fromisoformat(kept["written_at"]))
+        starts = kept.get("starts") or [None, None]
+        follows = starts[0] == starts_before if same_run else starts[1] == starts_before
         findings_kept = kept.get("findings") or {}
-        if (view is None and before and kept.get("areas") == areas and findings_kept.get("state") == findings_now
+        if (view is None and after and follows and kept.get("areas") == areas
+                and findings_kept.get("state") == findings_now
                 and (page_view := _read_view(shared, findings_kept.get("view")))
                 and (findings_file := _reuse(folder / "findings.csv", findings_kept, shared))):
             view, view_file = page_view, findings_kept["view"]
@@ -1017,6 +1026,7 @@ def write_run_page(run_id: str, settings: Settings) -> Path:
     if local and started is not None:
         _write_text(folder / REPORT_STATE, json.dumps({
             "run_id": run_id, "started": started.isoformat(), "written_at": written_at.isoformat(), "areas": areas,
+            "starts": [starts_before, starts_upto],
             "findings": {"state": findings_now, "file": findings_file, "view": view_file},
             "quarantine": {"state": quarantine_now, "file": quarantine_file}}, indent=1, sort_keys=True))
     return page

@@ -11,6 +11,7 @@ linked, not rendered again (reports.pages).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator, Sequence
 
@@ -126,6 +127,23 @@ class FindingsTally:
 
     def rule_counts(self) -> list[tuple[int, str, int, int, int]]:
         return [(area, rule, e, w, n) for (area, rule), (e, w, n) in self.counts.items()]
+
+
+def run_starts(state: StateStore, run_id: str) -> tuple[str, str]:
+    """Digests of the runs' starts before `run_id` and up to it (itself included). Which findings held in
+    a run depends on when the runs before it started (`run_findings_select`): the previous run's "up to"
+    equal to this run's "before" says that no run started between them and none moved."""
+    with state.begin() as conn:
+        rows = conn.execute(sa.select(run_areas.c.run_id, sa.func.min(run_areas.c.started_at))
+                            .group_by(run_areas.c.run_id)).all()
+    starts = sorted((t.isoformat(), str(r)) for r, t in rows if t is not None)
+    mine = next((item for item in starts if item[1] == run_id), None)
+    before = [item for item in starts if mine is None or item < mine]
+    return _digest(before), _digest(before + ([mine] if mine else []))
+
+
+def _digest(items: list) -> str:
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()
 
 
 def findings_state(state: StateStore) -> list:
