@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import statistics
+import tempfile
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -140,12 +141,18 @@ def _write_csv(path: StorePath, header: Iterable[str], rows: Iterable[Iterable[o
     On an object store (no links, no rename) the file is one put."""
     if not clean:
         rows = ([_csv_cell(v) for v in row] for row in rows)
-    if not is_local(path):
-        buffer = io.StringIO(newline="")
-        writer = csv.writer(buffer)
-        writer.writerow(list(header))
-        writer.writerows(rows)
-        write_atomic(path, buffer.getvalue().encode("utf-8-sig"))
+    if not is_local(path):  # spooled to a local file past 8 MB, then one streamed put
+        with tempfile.SpooledTemporaryFile(max_size=8 << 20, mode="w+b") as spool:
+            text = io.TextIOWrapper(spool, encoding="utf-8-sig", newline="")
+            writer = csv.writer(text)
+            writer.writerow(list(header))
+            writer.writerows(rows)
+            text.flush()
+            spool.seek(0)
+            ensure_folder(path.parent)
+            with path.open("wb") as out:
+                shutil.copyfileobj(spool, out, 1 << 20)
+            text.detach()
         return None
     tmp = path.with_name(path.name + ".tmp")
     digest = hashlib.sha256()
