@@ -1003,9 +1003,12 @@ def write_run_page(run_id: str, settings: Settings) -> Path:
         same_run = kept["run_id"] == run_id
         # the run before: it started just before this one (nothing between, nothing moved), and this one
         # started after its report had looked at the findings (none of this run's can be in them)
-        after = same_run or (started is not None and started > datetime.fromisoformat(kept["written_at"]))
-        starts = kept.get("starts") or [None, None]
-        follows = starts[0] == starts_before if same_run else starts[1] == starts_before
+        try:
+            after = same_run or (started is not None and started > datetime.fromisoformat(kept["written_at"]))
+        except (KeyError, TypeError, ValueError):  # a state file of another version: read everything
+            continue
+        starts = kept.get("starts")
+        follows = isinstance(starts, list) and len(starts) == 2 and starts[0 if same_run else 1] == starts_before
         findings_kept = kept.get("findings") or {}
         if (view is None and after and follows and kept.get("areas") == areas
                 and findings_kept.get("state") == findings_now
