@@ -8,6 +8,10 @@
                                                     every failed rule, the Data Docs, the trend of 30 runs
     var/reports/runs/<safe run id>/quarantine.csv   the whole open quarantine, one line per failed rule
     var/reports/runs/<safe run id>/findings.csv     every finding of the run, errors and warnings
+    var/reports/runs/<safe run id>/report.json      what the two CSVs were made of (fingerprints), so the
+                                                    next run's report links a CSV that cannot have changed
+    var/reports/runs/.shared/                       one copy of each distinct CSV (the run folders hold hard
+                                                    links), and what the page shows of each findings.csv
 
 Inline CSS and inline SVG, no JavaScript and no external asset: the pages open from the file system
 and inside the Airflow UI (plugins/ams_reporting/ui.py serves this folder read-only).
