@@ -8,6 +8,10 @@
                                                     every failed rule, the Data Docs, the trend of 30 runs
     var/reports/runs/<safe run id>/quarantine.csv   the whole open quarantine, one line per failed rule
     var/reports/runs/<safe run id>/findings.csv     every finding of the run, errors and warnings
+    var/reports/runs/<safe run id>/report.json      what the two CSVs were made of (fingerprints), so the
+                                                    next run's report links a CSV that cannot have changed
+    var/reports/runs/.shared/                       one copy of each distinct CSV (the run folders hold hard
+                                                    links), and what the page shows of each findings.csv
 
 Inline CSS and inline SVG, no JavaScript and no external asset: the pages open from the file system
 and inside the Airflow UI (plugins/ams_reporting/ui.py serves this folder read-only).
@@ -28,12 +32,12 @@ import os
 import re
 import shutil
 import statistics
-from collections.abc import Iterable
+import tempfile
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
-import pandas as pd
 import sqlalchemy as sa
 from jinja2 import DictLoader, Environment, StrictUndefined
 from markupsafe import Markup, escape
@@ -42,9 +46,9 @@ from cycle.settings import Settings
 from delivery.objectstore import StorePath, ensure_folder, is_local, tail, write_atomic
 from delivery.state import StateStore, run_areas
 from delivery.state import quarantine as quarantine_table
-from reports import plots
+from reports import plots, tables
 from reports.counts import area_row, safe_folder_name
-from transforms.identifiers import mask_cpr_in_text
+from reports.tables import scrub
 from transforms.registry import get_area
 from transforms.rules import RULE_BY_ID
 
@@ -62,13 +66,6 @@ _NO_FINDING = {"rule": "", "title": "", "severity": "", "field": "", "paragraph"
 
 
 # --- helpers ----------------------------------------------------------------------------------------
-
-
-def scrub(value: object) -> str:
-    """The text with anything shaped like a CPR number (10 digits, optionally DDMMYY-SSSS) masked."""
-    if value is None:
-        return ""
-    return mask_cpr_in_text(str(value)) or ""
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -139,29 +136,37 @@ def _is_number(text: str) -> bool:
 
 
 def _write_csv(path: StorePath, header: Iterable[str], rows: Iterable[Iterable[object]], *,
-               shared: StorePath | None = None) -> None:
-    """Write a CSV atomically. With `shared` (a folder), a file with the same content as one written
-    before is not stored again: both names are hard links to one copy in `shared` (issue 9: a day with
-    no change adds no 14 MB findings.csv), falling back to a plain file where links are not possible.
+               shared: StorePath | None = None, clean: bool = False) -> str | None:
+    """Write a CSV atomically; rows are written as they come (a generator keeps memory flat). With
+    `shared` (a folder), a file with the same content as one written before is not stored again: both
+    names are hard links to one copy in `shared` (issue 9: a day with no change adds no 14 MB
+    findings.csv), falling back to a plain file where links are not possible. Returns the shared copy's
+    name (None without one). `clean`: the rows' texts are CSV-safe already (`_csv_cell`).
     On an object store (no links, no rename) the file is one put."""
-    if not is_local(path):
-        buffer = io.StringIO(newline="")
-        writer = csv.writer(buffer)
-        writer.writerow(list(header))
-        for row in rows:
-            writer.writerow([_csv_cell(v) for v in row])
-        write_atomic(path, buffer.getvalue().encode("utf-8-sig"))
-        return
+    if not clean:
+        rows = ([_csv_cell(v) for v in row] for row in rows)
+    if not is_local(path):  # spooled to a local file past 8 MB, then one streamed put
+        with tempfile.SpooledTemporaryFile(max_size=8 << 20, mode="w+b") as spool:
+            text = io.TextIOWrapper(spool, encoding="utf-8-sig", newline="")
+            writer = csv.writer(text)
+            writer.writerow(list(header))
+            writer.writerows(rows)
+            text.flush()
+            spool.seek(0)
+            ensure_folder(path.parent)
+            with path.open("wb") as out:
+                shutil.copyfileobj(spool, out, 1 << 20)
+            text.detach()
+        return None
     tmp = path.with_name(path.name + ".tmp")
     digest = hashlib.sha256()
     with tmp.open("w", newline="", encoding="utf-8-sig") as fh:  # BOM: spreadsheets read § and æøå right
         writer = csv.writer(fh)
         writer.writerow(list(header))
-        for row in rows:
-            writer.writerow([_csv_cell(v) for v in row])
+        writer.writerows(rows)
     if shared is None:
         tmp.replace(path)
-        return
+        return None
     with tmp.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
@@ -172,15 +177,25 @@ def _write_csv(path: StorePath, header: Iterable[str], rows: Iterable[Iterable[o
             tmp.unlink()
         else:
             tmp.replace(kept)
-        link = path.with_name(path.name + ".link")
+    except OSError:
+        tmp.replace(path)
+        return None
+    if _link_shared(kept, path):
+        return kept.name
+    shutil.copyfile(kept, path)  # no hard links here (another file system): a plain copy
+    return None
+
+
+def _link_shared(kept: Path, path: Path) -> bool:
+    """`path` as a hard link to the shared copy `kept`, replaced atomically; False where links fail."""
+    link = path.with_name(path.name + ".link")
+    try:
         link.unlink(missing_ok=True)
         os.link(kept, link)
         link.replace(path)
-    except OSError:  # no hard links here (another file system): a plain copy
-        if tmp.exists():
-            tmp.replace(path)
-        elif kept.exists():
-            shutil.copyfile(kept, path)
+    except OSError:
+        return False
+    return True
 
 
 def _write_text(path: StorePath, text: str) -> None:
@@ -244,63 +259,21 @@ def _run_overview(state: StateStore, run_id: str) -> dict:
     }
 
 
-_FINDING_COLUMNS = ["area", "record_key", "rule", "field", "paragraph", "severity", "message"]
-
-
-def _findings_frame(state: StateStore, run_id: str) -> pd.DataFrame:
-    """The run's findings, scrubbed, sorted, as columns (a million findings as dicts would not fit a
-    small worker: principle 6)."""
-    frame = state.run_findings(run_id)
-    if frame.empty:
-        return pd.DataFrame(columns=_FINDING_COLUMNS)
-    frame = frame.sort_values(["area", "record_key", "severity", "rule"], kind="stable")[_FINDING_COLUMNS]
-    frame = frame.astype(object).where(frame.notna(), None)
-    scrubbed: dict[object, str] = {}  # fields and paragraphs repeat: each distinct text scrubbed once
-
-    def once(value: object) -> str:
-        found = scrubbed.get(value)
-        return found if found is not None else scrubbed.setdefault(value, scrub(value))
-
-    return pd.DataFrame({
-        "area": [int(a) for a in frame["area"].tolist()],
-        "record_key": [str(k) for k in frame["record_key"].tolist()],
-        "rule": [str(r) for r in frame["rule"].tolist()],
-        "field": [once(f) for f in frame["field"].tolist()],
-        "paragraph": [once(p) for p in frame["paragraph"].tolist()],
-        "severity": [str(v) for v in frame["severity"].tolist()],
-        "message": [scrub(m) for m in frame["message"].tolist()],
-    }, columns=_FINDING_COLUMNS, dtype=object)
-
-
-def _rule_counts(findings: pd.DataFrame) -> list[dict]:
+def _rule_counts(counted: Iterable[Iterable]) -> list[dict]:
     """Per area and rule: records with an error, records with a warning (records, not findings: a record
     with three fields outside their code lists counts once), and the findings themselves."""
-    if findings.empty:
-        return []
-    error = findings["severity"] == "error"
-    keys = ["area", "rule"]
-    counts = pd.DataFrame({
-        "errors": findings[error].groupby(keys)["record_key"].nunique(),
-        "warnings": findings[~error].groupby(keys)["record_key"].nunique(),
-        "findings": findings.groupby(keys)["record_key"].size(),
-    }).fillna(0)
-    rows = [{"area": int(area), "rule": str(rule), **_rule_info(str(rule)), "errors": int(r.errors),
-             "warnings": int(r.warnings), "findings": int(r.findings)}
-            for (area, rule), r in zip(counts.index, counts.itertuples(index=False), strict=True)]
+    rows = [{"area": int(area), "rule": str(rule), **_rule_info(str(rule)), "errors": int(errors),
+             "warnings": int(warnings), "findings": int(count)} for area, rule, errors, warnings, count in counted]
     rows.sort(key=lambda r: (r["area"], -r["errors"], -r["warnings"], r["rule"]))
     return rows
 
 
-def _open_quarantine(state: StateStore) -> list[dict]:
-    entries = []
-    for q in state.open_quarantine():
-        failed = [{"rule": str(f.get("rule", "")), "title": _rule_info(str(f.get("rule", "")))["title"],
-                   "field": scrub(f.get("field")), "paragraph": scrub(f.get("paragraph")),
-                   "severity": str(f.get("severity", "")), "message": scrub(f.get("message"))}
-                  for f in q["findings"]]
-        entries.append({"area": int(q["area"]), "record_key": str(q["record_key"]),
-                        "person": scrub(q["masked_person"] or "(none)"), "findings": failed,
-                        "first_seen_run": str(q["first_seen_run"]), "last_seen_run": str(q["last_seen_run"])})
+def _open_quarantine(state: StateStore, limit: int | None = None) -> list[dict]:
+    """The open quarantine (the first `limit` entries), each failed rule with its title."""
+    entries = [q for chunk in tables.open_quarantine_chunks(state, limit=limit) for q in chunk]
+    for q in entries:
+        for f in q["findings"]:
+            f["title"] = _rule_info(f["rule"])["title"]
     return entries
 
 
@@ -510,7 +483,7 @@ _RUN = """{% extends "layout" %}
   <div><span>started</span>{{ when(run.started) }}</div>
   <div><span>finished</span>{{ when(run.finished) }}</div>
   <div><span>status</span><strong>{{ run.status }}</strong></div>
-  <div><span>open quarantine</span><strong>{{ quarantine|length }}</strong></div>
+  <div><span>open quarantine</span><strong>{{ quarantine_count }}</strong></div>
   <div><span>released from quarantine in this run</span>{{ released }}</div>
 </div>
 <nav class="links">
@@ -613,12 +586,12 @@ several rules, so the rows do not add up to the quarantine.</p>
 <p class="info">No findings in this run.</p>
 {% endif %}
 
-<h2 id="quarantine">Open quarantine ({{ quarantine|length }})</h2>
+<h2 id="quarantine">Open quarantine ({{ quarantine_count }})</h2>
 <p class="muted small">Records held back until they are fixed at the source, with every rule they fail. The list is
-the state after this run{% if quarantine_shown < quarantine|length %}; the first {{ quarantine_shown }} of
-{{ quarantine|length }} are shown{% endif %}. A fixed record leaves the list in the next run and is delivered.</p>
-{% if quarantine_shown < quarantine|length %}
-<p class="note">Showing {{ quarantine_shown }} of {{ quarantine|length }} open entries.
+the state after this run{% if quarantine_shown < quarantine_count %}; the first {{ quarantine_shown }} of
+{{ quarantine_count }} are shown{% endif %}. A fixed record leaves the list in the next run and is delivered.</p>
+{% if quarantine_shown < quarantine_count %}
+<p class="note">Showing {{ quarantine_shown }} of {{ quarantine_count }} open entries.
 The full list is in <a href="quarantine.csv">quarantine.csv</a>.</p>
 {% endif %}
 {% if quarantine %}
@@ -868,15 +841,28 @@ def _check(difference: int) -> Markup:
 # --- the pages --------------------------------------------------------------------------------------
 
 
-def _run_context(run_id: str, settings: Settings, state: StateStore) -> dict:
+#: Beside each run's page: what its CSVs were made of (tables.findings_state, tables.quarantine_state)
+#: and their shared copies, so the next run's report links a CSV whose content has not changed.
+REPORT_STATE = "report.json"
+_FINDINGS_CSV_HEADER = ("area", "record_key", "rule", "rule_title", "severity", "field", "paragraph", "message")
+_QUARANTINE_CSV_HEADER = ("area", "record_key", "person", "rule", "rule_title", "severity", "field", "paragraph",
+                          "message", "first_seen_run", "last_seen_run")
+#: In quarantine.csv, the run of the folder: an entry standing unchanged is last seen by every run, so
+#: naming the run would make every day's list a new file (the page says "this run" too).
+THIS_RUN = "this run"
+
+
+def _run_context(run_id: str, settings: Settings, state: StateStore, view: dict | None = None) -> dict:
+    """What the run page shows. `view`: what it shows of the run's findings (rules, warnings,
+    warnings_count), from `_findings_view`; read from the state DB when not given."""
     run = _run_overview(state, run_id)
     if not run["areas"]:
         raise LookupError(f"run {run_id!r} is not in the state database")
     reports_dir = settings.reports_dir
-    findings = _findings_frame(state, run_id)
-    quarantine = _open_quarantine(state)
-    warned = findings[findings["severity"] != "error"]
-    warnings = warned.head(MAX_ROWS).to_dict("records")
+    if view is None:
+        view = _findings_view(state, run_id)
+    quarantine = _open_quarantine(state, limit=MAX_ROWS)
+    quarantine_count = tables.open_quarantine_count(state)
 
     def run_ref(other: str) -> Markup:
         if other == run_id:
@@ -886,19 +872,22 @@ def _run_context(run_id: str, settings: Settings, state: StateStore) -> dict:
         return Markup('<a href="{}">{}</a>').format(href, text) if href else text
 
     trend = _trend(state, run_id, reports_dir, "../")
+    for o in trend["runs"]:  # this page, being written (before it exists the link went to summary.md)
+        if o["current"]:
+            o["href"] = f"../{quote(run['safe'])}/index.html"
     top_rules_chart, top_rules = _top_rules(trend)
     return {
         "run": run,
         "plots": {"quarantine": _quarantine_plot(trend), "top_rules": top_rules_chart, "top_rules_rows": top_rules,
                   "release": _release_times(state, trend)},
-        "rules": _rule_counts(findings),
+        "rules": _rule_counts(view["rules"]),
         "phase_names": list(dict.fromkeys(p for a in run["areas"] for p in (a.get("phases") or {}))),
-        "findings": findings,
-        "warnings": warnings,
-        "warnings_count": len(warned),
-        "warnings_shown": min(len(warned), MAX_ROWS),
+        "warnings": view["warnings"][:MAX_ROWS],
+        "warnings_count": view["warnings_count"],
+        "warnings_shown": min(view["warnings_count"], MAX_ROWS),
         "quarantine": quarantine,
-        "quarantine_shown": min(len(quarantine), MAX_ROWS),
+        "quarantine_count": quarantine_count,
+        "quarantine_shown": min(quarantine_count, len(quarantine)),
         "released": _released_in(state, run_id),
         "docs": _data_docs_links(run_id, reports_dir),
         "trend": trend,
@@ -907,33 +896,165 @@ def _run_context(run_id: str, settings: Settings, state: StateStore) -> dict:
     }
 
 
+def _findings_view(state: StateStore, run_id: str, tally: tables.FindingsTally | None = None) -> dict:
+    """Stream the run's findings once through a tally (unless one has counted them already)."""
+    if tally is None:
+        tally = tables.FindingsTally(MAX_ROWS)
+        for chunk in tables.run_findings_chunks(state, run_id):
+            for row in chunk:
+                tally.add(row)
+    return {"rules": tally.rule_counts(), "warnings": tally.warnings, "warnings_count": tally.warnings_count}
+
+
 def render_run_page(run_id: str, settings: Settings) -> str:
     """The run's page as HTML (self-contained; links are relative to runs/<safe run id>/)."""
     state = settings.state()
     return _env().get_template("run").render(**_run_context(run_id, settings, state))
 
 
+def _findings_csv_rows(state: StateStore, run_id: str, tally: tables.FindingsTally) -> Iterator[tuple]:
+    """findings.csv's rows, CSV-safe, chunk by chunk from the state DB; each row also counted in `tally`."""
+    titles: dict[str, object] = {}
+    cells: dict[str, object] = {}  # rules, fields, paragraphs and messages repeat: each made CSV-safe once
+
+    def cell(value: str) -> object:
+        found = cells.get(value)
+        if found is None:
+            found = cells[value] = _csv_cell(value)
+        return found
+
+    for chunk in tables.run_findings_chunks(state, run_id):
+        if len(cells) > 200_000:
+            cells.clear()
+        for row in chunk:
+            tally.add(row)
+            area, key, rule, field, paragraph, severity, message = row
+            title = titles.get(rule)
+            if title is None:
+                title = titles[rule] = _csv_cell(_rule_info(rule)["title"])
+            yield (area, _csv_cell(key), cell(rule), title, cell(severity), cell(field), cell(paragraph), cell(message))
+
+
+def _quarantine_csv_rows(state: StateStore, run_id: str) -> Iterator[tuple]:
+    for chunk in tables.open_quarantine_chunks(state):
+        for q in chunk:
+            last = THIS_RUN if q["last_seen_run"] == run_id else q["last_seen_run"]
+            for f in q["findings"] or [_NO_FINDING]:
+                title = f["title"] if f is _NO_FINDING else _rule_info(f["rule"])["title"]
+                yield tuple(_csv_cell(v) for v in (
+                    q["area"], q["record_key"], q["person"], f["rule"], title, f["severity"], f["field"],
+                    f["paragraph"], f["message"], q["first_seen_run"], last))
+
+
+def _read_state(folder: StorePath) -> dict | None:
+    try:
+        return json.loads((folder / REPORT_STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _run_start(state: StateStore, run_id: str) -> datetime | None:
+    started = [t for t in (_utc(r["started_at"]) for r in state.run_rows(run_id)) if t is not None]
+    return min(started) if started else None
+
+
+def _earlier_reports(state: StateStore, run_id: str, runs_dir: Path) -> list[dict]:
+    """The state files of this run's own earlier report and of the run before it, where they still
+    describe those runs (same start). A run's findings are those of the run before it when both cover
+    the same areas, the table is unchanged since that run's report was written, and this run started
+    after that: then no finding is new in this run or resolved by it."""
+    runs = state.recent_runs(limit=100_000)  # newest first
+    if run_id not in runs:
+        return []
+    found = []
+    for other in runs[runs.index(run_id):runs.index(run_id) + 2]:
+        kept = _read_state(runs_dir / safe_folder_name(other))
+        started = _run_start(state, other)
+        if kept and kept.get("run_id") == other and started and kept.get("started") == started.isoformat():
+            found.append(kept)
+    return found
+
+
+def _reuse(path: Path, kept: dict | None, shared: Path) -> str | None:
+    """Link `path` to the shared copy `kept` names; its name, or None when it is gone or links fail."""
+    name = (kept or {}).get("file")
+    if not name or not (shared / name).is_file():
+        return None
+    return name if _link_shared(shared / name, path) else None
+
+
 def write_run_page(run_id: str, settings: Settings) -> Path:
-    """Write runs/<safe run id>/index.html with quarantine.csv and findings.csv beside it."""
+    """Write runs/<safe run id>/index.html with quarantine.csv and findings.csv beside it.
+
+    The CSVs are streamed from the state DB (memory: one chunk). Where a CSV's content is the same as
+    that of the previous run's report (nothing new, nothing resolved, the same quarantine: the state
+    files say so without reading the tables), it is linked to the shared copy, not written again."""
     state = settings.state()
-    context = _run_context(run_id, settings, state)
     folder = settings.reports_dir / "runs" / safe_folder_name(run_id)
     ensure_folder(folder)
-    _write_csv(folder / "quarantine.csv",
-               ("area", "record_key", "person", "rule", "rule_title", "severity", "field", "paragraph", "message",
-                "first_seen_run", "last_seen_run"),
-               ((q["area"], q["record_key"], q["person"], f["rule"], f["title"], f["severity"], f["field"],
-                 f["paragraph"], f["message"], q["first_seen_run"], q["last_seen_run"])
-                for q in context["quarantine"] for f in (q["findings"] or [_NO_FINDING])))
-    _write_csv(folder / "findings.csv",
-               ("area", "record_key", "rule", "rule_title", "severity", "field", "paragraph", "message"),
-               ((area, key, rule, _rule_info(rule)["title"], severity, field, paragraph, message)
-                for area, key, rule, field, paragraph, severity, message in zip(
-                    *(context["findings"][c].tolist() for c in _FINDING_COLUMNS), strict=True)),
-               shared=settings.reports_dir / "runs" / SHARED_FILES)
+    shared = settings.reports_dir / "runs" / SHARED_FILES
+    local = is_local(folder)
+    written_at = datetime.now(UTC)  # before the fingerprints: a run starting later cannot be in them
+    findings_now = tables.findings_state(state)
+    quarantine_now = tables.quarantine_state(state, run_id)
+    started = _run_start(state, run_id)
+    starts_before, starts_upto = tables.run_starts(state, run_id)
+    areas = sorted(int(r["area"]) for r in state.run_rows(run_id))
+    earlier = _earlier_reports(state, run_id, settings.reports_dir / "runs") if local else []
+
+    view, findings_file, view_file, quarantine_file = None, None, None, None
+    for kept in earlier:
+        same_run = kept["run_id"] == run_id
+        # the run before: it started just before this one (nothing between, nothing moved), and this one
+        # started after its report had looked at the findings (none of this run's can be in them)
+        try:
+            after = same_run or (started is not None and started > datetime.fromisoformat(kept["written_at"]))
+        except (KeyError, TypeError, ValueError):  # a state file of another version: read everything
+            continue
+        starts = kept.get("starts")
+        follows = isinstance(starts, list) and len(starts) == 2 and starts[0 if same_run else 1] == starts_before
+        findings_kept = kept.get("findings") or {}
+        if (view is None and after and follows and kept.get("areas") == areas
+                and findings_kept.get("state") == findings_now
+                and (page_view := _read_view(shared, findings_kept.get("view")))
+                and (findings_file := _reuse(folder / "findings.csv", findings_kept, shared))):
+            view, view_file = page_view, findings_kept["view"]
+        quarantine_kept = kept.get("quarantine") or {}
+        if quarantine_file is None and quarantine_kept.get("state") == quarantine_now:
+            quarantine_file = _reuse(folder / "quarantine.csv", quarantine_kept, shared)
+
+    if quarantine_file is None:
+        quarantine_file = _write_csv(folder / "quarantine.csv", _QUARANTINE_CSV_HEADER,
+                                     _quarantine_csv_rows(state, run_id), shared=shared, clean=True)
+    if view is None:
+        tally = tables.FindingsTally(MAX_ROWS)
+        findings_file = _write_csv(folder / "findings.csv", _FINDINGS_CSV_HEADER,
+                                   _findings_csv_rows(state, run_id, tally), shared=shared, clean=True)
+        view = _findings_view(state, run_id, tally)
+        if findings_file:  # what the page shows of that file, kept with it for the next run's report
+            view_file = findings_file.rsplit(".", 1)[0] + ".view.json"
+            if not (shared / view_file).is_file():
+                _write_text(shared / view_file, json.dumps(view, sort_keys=True))
     page = folder / "index.html"
-    _write_text(page, _env().get_template("run").render(**context))
+    _write_text(page, _env().get_template("run").render(**_run_context(run_id, settings, state, view)))
+    if local and started is not None:
+        _write_text(folder / REPORT_STATE, json.dumps({
+            "run_id": run_id, "started": started.isoformat(), "written_at": written_at.isoformat(), "areas": areas,
+            "starts": [starts_before, starts_upto],
+            "findings": {"state": findings_now, "file": findings_file, "view": view_file},
+            "quarantine": {"state": quarantine_now, "file": quarantine_file}}, indent=1, sort_keys=True))
     return page
+
+
+def _read_view(shared: Path, name: str | None) -> dict | None:
+    if not name:
+        return None
+    try:
+        view = json.loads((shared / name).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    view["rules"] = [tuple(r) for r in view["rules"]]
+    return view
 
 
 def render_index(settings: Settings) -> str:
@@ -947,7 +1068,7 @@ def render_index(settings: Settings) -> str:
     trend = _trend(state, runs[0] if runs else None, reports_dir, "runs/")
     return _env().get_template("index").render(
         runs=listed, more=len(runs) > INDEX_RUNS, latest=listed[0] if listed else None,
-        open_quarantine=len(state.open_quarantine()), trend=trend,
+        open_quarantine=tables.open_quarantine_count(state), trend=trend,
         docs_exists=(reports_dir / "data_docs" / "index.html").exists(), generated=_when(datetime.now(UTC)))
 
 

@@ -19,6 +19,7 @@ from cycle.settings import Settings
 from delivery.objectstore import ensure_folder
 from reports.counts import COLUMNS, area_row, safe_folder_name
 from reports.pages import write_index, write_overview, write_run_page, write_tenant_card
+from reports.tables import open_quarantine_count
 
 
 def run_summary(run_id: str, settings: Settings) -> dict:
@@ -32,7 +33,7 @@ def run_summary(run_id: str, settings: Settings) -> dict:
         "in_doubt": states.get("sent", 0) + states.get("unknown", 0),
         "unarchived": states.get("acknowledged", 0),
         "totals": {c: sum(r[c] for r in rows) for c in COLUMNS},
-        "open_quarantine": len(state.open_quarantine()),
+        "open_quarantine": open_quarantine_count(state),
         "archive_dir": str(settings.archive_dir),
         "reports_dir": str(settings.reports_dir),
     }
