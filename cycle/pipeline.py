@@ -324,6 +324,9 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
             index += 1
             with timer.phase("map"):
                 mapped = mapping.map_records(area, chunk, settings.tenant)
+            # Each frame of a chunk is dropped as soon as it is no longer needed: the peak holds as few
+            # copies of the chunk as possible, and none of it is alive when the next chunk is read.
+            del chunk
             counts["out_of_scope"] += len(mapped.out_of_scope)
             records = mapped.records
             counts["extracted"] += len(records)
@@ -335,8 +338,10 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
                     result = _quality(area, live, period_end, f"{run_id}-{index}", docs_dir)
                 findings.append(result.findings)
                 docs_index = result.docs_index or docs_index
+                result = None
             found = pd.concat([f for f in findings if len(f)], ignore_index=True) if any(
                 len(f) for f in findings) else _empty_findings()
+            del findings
             # A range is checked by both layers (registry bounds): one finding per record, rule and field.
             found = found.drop_duplicates(["record_key", "rule", "field"], ignore_index=True)
             # A row read but outside the area's scope now (its person's group changed) was read too: its
@@ -351,6 +356,7 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
             errors = found[found["severity"] == "error"]
             bad = set(errors["record_key"])
             persons = dict(zip(live["record_key"], _masked_persons(area, live), strict=True))
+            del live
             with timer.phase("findings"):
                 state.quarantine_rows(run_id, area.number, errors, persons)
             counts["quarantined"] += len(bad)
@@ -358,8 +364,10 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
             with timer.phase("hash"):
                 good = mapping.strip_not_applicable(area, records[~records["record_key"].isin(bad)])
                 good = good.assign(content_hash=mapping.content_hashes(area, good))
+            del records, mapped
             with timer.phase("diff"):
                 to_send, classified, refused = _classify(state, area, good)
+            del good
             counts.update(classified)
             # "warn": records sent for delivery with a warning (quarantined and unchanged ones are not).
             warned = set(found.loc[found["severity"] == "warning", "record_key"])
@@ -368,10 +376,8 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
             rejected_by_receiver |= refused
             writer.add(to_send)
             # Nothing of this chunk outlives it: the next chunk is read while these names would still
-            # hold this one's frames (two chunks in memory at once, the task's peak growing with chunks).
-            del chunk, mapped, records, live, findings, found, read_keys, errors, bad, persons, good, to_send, sent
-            del warned, refused
-            result = None
+            # hold this one's frames (two chunks in memory at once).
+            del found, read_keys, errors, bad, persons, to_send, sent, warned, refused
         batch_ids = writer.close()
     finally:
         engine.dispose()

@@ -379,6 +379,20 @@ def _ddl_lock(engine: Engine) -> Iterator[None]:
         locker.dispose()
 
 
+#: SQLite's page cache per connection of the state DB, in KiB (its default is 2 MiB). The ledger's, the
+#: findings' and the batch members' key indexes take random keys: once an index outgrows the cache every
+#: insert reads and spills pages, so each batch cost more the larger the ledger (issue 9). A bound on memory.
+SQLITE_CACHE_KIB = 32 * 1024
+
+
+def _sqlite_cache(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
+    finally:
+        cursor.close()
+
+
 class StateStore:
     """Ledger, batches and quarantine on one SQLAlchemy engine.
 
@@ -392,6 +406,8 @@ class StateStore:
             if tenant is not None:
                 base = self.engine
                 self.engine = partitioned_engine(base, tenant)
+            if self.engine.dialect.name == "sqlite":
+                sa.event.listen(self.engine, "connect", _sqlite_cache)
             metadata.create_all(self.engine)
             self._add_missing_columns()
         if tenant is not None and isinstance(url_or_engine, str) and base is not self.engine:
@@ -834,10 +850,14 @@ class StateStore:
                 batch_id=batch_id, area=area, run_id=run_id, status="built", record_count=len(members),
                 annul_count=int((members["action"] == "ANNUL").sum()), staged_path=staged_path,
                 payload_sha256=payload_sha256, payload_created=payload_created, attempts=0, created_at=now()))
+            # In key order (each keeps its `position`, the payload's order): the key indexes are filled
+            # page by page, not at random pages.
+            order = np.argsort(members["record_key"].to_numpy(dtype=object), kind="stable")
+            rows = members.iloc[order]
             _insert_many(conn, batch_records, {
-                "batch_id": batch_id, **{c: _column(members[c]) for c in (
+                "batch_id": batch_id, **{c: _column(rows[c]) for c in (
                     "record_key", "record_id", "content_hash", "action", "masked_person")},
-                "position": list(range(len(members)))})
+                "position": order.tolist()})
             if payload is not None:
                 self.stage(batch_id, payload_name, payload, conn)
         return True
@@ -988,6 +1008,7 @@ class StateStore:
             old = [r for r in rows if r["b_key"] in have]
             new = [r for r in rows if r["b_key"] not in have]
             if old:
+                old.sort(key=lambda r: r["b_key"])
                 conn.execute(ledger.update().where(
                     ledger.c.area == area, ledger.c.record_key == sa.bindparam("b_key")).values(
                     record_id=sa.bindparam("b_id"), status=sa.bindparam("b_status"),
@@ -1000,6 +1021,7 @@ class StateStore:
                     error_text=sa.bindparam("b_text", type_=sa.Text),
                     last_batch_id=batch_id, updated_at=sa.bindparam("b_stamp")), old)
             if new:
+                new.sort(key=lambda r: r["b_key"])  # in key order: the ledger's key index filled page by page
                 _insert_many(conn, ledger, {
                     "area": area, "last_batch_id": batch_id, "updated_at": stamp,
                     **{column: [r[name] for r in new] for column, name in (
