@@ -91,3 +91,31 @@ def test_columns_of_different_lengths_are_refused(tmp_path):
         _insert_many(conn, ledger, {"area": 1, "record_key": ["a", "b"], "record_id": ["x"], "status": "accepted",
                                     "updated_at": STAMP})
     store.engine.dispose()
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=23), max_size=8), st.integers(min_value=1, max_value=7))
+def test_the_batch_writer_stages_consecutive_slices_of_what_it_was_given(sizes, batch_size):
+    """Batches are the records in the order given, cut every `batch_size` rows, the last one shorter,
+    each with a fresh RangeIndex (the batch writer slices each chunk once instead of re-concatenating)."""
+    from types import SimpleNamespace
+
+    from cycle.pipeline import _BatchWriter
+
+    staged: list[pd.DataFrame] = []
+    writer = _BatchWriter.__new__(_BatchWriter)
+    writer.settings = SimpleNamespace(batch_size=batch_size)
+    writer.pending, writer.pending_rows, writer.batch_ids = [], 0, []
+    writer._flush = staged.append  # type: ignore[method-assign]
+    chunks, start = [], 0
+    for size in sizes:
+        chunks.append(pd.DataFrame({"record_key": [f"k{i}" for i in range(start, start + size)],
+                                    "n": np.arange(start, start + size)}, index=np.arange(size) * 3 + 7))
+        start += size
+    for chunk in chunks:
+        writer.add(chunk)
+    writer.close()
+    assert all(len(b) == batch_size for b in staged[:-1]) and all(0 < len(b) <= batch_size for b in staged)
+    assert [b["n"].tolist() for b in staged] == [list(range(i, min(i + batch_size, start)))
+                                                 for i in range(0, start, batch_size)]
+    assert all(isinstance(b.index, pd.RangeIndex) and b.index.start == 0 for b in staged)
