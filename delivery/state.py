@@ -406,7 +406,7 @@ class StateStore:
             if tenant is not None:
                 base = self.engine
                 self.engine = partitioned_engine(base, tenant)
-            if self.engine.dialect.name == "sqlite":
+            if self.engine.dialect.name == "sqlite" and not sa.event.contains(self.engine, "connect", _sqlite_cache):
                 sa.event.listen(self.engine, "connect", _sqlite_cache)
             metadata.create_all(self.engine)
             self._add_missing_columns()

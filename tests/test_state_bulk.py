@@ -119,3 +119,14 @@ def test_the_batch_writer_stages_consecutive_slices_of_what_it_was_given(sizes, 
     assert [b["n"].tolist() for b in staged] == [list(range(i, min(i + batch_size, start)))
                                                  for i in range(0, start, batch_size)]
     assert all(isinstance(b.index, pd.RangeIndex) and b.index.start == 0 for b in staged)
+
+
+def test_the_state_dbs_sqlite_connections_get_the_larger_page_cache(tmp_path):
+    from delivery.state import SQLITE_CACHE_KIB
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 's.sqlite'}")
+    for _ in range(3):  # one listener, however many stores share the engine
+        store = StateStore(engine)
+    with store.begin() as conn:
+        assert conn.exec_driver_sql("PRAGMA cache_size").scalar() == -SQLITE_CACHE_KIB
+    engine.dispose()
