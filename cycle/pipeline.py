@@ -113,25 +113,33 @@ class _BatchWriter:
         self.batch_ids: list[str] = []
 
     def add(self, records: pd.DataFrame) -> None:
+        """Stage every full batch of what is pending plus `records`; keep the remainder (a copy, less than a
+        batch) for the next call. Each row is copied once: slicing the chunk, not concatenating what is left
+        of it again for every batch (quadratic in the chunk's size)."""
         if records.empty:
             return
-        self.pending.append(records)
-        self.pending_rows += len(records)
-        while self.pending_rows >= self.settings.batch_size:
-            self._flush(self.settings.batch_size)
+        if self.pending:
+            records = pd.concat([*self.pending, records], ignore_index=True)
+            self.pending = []
+        size = self.settings.batch_size
+        start = 0
+        while len(records) - start >= size:
+            self._flush(records.iloc[start:start + size].reset_index(drop=True))
+            start += size
+        if start < len(records):
+            self.pending = [records.iloc[start:].reset_index(drop=True).copy()]
+        self.pending_rows = len(records) - start
 
     def close(self) -> list[str]:
-        while self.pending_rows:
-            self._flush(self.settings.batch_size)
+        if self.pending_rows:
+            rest = pd.concat(self.pending, ignore_index=True)
+            self.pending, self.pending_rows = [], 0
+            self._flush(rest)
         return self.batch_ids
 
-    def _flush(self, size: int) -> None:
+    def _flush(self, batch: pd.DataFrame) -> None:
         from transforms.payload import build_batch, validate_payload
 
-        frame = pd.concat(self.pending, ignore_index=True)
-        batch, rest = frame.iloc[:size], frame.iloc[size:]
-        self.pending = [rest] if len(rest) else []
-        self.pending_rows = len(rest)
         batch_id = _batch_id(self.area, self.run_id, batch, lambda b: self.state.batch(b) is not None,
                              self.settings.tenant)
         created = datetime.fromisoformat(self.created[batch_id]) if batch_id in self.created else datetime.now(UTC)
@@ -298,7 +306,6 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
     docs_dir = settings.data_docs_build_dir if settings.data_docs else None
     counts: Counter = Counter()
     rules: Counter = Counter()
-    quarantined_keys: set[str] = set()
     rejected_by_receiver: set[str] = set()
     read_hashes: list[np.ndarray] = []  # hash(record_key) of every record read: 8 bytes a record, not the key
     docs_index = None
@@ -317,6 +324,9 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
             index += 1
             with timer.phase("map"):
                 mapped = mapping.map_records(area, chunk, settings.tenant)
+            # Each frame of a chunk is dropped as soon as it is no longer needed: the peak holds as few
+            # copies of the chunk as possible, and none of it is alive when the next chunk is read.
+            del chunk
             counts["out_of_scope"] += len(mapped.out_of_scope)
             records = mapped.records
             counts["extracted"] += len(records)
@@ -328,8 +338,10 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
                     result = _quality(area, live, period_end, f"{run_id}-{index}", docs_dir)
                 findings.append(result.findings)
                 docs_index = result.docs_index or docs_index
+                result = None
             found = pd.concat([f for f in findings if len(f)], ignore_index=True) if any(
                 len(f) for f in findings) else _empty_findings()
+            del findings
             # A range is checked by both layers (registry bounds): one finding per record, rule and field.
             found = found.drop_duplicates(["record_key", "rule", "field"], ignore_index=True)
             # A row read but outside the area's scope now (its person's group changed) was read too: its
@@ -344,16 +356,18 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
             errors = found[found["severity"] == "error"]
             bad = set(errors["record_key"])
             persons = dict(zip(live["record_key"], _masked_persons(area, live), strict=True))
+            del live
             with timer.phase("findings"):
                 state.quarantine_rows(run_id, area.number, errors, persons)
-            quarantined_keys |= bad
             counts["quarantined"] += len(bad)
 
             with timer.phase("hash"):
                 good = mapping.strip_not_applicable(area, records[~records["record_key"].isin(bad)])
                 good = good.assign(content_hash=mapping.content_hashes(area, good))
+            del records, mapped
             with timer.phase("diff"):
                 to_send, classified, refused = _classify(state, area, good)
+            del good
             counts.update(classified)
             # "warn": records sent for delivery with a warning (quarantined and unchanged ones are not).
             warned = set(found.loc[found["severity"] == "warning", "record_key"])
@@ -361,6 +375,9 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
             counts["with_warnings"] += int(sent.isin(warned).sum())
             rejected_by_receiver |= refused
             writer.add(to_send)
+            # Nothing of this chunk outlives it: the next chunk is read while these names would still
+            # hold this one's frames (two chunks in memory at once).
+            del found, read_keys, errors, bad, persons, to_send, sent, warned, refused
         batch_ids = writer.close()
     finally:
         engine.dispose()
@@ -593,23 +610,23 @@ def _staged_blob(state: StateStore, batch: dict, name: str) -> bytes | None:
 def _read_staged(vault: Vault, state: StateStore, batch: dict, name: str) -> bytes | None:
     """A staged blob decrypted, b"" when it cannot be decrypted (damaged, or no configured key opens
     it), None when it is missing."""
+    return _read_staged_keeping(vault, state, batch, name)[0]
+
+
+def _read_staged_keeping(vault: Vault, state: StateStore, batch: dict, name: str,
+                         ) -> tuple[bytes | None, bytes | None]:
+    """As `_read_staged`, with the staged blob itself when it is sealed with the newest key (the archive
+    stores it as it is: `Vault.open_keeping`), else None."""
     from cryptography.fernet import InvalidToken
 
     blob = _staged_blob(state, batch, name)
     if blob is None:
-        return None
+        return None, None
     try:
-        return vault.open(blob)
+        plain, keep = vault.open_keeping(blob)
     except (InvalidToken, OSError, EOFError):  # OSError/EOFError: a damaged gzip stream inside a valid token
-        return b""
-
-
-def _open_staged(vault: Vault, state: StateStore, batch: dict, name: str) -> bytes:
-    """A staged blob decrypted; FileNotFoundError when it is missing (the archive step's retry path)."""
-    blob = _staged_blob(state, batch, name)
-    if blob is None:
-        raise FileNotFoundError(2, f"staged {name} of batch {batch['batch_id']} is missing", name)
-    return vault.open(blob)
+        return b"", None
+    return plain, blob if keep else None
 
 
 def _store(state: StateStore, settings: Settings, vault: Vault, batch: dict, receipt, run_id: str,
@@ -632,11 +649,11 @@ def _store(state: StateStore, settings: Settings, vault: Vault, batch: dict, rec
         return {}
     accepted, rejected = stored
     failpoints.point("deliver.acknowledged")
-    members = state.batch_members(batch["batch_id"])
-    annulled = int(members.loc[members["record_id"].map(
-        lambda rid: results.get(rid, ("REJECTED",))[0] == "ACCEPTED"), "action"].eq("ANNUL").sum())
+    # The accepted annulments, as apply_receipt counted them (not the members read again).
+    stored_batch = state.batch(batch["batch_id"]) or batch
+    annulled = int(stored_batch.get("annulled_count") or 0)
     with timer.phase("archive"):
-        archived = _archive(settings, state, vault, state.batch(batch["batch_id"]) or batch)
+        archived = _archive(settings, state, vault, stored_batch)
     counts = {"accepted": accepted, "rejected": rejected, "annulled": annulled,
               "recovered" if lookup_request is not None else "batches_sent": 1, "unarchived": int(not archived)}
     if not str(receipt.message_id).startswith("fault-"):
@@ -659,7 +676,7 @@ def _archive(settings: Settings, state: StateStore, vault: Vault, batch: dict) -
 
     area = get_area(batch["area"])
     label = f"area {area.number} batch {batch['batch_id']}"
-    payload = _read_staged(vault, state, batch, PAYLOAD_FILE)
+    payload, payload_blob = _read_staged_keeping(vault, state, batch, PAYLOAD_FILE)
     if payload is None or sha256(payload) != batch["payload_sha256"]:
         if PAYLOAD_LOST not in (batch.get("last_error") or ""):
             state.note_error(batch["batch_id"], f"{PAYLOAD_LOST}: the staged payload is "
@@ -670,15 +687,28 @@ def _archive(settings: Settings, state: StateStore, vault: Vault, batch: dict) -
                       "missing" if payload is None else "damaged")
         return True
     try:
-        lookup = _staged_blob(state, batch, LOOKUP_REQUEST_FILE)
+        # The staged blobs sealed with the newest key are archived as they are (their plaintext is not
+        # compressed and encrypted again); the manifest's checksums are of the same plaintext.
+        sealed = {PAYLOAD_FILE: payload_blob} if payload_blob is not None else {}
+        response_blob = _staged_blob(state, batch, RECEIPT_FILE)
+        if response_blob is None:
+            raise FileNotFoundError(2, f"staged {RECEIPT_FILE} of batch {batch['batch_id']} is missing", RECEIPT_FILE)
+        response, keep = vault.open_keeping(response_blob)
+        if keep:
+            sealed[RECEIPT_FILE] = response_blob
+        lookup_blob = _staged_blob(state, batch, LOOKUP_REQUEST_FILE)
+        lookup = None
+        if lookup_blob is not None:
+            lookup, keep = vault.open_keeping(lookup_blob)
+            if keep:
+                sealed[LOOKUP_REQUEST_FILE] = lookup_blob
         acknowledged = batch.get("acknowledged_at") or datetime.now(UTC)
         target = archive_batch(
             vault, settings.archive_dir, area=area.number, batch_id=batch["batch_id"], run_id=batch["run_id"],
-            request=payload, response=_open_staged(vault, state, batch, RECEIPT_FILE),
-            record_count=batch["record_count"],
+            request=payload, response=response, record_count=batch["record_count"],
             accepted=batch.get("accepted_count") or 0, rejected=batch.get("rejected_count") or 0,
             receipt_id=batch.get("receipt_message_id") or "", day=acknowledged.date(),
-            lookup_request=vault.open(lookup) if lookup is not None else None)
+            lookup_request=lookup, sealed=sealed)
         failpoints.point("archive.written")
     except (OSError, ValueError, InvalidToken) as exc:
         detail = (f"{type(exc).__name__}: {exc.strerror or exc}" if isinstance(exc, OSError)

@@ -98,6 +98,7 @@ class Vault:
         given = [self.keys] if isinstance(self.keys, bytes | str) else list(self.keys)
         self._keys: list[bytes] = [k.encode() if isinstance(k, str) else k for k in given]
         self._fernet = MultiFernet([Fernet(k) for k in self._keys])
+        self._newest = Fernet(self._keys[0])
 
     @property
     def key_id(self) -> str:
@@ -109,6 +110,16 @@ class Vault:
 
     def open(self, blob: bytes) -> bytes:
         return gzip.decompress(self._fernet.decrypt(blob))
+
+    def open_keeping(self, blob: bytes) -> tuple[bytes, bool]:
+        """The blob opened, and whether it is as `seal` would write it now (sealed with the newest key):
+        then it can be stored as it is, without compressing and encrypting its plaintext again."""
+        try:
+            return gzip.decompress(self._newest.decrypt(blob)), True
+        except InvalidToken:
+            if len(self._keys) == 1:
+                raise
+        return gzip.decompress(self._fernet.decrypt(blob)), False
 
     def rotate(self, blob: bytes) -> bytes:
         """The blob re-encrypted with the newest key."""
@@ -138,16 +149,23 @@ def archive_folder(archive_dir: StorePath, archive_path: str) -> StorePath:
 
 def archive_batch(vault: Vault, archive_dir: StorePath, *, area: int, batch_id: str, run_id: str, request: bytes,
                   response: bytes, record_count: int, accepted: int, rejected: int, receipt_id: str,
-                  lookup_request: bytes | None = None, day: date | None = None) -> StorePath:
+                  lookup_request: bytes | None = None, day: date | None = None,
+                  sealed: dict[str, bytes] | None = None) -> StorePath:
     """Archive the exact bytes sent (`request`: the SubmitBatchRequest) and received for one batch, and
     the GetBatchReceipt exchange when the receipt was recovered, with a checksum manifest written last.
-    Writing the same batch again replaces its folder's files (idempotent)."""
+    Writing the same batch again replaces its folder's files (idempotent).
+
+    `sealed` (file name -> blob): a file's plaintext already sealed with the vault's newest key (the staged
+    blob, `Vault.open_keeping`); it is stored as it is instead of being compressed and encrypted again."""
     folder = archive_dir / f"area{area}" / (day or date.today()).isoformat() / batch_id
     contents = {PAYLOAD_FILE: request, RECEIPT_FILE: response}
     if lookup_request is not None:
         contents[LOOKUP_REQUEST_FILE] = lookup_request
     failpoints.point("archive.write")
-    files = {name: {"plaintext_sha256": sha256(data), "stored_sha256": vault.write(folder / name, data)}
+    sealed = sealed or {}
+    files = {name: {"plaintext_sha256": sha256(data),
+                    "stored_sha256": _write_atomic(folder / name, sealed[name]) if name in sealed
+                    else vault.write(folder / name, data)}
              for name, data in contents.items()}
     manifest = {
         "batch_id": batch_id,

@@ -211,6 +211,45 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def _insert_many(conn: Connection, table: sa.Table, values: dict[str, object], size: int = 50_000) -> int:
+    """INSERT many rows into `table` in one executemany per `size` rows, as tuples handed to the driver
+    (no dict per row, no per-row compile): `values` maps a column to a list (one value per row) or to one
+    value for every row. Each column's bind processing (e.g. SQLite's DateTime text) is applied once per
+    value, so the stored values are those of `table.insert()`. Returns the rows inserted."""
+    lengths = {len(v) for v in values.values() if isinstance(v, list | tuple | np.ndarray | pd.Series)}
+    if len(lengths) > 1:
+        raise ValueError(f"columns of different lengths for {table.name}: {sorted(lengths)}")
+    count = lengths.pop() if lengths else 1
+    if not count:
+        return 0
+    dialect = conn.dialect
+    columns: list[list] = []
+    for name, given in values.items():
+        column = table.c[name]
+        many = list(given) if isinstance(given, list | tuple | np.ndarray | pd.Series) else None
+        process = column.type.dialect_impl(dialect).bind_processor(dialect)
+        if many is None:
+            one = process(given) if process is not None and given is not None else given
+            columns.append([one] * count)
+        else:
+            columns.append([process(v) if v is not None else None for v in many] if process is not None else many)
+    rows = list(zip(*columns, strict=True))
+    if dialect.paramstyle == "qmark":
+        marks = ", ".join("?" for _ in values)
+    elif dialect.paramstyle in ("format", "pyformat"):
+        marks = ", ".join("%s" for _ in values)
+    else:  # another driver: SQLAlchemy's own executemany
+        names = list(values)
+        for start in range(0, count, size):
+            conn.execute(table.insert(), [dict(zip(names, r, strict=True)) for r in rows[start:start + size]])
+        return count
+    quoted = ", ".join(dialect.identifier_preparer.quote(name) for name in values)
+    statement = f"INSERT INTO {dialect.identifier_preparer.format_table(table)} ({quoted}) VALUES ({marks})"
+    for start in range(0, count, size):
+        conn.exec_driver_sql(statement, rows[start:start + size])
+    return count
+
+
 def _chunks(items: list, size: int = _CHUNK) -> Iterator[list]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -340,6 +379,20 @@ def _ddl_lock(engine: Engine) -> Iterator[None]:
         locker.dispose()
 
 
+#: SQLite's page cache per connection of the state DB, in KiB (its default is 2 MiB). The ledger's, the
+#: findings' and the batch members' key indexes take random keys: once an index outgrows the cache every
+#: insert reads and spills pages, so each batch cost more the larger the ledger (issue 9). A bound on memory.
+SQLITE_CACHE_KIB = 32 * 1024
+
+
+def _sqlite_cache(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
+    finally:
+        cursor.close()
+
+
 class StateStore:
     """Ledger, batches and quarantine on one SQLAlchemy engine.
 
@@ -353,6 +406,8 @@ class StateStore:
             if tenant is not None:
                 base = self.engine
                 self.engine = partitioned_engine(base, tenant)
+            if self.engine.dialect.name == "sqlite" and not sa.event.contains(self.engine, "connect", _sqlite_cache):
+                sa.event.listen(self.engine, "connect", _sqlite_cache)
             metadata.create_all(self.engine)
             self._add_missing_columns()
         if tenant is not None and isinstance(url_or_engine, str) and base is not self.engine:
@@ -579,10 +634,9 @@ class StateStore:
     def _insert_findings(conn: Connection, rows: pd.DataFrame, *, masked: bool = False,
                          resolved_run: str | None = None) -> None:
         rows = rows if masked else rows.assign(message=rows["message"].map(mask_cpr_in_text))
-        rows = rows[["run_id", "area", "record_key", "rule", "field", "paragraph", "severity", "message"]].assign(
-            resolved_run=resolved_run)
-        for part in _chunks(rows.to_dict("records"), 5000):
-            conn.execute(findings.insert(), part)
+        _insert_many(conn, findings, {
+            **{c: _column(rows[c]) for c in ("run_id", "area", "record_key", "rule", "field", "paragraph", "severity",
+                                             "message")}, "resolved_run": resolved_run})
 
     def quarantine_rows(self, run_id: str, area: int, errors: pd.DataFrame, persons: dict[str, str]) -> None:
         """Put (or keep) records in quarantine with every reason; `persons` maps key -> masked person."""
@@ -796,10 +850,14 @@ class StateStore:
                 batch_id=batch_id, area=area, run_id=run_id, status="built", record_count=len(members),
                 annul_count=int((members["action"] == "ANNUL").sum()), staged_path=staged_path,
                 payload_sha256=payload_sha256, payload_created=payload_created, attempts=0, created_at=now()))
-            rows = members.assign(batch_id=batch_id, position=range(len(members)))[
-                ["batch_id", "record_key", "record_id", "content_hash", "action", "masked_person", "position"]]
-            for part in _chunks(rows.to_dict("records"), 5000):
-                conn.execute(batch_records.insert(), part)
+            # In key order (each keeps its `position`, the payload's order): the key indexes are filled
+            # page by page, not at random pages.
+            order = np.argsort(members["record_key"].to_numpy(dtype=object), kind="stable")
+            rows = members.iloc[order]
+            _insert_many(conn, batch_records, {
+                "batch_id": batch_id, **{c: _column(rows[c]) for c in (
+                    "record_key", "record_id", "content_hash", "action", "masked_person")},
+                "position": order.tolist()})
             if payload is not None:
                 self.stage(batch_id, payload_name, payload, conn)
         return True
@@ -905,34 +963,38 @@ class StateStore:
         The ledger is written as set operations: the members that have a ledger row are found with one
         join, then one executemany UPDATE and one executemany INSERT. What a rejection keeps
         (accepted_hash, receiver_state) is kept by COALESCE with the row's old value."""
-        members = self.batch_members(batch_id)
         batch = self.batch(batch_id)
         if batch is None or batch["status"] not in OUTSTANDING:
             return None
+        with self.begin() as conn:  # tuples in payload order (no frame, no dict per member)
+            members = conn.execute(sa.select(
+                batch_records.c.record_key, batch_records.c.record_id, batch_records.c.content_hash,
+                batch_records.c.action, batch_records.c.masked_person).where(batch_records.c.batch_id == batch_id)
+                .order_by(batch_records.c.position)).all()
         area = batch["area"]
         stamp = now()
         rows: list[dict] = []
         refused: list[dict] = []
         accepted = rejected = annulled = 0
         missing = ("REJECTED", "missing", "no receipt line")
-        for m in members[["record_key", "record_id", "content_hash", "action", "masked_person"]].to_dict("records"):
-            status, code, text = record_results.get(m["record_id"], missing)
-            row = {"b_key": m["record_key"], "b_id": m["record_id"], "b_stamp": stamp}
+        for key, record_id, content_hash, action, masked_person in members:
+            status, code, text = record_results.get(record_id, missing)
             if status == "ACCEPTED":
                 accepted += 1
-                is_annul = m["action"] == "ANNUL"
+                is_annul = action == "ANNUL"
                 annulled += is_annul
-                row.update(b_status="annulled" if is_annul else "accepted",
-                           b_receiver="annulled" if is_annul else "active",
-                           b_accepted=None if is_annul else m["content_hash"],  # None: keep the old one
-                           b_rejected=None, b_code=None, b_text=None)
+                rows.append({"b_key": key, "b_id": record_id, "b_stamp": stamp,
+                             "b_status": "annulled" if is_annul else "accepted",
+                             "b_receiver": "annulled" if is_annul else "active",
+                             "b_accepted": None if is_annul else content_hash,  # None: keep the old one
+                             "b_rejected": None, "b_code": None, "b_text": None})
             else:
                 rejected += 1
                 # The receiver keeps what it held before: receiver_state and accepted_hash stay (None: keep).
-                row.update(b_status="rejected", b_receiver=None, b_accepted=None, b_rejected=m["content_hash"],
-                           b_code=code, b_text=mask_cpr_in_text(text))
-                refused.append({**m, "code": code, "text": text})
-            rows.append(row)
+                rows.append({"b_key": key, "b_id": record_id, "b_stamp": stamp, "b_status": "rejected",
+                             "b_receiver": None, "b_accepted": None, "b_rejected": content_hash, "b_code": code,
+                             "b_text": mask_cpr_in_text(text)})
+                refused.append({"record_key": key, "masked_person": masked_person, "code": code, "text": text})
         with self.begin() as conn:
             moved = conn.execute(batches.update().where(
                 batches.c.batch_id == batch_id, batches.c.status.in_(OUTSTANDING)).values(status=ACKNOWLEDGED))
@@ -946,6 +1008,7 @@ class StateStore:
             old = [r for r in rows if r["b_key"] in have]
             new = [r for r in rows if r["b_key"] not in have]
             if old:
+                old.sort(key=lambda r: r["b_key"])
                 conn.execute(ledger.update().where(
                     ledger.c.area == area, ledger.c.record_key == sa.bindparam("b_key")).values(
                     record_id=sa.bindparam("b_id"), status=sa.bindparam("b_status"),
@@ -958,11 +1021,13 @@ class StateStore:
                     error_text=sa.bindparam("b_text", type_=sa.Text),
                     last_batch_id=batch_id, updated_at=sa.bindparam("b_stamp")), old)
             if new:
-                conn.execute(ledger.insert(), [dict(
-                    area=area, record_key=r["b_key"], record_id=r["b_id"], status=r["b_status"],
-                    receiver_state=r["b_receiver"], accepted_hash=r["b_accepted"], rejected_hash=r["b_rejected"],
-                    error_code=r["b_code"], error_text=r["b_text"], last_batch_id=batch_id, updated_at=stamp)
-                    for r in new])
+                new.sort(key=lambda r: r["b_key"])  # in key order: the ledger's key index filled page by page
+                _insert_many(conn, ledger, {
+                    "area": area, "last_batch_id": batch_id, "updated_at": stamp,
+                    **{column: [r[name] for r in new] for column, name in (
+                        ("record_key", "b_key"), ("record_id", "b_id"), ("status", "b_status"),
+                        ("receiver_state", "b_receiver"), ("accepted_hash", "b_accepted"),
+                        ("rejected_hash", "b_rejected"), ("error_code", "b_code"), ("error_text", "b_text"))}})
             if refused:
                 errors = pd.DataFrame({
                     "record_key": [r["record_key"] for r in refused],
@@ -990,6 +1055,12 @@ class StateStore:
         return [dict(r) for r in rows]
 
 
+def _column(values: pd.Series) -> list:
+    """A frame's column as a list of Python values, a missing value (NaN, NA, None) as None."""
+    out = values.astype(object).where(values.notna(), None).tolist()
+    return out
+
+
 def _load_keys(conn: Connection, keys: list[str]) -> None:
     """The session's temporary key table `ams_diff_keys`, holding exactly `keys` (COPY on PostgreSQL)."""
     conn.execute(sa.text("CREATE TEMPORARY TABLE IF NOT EXISTS ams_diff_keys (record_key VARCHAR(64) PRIMARY KEY)"))
@@ -1002,7 +1073,13 @@ def _load_keys(conn: Connection, keys: list[str]) -> None:
             for key in keys:
                 copy.write_row((key,))
         return
-    conn.execute(sa.text("INSERT INTO ams_diff_keys (record_key) VALUES (:k)"), [{"k": k} for k in keys])
+    # Sorted: the key table's B-tree grows at its end (random order costs a page search per key), and
+    # tuples straight to the driver. `keys` holds each key once (callers pass dict.fromkeys).
+    if conn.dialect.paramstyle in ("qmark", "format", "pyformat"):
+        marks = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        conn.exec_driver_sql(f"INSERT INTO ams_diff_keys (record_key) VALUES ({marks})", [(k,) for k in sorted(keys)])
+    else:
+        conn.execute(sa.text("INSERT INTO ams_diff_keys (record_key) VALUES (:k)"), [{"k": k} for k in sorted(keys)])
 
 
 def _holder_is_gone(owner: str) -> bool:

@@ -1,10 +1,11 @@
 """The encrypted archive: round trip, manifest checksums, tamper detection, retention."""
 
+import hashlib
 import json
 from datetime import date
 
 import pytest
-from cryptography.fernet import Fernet
+from cryptography.fernet import Fernet, InvalidToken
 
 from delivery.archive import Vault, apply_retention, archive_batch, load_key, verify_archive
 
@@ -99,3 +100,27 @@ def test_keys_rotate_without_losing_the_archive(tmp_path, monkeypatch):
     assert json.loads((folder / "manifest.json").read_text())["key_id"] == key_id(new)
     monkeypatch.setenv("AMS_ARCHIVE_KEY", f"{new.decode()},{old.decode()}")
     assert load_key() == new
+
+
+def test_a_staged_blob_sealed_with_the_newest_key_is_archived_as_it_is(tmp_path):
+    """The archive stores a staged blob under the newest key byte for byte (no second gzip + encryption);
+    one sealed with an older key (staged before a rotation) is sealed anew. Both verify, and the manifest's
+    checksums are those of the plaintext and of the stored file, as when every file was sealed here."""
+    old, new = Fernet.generate_key(), Fernet.generate_key()
+    before, after = Vault(old), Vault([new, old])
+    staged_new, staged_old = after.seal(PAYLOAD), before.seal(b"<receipt/>")
+    assert after.open_keeping(staged_new) == (PAYLOAD, True)
+    assert after.open_keeping(staged_old) == (b"<receipt/>", False)
+    with pytest.raises(InvalidToken):
+        Vault(Fernet.generate_key()).open_keeping(staged_new)
+    folder = archive_batch(after, tmp_path, area=1, batch_id="b-1", run_id="run-1", request=PAYLOAD,
+                           response=b"<receipt/>", record_count=1, accepted=1, rejected=0, receipt_id="r-1",
+                           sealed={"payload.xml.gz.enc": staged_new})
+    assert (folder / "payload.xml.gz.enc").read_bytes() == staged_new
+    assert Vault(new).read(folder / "receipt.xml.gz.enc") == b"<receipt/>"  # sealed anew with the newest key
+    manifest = json.loads((folder / "manifest.json").read_text())
+    files = manifest["files"]
+    assert files["payload.xml.gz.enc"]["plaintext_sha256"] == hashlib.sha256(PAYLOAD).hexdigest()
+    assert files["payload.xml.gz.enc"]["stored_sha256"] == hashlib.sha256(staged_new).hexdigest()
+    assert manifest["key_id"] == after.key_id
+    assert verify_archive(after, tmp_path) == [] and verify_archive(Vault(new), tmp_path) == []

@@ -1,0 +1,132 @@
+"""The state store's bulk paths (issue 9) store exactly what the SQLAlchemy Core statements they replace
+stored: `_insert_many` (tuples straight to the driver) against `table.insert()`, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from delivery.state import StateStore, _column, _insert_many, batch_records, findings, ledger
+
+STAMP = datetime(2026, 11, 30, 12, 34, 56, 789012, tzinfo=UTC)
+
+
+def _rows(conn, table: sa.Table, order: str) -> list[tuple]:
+    # Raw stored values (the text SQLite holds for a DateTime), not what SQLAlchemy makes of them.
+    return [tuple(r) for r in conn.exec_driver_sql(f"SELECT * FROM {table.name} ORDER BY {order}").all()]
+
+
+def _both_ways(url: str, table: sa.Table, values: dict, order: str) -> tuple[list, list]:
+    """The rows `values` gives through `table.insert()` and through `_insert_many`, each in a fresh table."""
+    count = max((len(v) for v in values.values() if isinstance(v, list)), default=1)
+    dicts = [{k: (v[i] if isinstance(v, list) else v) for k, v in values.items()} for i in range(count)]
+    store = StateStore(url)
+    try:
+        with store.begin() as conn:
+            conn.execute(table.insert(), dicts)
+            core = _rows(conn, table, order)
+            conn.execute(table.delete())
+            assert _insert_many(conn, table, values) == count
+            bulk = _rows(conn, table, order)
+            conn.execute(table.delete())
+    finally:
+        store.engine.dispose()
+    return core, bulk
+
+
+texts = st.one_of(st.none(), st.text(alphabet="abcæøå 0123456789-§", max_size=12))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.text(alphabet="0123456789abcdef", min_size=1, max_size=10), texts, texts),
+                min_size=1, max_size=30, unique_by=lambda t: t[0]))
+def test_a_bulk_ledger_insert_stores_what_a_core_insert_stores(tmp_path_factory, rows):
+    url = f"sqlite:///{tmp_path_factory.mktemp('bulk') / 'state.sqlite'}"
+    values = {"area": 1, "record_key": [r[0] for r in rows], "record_id": [f"id-{r[0]}" for r in rows],
+              "status": "accepted", "receiver_state": [r[1] for r in rows], "accepted_hash": [r[2] for r in rows],
+              "rejected_hash": None, "last_batch_id": "b1", "error_text": [r[1] for r in rows], "updated_at": STAMP}
+    core, bulk = _both_ways(url, ledger, values, "record_key")
+    assert bulk == core
+
+
+def test_bulk_inserts_match_core_on_postgresql(pg_url):
+    values = {"area": 1, "record_key": ["k1", "k2"], "record_id": ["i1", "i2"], "status": "accepted",
+              "receiver_state": ["active", None], "accepted_hash": [None, "h"], "last_batch_id": "b",
+              "updated_at": STAMP}
+    core, bulk = _both_ways(pg_url, ledger, values, "record_key")
+    assert bulk == core
+    members = {"batch_id": "b", "record_key": ["k1", "k2"], "record_id": ["i1", "i2"], "content_hash": ["h1", "h2"],
+               "action": ["CREATE", "ANNUL"], "masked_person": [None, "010101-****"], "position": [0, 1]}
+    core, bulk = _both_ways(pg_url, batch_records, members, "position")
+    assert bulk == core
+
+
+def test_frame_columns_go_in_as_python_values():
+    """numpy integers and missing values (NaN, NA) become what the drivers take: int and None."""
+    frame = pd.DataFrame({"area": np.array([1, 2], dtype=np.int64), "field": ["cpr", np.nan],
+                          "message": pd.array(["m", pd.NA], dtype="string")})
+    assert _column(frame["area"]) == [1, 2] and all(type(v) is int for v in _column(frame["area"]))
+    assert _column(frame["field"]) == ["cpr", None]
+    assert _column(frame["message"]) == ["m", None]
+
+
+def test_a_bulk_findings_insert_matches_core(tmp_path):
+    values = {"run_id": "r1", "area": 1, "record_key": ["a", "b", "c"], "rule": "cpr.no_modulus11",
+              "field": ["cpr", "", None], "paragraph": "§ 4", "severity": "warning",
+              "message": ["x", "y", "z"], "resolved_run": None}
+    core, bulk = _both_ways(f"sqlite:///{tmp_path / 's.sqlite'}", findings, values, "id")
+    # The ids run on from the first insert: compare all else.
+    assert [r[1:] for r in bulk] == [r[1:] for r in core]
+
+
+def test_columns_of_different_lengths_are_refused(tmp_path):
+    store = StateStore(f"sqlite:///{tmp_path / 's.sqlite'}")
+    with pytest.raises(ValueError), store.begin() as conn:
+        _insert_many(conn, ledger, {"area": 1, "record_key": ["a", "b"], "record_id": ["x"], "status": "accepted",
+                                    "updated_at": STAMP})
+    store.engine.dispose()
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=23), max_size=8), st.integers(min_value=1, max_value=7))
+def test_the_batch_writer_stages_consecutive_slices_of_what_it_was_given(sizes, batch_size):
+    """Batches are the records in the order given, cut every `batch_size` rows, the last one shorter,
+    each with a fresh RangeIndex (the batch writer slices each chunk once instead of re-concatenating)."""
+    from types import SimpleNamespace
+
+    from cycle.pipeline import _BatchWriter
+
+    staged: list[pd.DataFrame] = []
+    writer = _BatchWriter.__new__(_BatchWriter)
+    writer.settings = SimpleNamespace(batch_size=batch_size)
+    writer.pending, writer.pending_rows, writer.batch_ids = [], 0, []
+    writer._flush = staged.append  # type: ignore[method-assign]
+    chunks, start = [], 0
+    for size in sizes:
+        chunks.append(pd.DataFrame({"record_key": [f"k{i}" for i in range(start, start + size)],
+                                    "n": np.arange(start, start + size)}, index=np.arange(size) * 3 + 7))
+        start += size
+    for chunk in chunks:
+        writer.add(chunk)
+    writer.close()
+    assert all(len(b) == batch_size for b in staged[:-1]) and all(0 < len(b) <= batch_size for b in staged)
+    assert [b["n"].tolist() for b in staged] == [list(range(i, min(i + batch_size, start)))
+                                                 for i in range(0, start, batch_size)]
+    assert all(isinstance(b.index, pd.RangeIndex) and b.index.start == 0 for b in staged)
+
+
+def test_the_state_dbs_sqlite_connections_get_the_larger_page_cache(tmp_path):
+    from delivery.state import SQLITE_CACHE_KIB
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 's.sqlite'}")
+    for _ in range(3):  # one listener, however many stores share the engine
+        store = StateStore(engine)
+    with store.begin() as conn:
+        assert conn.exec_driver_sql("PRAGMA cache_size").scalar() == -SQLITE_CACHE_KIB
+    engine.dispose()
