@@ -759,9 +759,18 @@ class ReceiverApp:
                          "(%.0f ms)", batch_id, area.number, existing.record_count,
                          (time.monotonic() - started) * 1000)
                 return existing.response_xml
-            for rec in records:
-                record_id = (rec.findtext(rid_tag) or "").strip()
+            items = [((rec.findtext(rid_tag) or "").strip(), rec) for rec in records]
+            # The records are written in their order, as one record at a time would write them, but in
+            # runs of one statement: a record id stored under another area is refused up front (the
+            # areas stored before the batch, and those this batch gives its new records), and an
+            # annulment first writes what came before it.
+            stored_area = tx.record_areas(rid for rid, rec in items if rec.tag != annul_tag)
+            pending: list[tuple[str, int, str, bytes, str]] = []
+            for record_id, rec in items:
                 if rec.tag == annul_tag:
+                    if pending:
+                        tx.upsert_records(pending)
+                        pending.clear()
                     if tx.annul_record(record_id, area.number, batch_id, now):
                         outcomes.append((record_id, payload.RECORD_ACCEPTED, None, None))
                     else:
@@ -775,13 +784,15 @@ class ReceiverApp:
                                      f"{ERROR_TEXTS[ERR_UNKNOWN_CPR]} ({etree.QName(bad[0]).localname}: "
                                      "the birth date does not exist)"))
                     continue
-                record_xml = etree.tostring(rec, method="c14n", exclusive=True)  # without the envelope's ns
-                version = tx.upsert_record(record_id, area.number, batch_id, record_xml, now)
-                if version is None:
+                if stored_area.setdefault(record_id, area.number) != area.number:
                     outcomes.append((record_id, payload.RECORD_REJECTED, ERR_RECORD_AREA,
                                      ERROR_TEXTS[ERR_RECORD_AREA]))
-                else:
-                    outcomes.append((record_id, payload.RECORD_ACCEPTED, None, None))
+                    continue
+                record_xml = etree.tostring(rec, method="c14n", exclusive=True)  # without the envelope's ns
+                pending.append((record_id, area.number, batch_id, record_xml, now))
+                outcomes.append((record_id, payload.RECORD_ACCEPTED, None, None))
+            if pending:
+                tx.upsert_records(pending)
             response_xml = build_receipt("SubmitBatchResponse", batch_id, outcomes, ns)
             tx.insert_batch(StoredBatch(batch_id, area.number, digest, response_xml, now, len(outcomes)))
         accepted = sum(1 for o in outcomes if o[1] == payload.RECORD_ACCEPTED)

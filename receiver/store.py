@@ -12,7 +12,7 @@ database file, or two threads, cannot process the same batch twice.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +41,16 @@ CREATE TABLE IF NOT EXISTS records (
 );
 CREATE INDEX IF NOT EXISTS records_area ON records (area);
 """
+
+#: Create or update a record; an update only when the stored record is of the same area.
+_UPSERT = """INSERT INTO records (record_id, area, batch_id, status, version, payload_xml, received_at)
+   VALUES (?, ?, ?, ?, 1, ?, ?)
+   ON CONFLICT (record_id) DO UPDATE SET
+     batch_id = excluded.batch_id, status = excluded.status, version = records.version + 1,
+     payload_xml = excluded.payload_xml, received_at = excluded.received_at,
+     resends = records.resends + (records.status = 'ACTIVE' AND records.payload_xml = excluded.payload_xml)
+   WHERE records.area = excluded.area"""
+_IDS_PER_QUERY = 500  # bound parameters per IN (...) (SQLite's limit is 999 in old builds)
 
 
 class _ByKey:
@@ -106,21 +116,30 @@ class Transaction:
         row = self._conn.execute("SELECT area FROM records WHERE record_id = ?", (record_id,)).fetchone()
         return None if row is None else int(row[0])
 
+    def record_areas(self, record_ids: Iterable[str]) -> dict[str, int]:
+        """The area of each of these record ids that is stored (ids not stored are left out)."""
+        ids = list(dict.fromkeys(record_ids))
+        found: dict[str, int] = {}
+        for start in range(0, len(ids), _IDS_PER_QUERY):
+            part = ids[start:start + _IDS_PER_QUERY]
+            rows = self._conn.execute(
+                f"SELECT record_id, area FROM records WHERE record_id IN ({','.join('?' * len(part))})", part)
+            found.update((str(r[0]), int(r[1])) for r in rows)
+        return found
+
     def upsert_record(self, record_id: str, area: int, batch_id: str, payload_xml: bytes, now: str) -> int | None:
         """Create or update a record (an annulled one comes back to life); returns its version, or None
         (nothing written) when the record id belongs to another area."""
-        row = self._conn.execute(
-            """INSERT INTO records (record_id, area, batch_id, status, version, payload_xml, received_at)
-               VALUES (?, ?, ?, ?, 1, ?, ?)
-               ON CONFLICT (record_id) DO UPDATE SET
-                 batch_id = excluded.batch_id, status = excluded.status, version = records.version + 1,
-                 payload_xml = excluded.payload_xml, received_at = excluded.received_at,
-                 resends = records.resends + (records.status = 'ACTIVE' AND records.payload_xml = excluded.payload_xml)
-               WHERE records.area = excluded.area
-               RETURNING version""",
-            (record_id, area, batch_id, RECORD_ACTIVE, payload_xml, now),
-        ).fetchone()
+        row = self._conn.execute(_UPSERT + " RETURNING version",
+                                 (record_id, area, batch_id, RECORD_ACTIVE, payload_xml, now)).fetchone()
         return None if row is None else int(row[0])
+
+    def upsert_records(self, rows: Iterable[tuple[str, int, str, bytes, str]]) -> None:
+        """upsert_record for many (record_id, area, batch_id, payload_xml, now), in their order, in one
+        statement: for records that are new or of their area (record_areas); a record id of another area
+        is left unchanged (as upsert_record leaves it), but nothing says so here."""
+        self._conn.executemany(_UPSERT, ((rid, area, batch_id, RECORD_ACTIVE, xml, now)
+                                         for rid, area, batch_id, xml, now in rows))
 
     def annul_record(self, record_id: str, area: int, batch_id: str, now: str) -> bool:
         """Mark a record of `area` annulled; False when no such record (annulling twice is fine)."""
