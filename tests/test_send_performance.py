@@ -237,3 +237,62 @@ def test_a_changed_body_or_an_ec_key_signature() -> None:
         with pytest.raises(ReceiverFault):
             assert signed.count(b"tab") == 1
             verifier(etree.fromstring(signed.replace(b"tab", b"tub")))
+
+
+def _signed_request() -> bytes:
+    from delivery.security import make_signature
+
+    env, _ = make_signature(_PKI.client_key, _PKI.client_cert).apply(_envelope(_AWKWARD), {})
+    return etree.tostring(env)
+
+
+def _mutations(signed: bytes) -> dict[str, bytes]:
+    digest = signed.split(b"<DigestValue>")[1].split(b"</DigestValue>")[0]
+    value = signed.split(b"<SignatureValue>")[1][:20]
+    return {
+        "unchanged": signed,
+        "body text": signed.replace(b"tab", b"tub"),
+        "comment in the body (not digested)": signed.replace(b"<a:V>", b"<!-- x --><a:V>"),
+        "digest value": signed.replace(digest, digest[:5] + (b"A" if digest[5:6] != b"A" else b"B") + digest[6:]),
+        "signature value": signed.replace(value, value[:3] + (b"A" if value[3:4] != b"A" else b"B") + value[4:]),
+        "whitespace in SignedInfo": signed.replace(b"<SignedInfo>\n", b"<SignedInfo>\n ", 1),
+        "timestamp": signed.replace(b"<wsu:Created>2", b"<wsu:Created>1", 1),
+        "inclusive namespaces (another shape)": signed.replace(
+            b'<Transform Algorithm="http://www.w3.org/2001/10/xml-exc-c14n#"/>',
+            b'<Transform Algorithm="http://www.w3.org/2001/10/xml-exc-c14n#"><ec:InclusiveNamespaces '
+            b'xmlns:ec="http://www.w3.org/2001/10/xml-exc-c14n#" PrefixList="unused"/></Transform>', 1),
+        "body attribute": signed.replace(b'z="', b'zz="', 1),
+    }
+
+
+def test_receiver_verification_answers_as_xmlsec() -> None:
+    """The receiver's own verification accepts exactly what xmlsec accepts, and refuses with xmlsec's
+    reason: unchanged, tampered and other-shaped requests."""
+    from receiver.app import SignatureVerifier, _Invalid, _verified_here
+
+    signed = _signed_request()
+    fast, slow = SignatureVerifier([_PKI.client_cert]), SignatureVerifier([_PKI.client_cert], xmlsec_only=True)
+    outcomes = {}
+    for name, request in _mutations(signed).items():
+        assert name == "unchanged" or request != signed, name
+        answers = []
+        for verifier in (fast, slow):
+            try:
+                verifier.check(etree.fromstring(request))
+                answers.append("verified")
+            except _Invalid as exc:
+                answers.append(str(exc))
+        assert answers[0] == answers[1], name
+        outcomes[name] = answers[0]
+    assert outcomes["unchanged"] == outcomes["comment in the body (not digested)"] == "verified"
+    assert all("does not verify" in outcomes[n] for n in (
+        "body text", "digest value", "signature value", "whitespace in SignedInfo", "timestamp", "body attribute",
+        "inclusive namespaces (another shape)"))  # the last: SignedInfo changed after signing
+    # the request as the client signs it is verified here, not by xmlsec
+    env = etree.fromstring(signed)
+    ds = "{http://www.w3.org/2000/09/xmldsig#}"
+    signature = env.find(f".//{ds}Signature")
+    ids = {node.get(_WSU_ID): node for node in env.iter() if node.get(_WSU_ID)}
+    nodes = [ids[ref.get("URI")[1:]] for ref in signature.iter(f"{ds}Reference")]
+    cert = fast.check(env)
+    assert _verified_here(signature, nodes, cert) is True
