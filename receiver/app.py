@@ -48,7 +48,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,7 @@ from werkzeug.wrappers import Request, Response
 
 from receiver.store import ReceiverStore, StoredBatch
 from transforms import payload
-from transforms.identifiers import CPR_BAD_DATE, cpr_status
+from transforms.identifiers import CPR_BAD_DATE, UNKNOWN_CPR, cpr_status
 from transforms.payload import (
     ANNULMENT_ELEMENT,
     ERR_ACCESS_CLOSED,
@@ -98,6 +98,32 @@ _ENVELOPE_START = (
 _ENVELOPE_END = b"</soap:Body></soap:Envelope>"
 _XML = "text/xml; charset=utf-8"
 _GUID = re.compile(GUID_PATTERN)
+_CPR_FORMAT = re.compile(r"^\d{6}-?\d{4}$")  # transforms.identifiers' format check
+
+
+def bad_birth_date(value: str) -> bool:
+    """`cpr_status(value) == CPR_BAD_DATE` (a well-formed CPR number whose birth date does not exist),
+    computed directly for ASCII text: stdnum's date and century rules without its per-character
+    cleaning, five times faster on the receiver's one pass over a batch's numbers."""
+    if not value.isascii():
+        return cpr_status(value) == CPR_BAD_DATE
+    if not _CPR_FORMAT.match(value):
+        return False
+    digits = value.replace("-", "").strip()
+    if digits == UNKNOWN_CPR:
+        return False
+    year, century = int(digits[4:6]), digits[6]
+    if century in "5678" and year >= 58:
+        year += 1800
+    elif century in "0123" or (century in "49" and year >= 37):
+        year += 1900
+    else:
+        year += 2000
+    try:
+        date(year, int(digits[2:4]), int(digits[0:2]))
+    except ValueError:
+        return True
+    return False
 MAX_ERROR_TEXT = 3900
 #: The largest request body read (a 5,000-record batch is a few MiB).
 MAX_REQUEST_BYTES = 64 * 1024 * 1024
@@ -845,7 +871,9 @@ class ReceiverApp:
                          "(%.0f ms)", batch_id, area.number, existing.record_count,
                          (time.monotonic() - started) * 1000)
                 return existing.response_xml
-            items = [((rec.findtext(rid_tag) or "").strip(), rec) for rec in records]
+            # The record id is a record's first child (the XSD's sequence): read it so when it is.
+            items = [(((rec[0].text or "") if len(rec) and rec[0].tag == rid_tag
+                       else (rec.findtext(rid_tag) or "")).strip(), rec) for rec in records]
             # The records are written in their order, as one record at a time would write them, but in
             # runs of one statement: a record id stored under another area is refused up front (the
             # areas stored before the batch, and those this batch gives its new records), and an
@@ -864,7 +892,7 @@ class ReceiverApp:
                                          ERROR_TEXTS[ERR_UNKNOWN_RECORD]))
                     continue
                 bad = [el for el in rec.iter(*cpr_tags)
-                       if check_cpr and cpr_status((el.text or "").strip()) == CPR_BAD_DATE]
+                       if check_cpr and bad_birth_date((el.text or "").strip())]
                 if bad:
                     outcomes.append((record_id, payload.RECORD_REJECTED, ERR_UNKNOWN_CPR,
                                      f"{ERROR_TEXTS[ERR_UNKNOWN_CPR]} ({etree.QName(bad[0]).localname}: "

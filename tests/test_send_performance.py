@@ -296,3 +296,22 @@ def test_receiver_verification_answers_as_xmlsec() -> None:
     nodes = [ids[ref.get("URI")[1:]] for ref in signature.iter(f"{ds}Reference")]
     cert = fast.check(env)
     assert _verified_here(signature, nodes, cert) is True
+
+
+_cpr_like = st.one_of(
+    st.from_regex(r"[0-9]{6}-?[0-9]{4}", fullmatch=True),
+    st.builds(lambda d, m, y, s: f"{d:02d}{m:02d}{y:02d}{s:04d}", st.integers(0, 39), st.integers(0, 14),
+              st.integers(0, 99), st.integers(0, 9999)),
+    st.sampled_from(["0000000000", "000000-0000", "2902004000", "2902001000", "2902584000", "2902375000", "2902003000", "2902005000", "2902009000", "2902963000",
+                     "١٢٣٤٥٦٧٨٩٠", "0101901234 ", ""]),
+    st.text(max_size=12),
+)
+
+
+@settings(max_examples=500)
+@given(_cpr_like)
+def test_bad_birth_date_is_cpr_status_bad_date(value: str) -> None:
+    from receiver.app import bad_birth_date
+
+    value = value.strip()  # as the receiver passes it
+    assert bad_birth_date(value) == (cpr_status(value) == CPR_BAD_DATE)
