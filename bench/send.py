@@ -121,10 +121,14 @@ def main(argv: list[str] | None = None) -> int:
             environ = EnvironBuilder(path="/ams", method="POST", data=request,
                                      headers={"Content-Type": "text/xml; charset=utf-8"}).get_environ()
             status: list[str] = []
+
+            def start_response(code: str, headers: object, *rest: object, status: list[str] = status) -> None:
+                status.append(code)
+
             started, cpu = time.perf_counter(), time.process_time()
             if profile:
                 profile.enable()
-            body = b"".join(app(environ, lambda s, h, *a: status.append(s)))
+            body = b"".join(app(environ, start_response))
             if profile:
                 profile.disable()
             took += time.perf_counter() - started
