@@ -98,6 +98,14 @@ _ENVELOPE_START = (
 _ENVELOPE_END = b"</soap:Body></soap:Envelope>"
 _XML = "text/xml; charset=utf-8"
 _GUID = re.compile(GUID_PATTERN)
+MAX_ERROR_TEXT = 3900
+#: The largest request body read (a 5,000-record batch is a few MiB).
+MAX_REQUEST_BYTES = 64 * 1024 * 1024
+
+#: Checks that a TEST-ONLY option can turn off (test_only_skip_checks): a receiver that accepts what it
+#: must refuse, for testing the conformance run (§ 46).
+TEST_ONLY_SKIPPABLE_CHECKS = ("cpr-birth-date",)
+
 _CPR_FORMAT = re.compile(r"^\d{6}-?\d{4}$")  # transforms.identifiers' format check
 
 
@@ -124,13 +132,7 @@ def bad_birth_date(value: str) -> bool:
     except ValueError:
         return True
     return False
-MAX_ERROR_TEXT = 3900
-#: The largest request body read (a 5,000-record batch is a few MiB).
-MAX_REQUEST_BYTES = 64 * 1024 * 1024
 
-#: Checks that a TEST-ONLY option can turn off (test_only_skip_checks): a receiver that accepts what it
-#: must refuse, for testing the conformance run (§ 46).
-TEST_ONLY_SKIPPABLE_CHECKS = ("cpr-birth-date",)
 
 #: Misbehaviour modes of POST /_control (fault injection for tests).
 MODES = ("ok", "error500", "timeout", "drop_reply", "slow_reply", "schema_fault", "access_closed", "busy",
