@@ -316,3 +316,29 @@ def test_bad_birth_date_is_cpr_status_bad_date(value: str) -> None:
 
     value = value.strip()  # as the receiver passes it
     assert bad_birth_date(value) == (cpr_status(value) == CPR_BAD_DATE)
+
+
+def test_kept_write_connection_sees_other_writers_and_recovers(tmp_path: Path) -> None:
+    """The store's kept write connection sees what another store (process) on the file wrote, a failed
+    transaction leaves nothing behind, and the next one works on a fresh connection."""
+    import pytest
+
+    one, two = ReceiverStore(tmp_path / "r.sqlite"), ReceiverStore(tmp_path / "r.sqlite")
+    with one.transaction() as tx:
+        tx.upsert_record("a", 5, "b1", b"<a/>", "t")
+    with two.transaction() as tx:
+        assert tx.record_areas(["a", "b"]) == {"a": 5}
+        tx.upsert_record("b", 3, "b2", b"<b/>", "t")
+    with one.transaction() as tx:
+        assert tx.record_areas(["a", "b", "c"]) == {"a": 5, "b": 3}
+    kept = one._writer
+    with pytest.raises(RuntimeError), one.transaction() as tx:
+        tx.upsert_record("c", 5, "b3", b"<c/>", "t")
+        raise RuntimeError("rolled back")
+    assert one._writer is None and one.record("c") is None
+    with one.transaction() as tx:
+        tx.upsert_record("c", 5, "b4", b"<c/>", "t")
+    assert one._writer is not None and one._writer is not kept
+    assert [r.record_id for r in two.records()] == ["a", "b", "c"]
+    one.close()
+    two.close()
