@@ -206,9 +206,14 @@ def parse_receipt(element: etree._Element, request_bytes: bytes = b"", response_
     rr_tag, rid_tag, st_tag = q("RecordReceipt"), q(RECORD_ID_ELEMENT), q("Status")
     code_tag, text_tag = q("ErrorCode"), q("ErrorText")
     for rr in element.find(q("RecordReceipts")).iter(rr_tag):
-        code = rr.findtext(code_tag)
-        records.append(RecordReceipt(rr.findtext(rid_tag).strip(), rr.findtext(st_tag).strip(),
-                                     int(code) if code is not None else None, rr.findtext(text_tag)))
+        # One pass over the children (findtext per field walked them four times): the first of each.
+        found: dict[Any, str] = {}
+        for child in rr:
+            if child.tag not in found:
+                found[child.tag] = child.text or ""
+        code = found.get(code_tag)
+        records.append(RecordReceipt(found[rid_tag].strip(), found[st_tag].strip(),
+                                     int(code) if code is not None else None, found.get(text_tag)))
     return Receipt(
         message_id=service_receipt.findtext(q("MessageIdentifier")).strip(),
         event_date=datetime.fromisoformat(service_receipt.findtext(q("EventDate")).strip()),

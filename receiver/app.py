@@ -38,6 +38,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import json
 import logging
 import re
@@ -47,13 +48,16 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import xmlsec
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 from lxml import etree
@@ -62,7 +66,7 @@ from werkzeug.wrappers import Request, Response
 
 from receiver.store import ReceiverStore, StoredBatch
 from transforms import payload
-from transforms.identifiers import CPR_BAD_DATE, cpr_status
+from transforms.identifiers import CPR_BAD_DATE, UNKNOWN_CPR, cpr_status
 from transforms.payload import (
     ANNULMENT_ELEMENT,
     ERR_ACCESS_CLOSED,
@@ -101,6 +105,34 @@ MAX_REQUEST_BYTES = 64 * 1024 * 1024
 #: Checks that a TEST-ONLY option can turn off (test_only_skip_checks): a receiver that accepts what it
 #: must refuse, for testing the conformance run (§ 46).
 TEST_ONLY_SKIPPABLE_CHECKS = ("cpr-birth-date",)
+
+_CPR_FORMAT = re.compile(r"^\d{6}-?\d{4}$")  # transforms.identifiers' format check
+
+
+def bad_birth_date(value: str) -> bool:
+    """`cpr_status(value) == CPR_BAD_DATE` (a well-formed CPR number whose birth date does not exist),
+    computed directly for ASCII text: stdnum's date and century rules without its per-character
+    cleaning, five times faster on the receiver's one pass over a batch's numbers."""
+    if not value.isascii():
+        return cpr_status(value) == CPR_BAD_DATE
+    if not _CPR_FORMAT.match(value):
+        return False
+    digits = value.replace("-", "").strip()
+    if digits == UNKNOWN_CPR:
+        return False
+    year, century = int(digits[4:6]), digits[6]
+    if century in "5678" and year >= 58:
+        year += 1800
+    elif century in "0123" or (century in "49" and year >= 37):
+        year += 1900
+    else:
+        year += 2000
+    try:
+        date(year, int(digits[2:4]), int(digits[0:2]))
+    except ValueError:
+        return True
+    return False
+
 
 #: Misbehaviour modes of POST /_control (fault injection for tests).
 MODES = ("ok", "error500", "timeout", "drop_reply", "slow_reply", "schema_fault", "access_closed", "busy",
@@ -167,7 +199,13 @@ class SignatureVerifier:
     - names its certificate by a wsse:BinarySecurityToken (X509v3) reference, or ds:X509Data;
     - was made with one of the trusted certificates (pinned: the same certificate, compared by its
       SHA-256 fingerprint), valid now;
-    - verifies (xmlsec), which checks every reference's digest and the signature value;
+    - verifies: every reference's digest and the signature value. A signature of the one shape zeep
+      makes (SignedInfo: CanonicalizationMethod, SignatureMethod, References each with one exc-C14N
+      Transform, DigestMethod, DigestValue; no InclusiveNamespaces) is verified here: each signed node
+      canonicalised once by lxml (exclusive C14N without comments, as XML-DSig prescribes for a
+      `#id` reference), SHA-256, and the canonical SignedInfo's signature checked by `cryptography`;
+      whatever does not verify so, or has another shape, is left to xmlsec (`xmlsec_only=True`: every
+      signature), so every refusal is xmlsec's (tests/test_send_performance.py);
     - when a wsu:Timestamp is present (required with `require_timestamp`): it is signed and has not
       expired, allowing `clock_skew` seconds.
 
@@ -175,7 +213,9 @@ class SignatureVerifier:
     """
 
     def __init__(self, trusted_cert_pem_paths: Iterable[str | Path], *, require_timestamp: bool = False,
-                 clock_skew: float = 300.0, clock: Callable[[], datetime] | None = None) -> None:
+                 clock_skew: float = 300.0, clock: Callable[[], datetime] | None = None,
+                 xmlsec_only: bool = False) -> None:
+        self.xmlsec_only = xmlsec_only
         self.trusted: dict[bytes, x509.Certificate] = {}
         for item in trusted_cert_pem_paths:
             path = Path(item)
@@ -268,6 +308,8 @@ class SignatureVerifier:
                            f"{_iso(cert.not_valid_before_utc)} to {_iso(cert.not_valid_after_utc)})")
         self._check_timestamp(security, signed, now)
 
+        if not self.xmlsec_only and _verified_here(signature, signed, cert):
+            return cert
         try:
             key = xmlsec.Key.from_memory(cert.public_bytes(Encoding.DER), xmlsec.KeyFormat.CERT_DER, None)
             ctx = xmlsec.SignatureContext()
@@ -276,8 +318,7 @@ class SignatureVerifier:
             ctx.key = key
             ctx.verify(signature)
         except xmlsec.Error:
-            raise _Invalid("the signature does not verify: the signed content was changed after signing, or "
-                           "it was signed with another key") from None
+            raise _Invalid(_NOT_VERIFIED) from None
         return cert
 
     @staticmethod
@@ -335,6 +376,79 @@ class SignatureVerifier:
             raise _Invalid(f"the request was created in the future ({_iso(created)})")
         if expires is not None and expires + self.clock_skew < now:
             raise _Invalid(f"the signature has expired (wsu:Timestamp Expires {_iso(expires)})")
+
+
+_NOT_VERIFIED = ("the signature does not verify: the signed content was changed after signing, or it was signed "
+                 "with another key")
+
+
+def _children(node: etree._Element) -> list[etree._Element]:
+    return [child for child in node if isinstance(child.tag, str)]
+
+
+def _base64(text: str | None) -> bytes | None:
+    try:
+        return base64.b64decode("".join((text or "").split()), validate=True)
+    except (ValueError, binascii.Error):
+        return None
+
+
+def _verified_here(signature: etree._Element, signed: list[etree._Element], cert: x509.Certificate) -> bool:
+    """XML-DSig core validation of a signature of zeep's shape (SignatureVerifier.check has checked the
+    algorithms and resolved the references to `signed`, in order): True when every digest and the
+    signature value verify; False otherwise (another shape, or anything that does not verify): then
+    xmlsec decides, so a refusal is always xmlsec's, and only what verifies is accepted here."""
+    ds = f"{{{DS_NS}}}"
+    parts = _children(signature)
+    if [p.tag for p in parts[:2]] != [f"{ds}SignedInfo", f"{ds}SignatureValue"] or any(
+            p.tag != f"{ds}KeyInfo" for p in parts[2:]):
+        return False
+    signed_info = parts[0]
+    info = _children(signed_info)
+    references = info[2:]
+    if (len(info) < 3 or info[0].tag != f"{ds}CanonicalizationMethod" or info[1].tag != f"{ds}SignatureMethod"
+            or len(info[0]) or len(info[1]) or len(references) != len(signed)):
+        return False
+    digests: list[bytes] = []
+    for ref in references:
+        children = _children(ref)
+        if ref.tag != f"{ds}Reference" or [c.tag for c in children] != [f"{ds}Transforms", f"{ds}DigestMethod",
+                                                                         f"{ds}DigestValue"]:
+            return False
+        transforms = _children(children[0])
+        if (len(transforms) != 1 or transforms[0].tag != f"{ds}Transform" or len(transforms[0])
+                or _algorithm(transforms[0]) != EXC_C14N or len(children[1])):
+            return False
+        digest = _base64(children[2].text)
+        if digest is None:
+            return False
+        digests.append(digest)
+    value = _base64(parts[1].text)
+    if value is None:
+        return False
+    key = cert.public_key()
+    method = SIGNATURE_METHODS.get(_algorithm(info[1]))
+    if not ((method == "RSA-SHA256" and isinstance(key, rsa.RSAPublicKey))
+            or (method == "ECDSA-SHA256" and isinstance(key, ec.EllipticCurvePublicKey))):
+        return False
+    for node, digest in zip(signed, digests, strict=True):
+        own = hashlib.sha256(etree.tostring(node, method="c14n", exclusive=True, with_comments=False)).digest()
+        if not hmac.compare_digest(own, digest):
+            return False
+    data = etree.tostring(signed_info, method="c14n", exclusive=True, with_comments=False)
+    try:
+        if isinstance(key, rsa.RSAPublicKey):
+            key.verify(value, data, padding.PKCS1v15(), hashes.SHA256())
+        else:
+            assert isinstance(key, ec.EllipticCurvePublicKey)
+            size = (key.curve.key_size + 7) // 8
+            if len(value) != 2 * size:
+                return False
+            r, s = int.from_bytes(value[:size], "big"), int.from_bytes(value[size:], "big")
+            key.verify(encode_dss_signature(r, s), data, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        return False
+    return True
 
 
 def _parse_time(text: str | None) -> datetime | None:
@@ -759,9 +873,20 @@ class ReceiverApp:
                          "(%.0f ms)", batch_id, area.number, existing.record_count,
                          (time.monotonic() - started) * 1000)
                 return existing.response_xml
-            for rec in records:
-                record_id = (rec.findtext(rid_tag) or "").strip()
+            # The record id is a record's first child (the XSD's sequence): read it so when it is.
+            items = [(((rec[0].text or "") if len(rec) and rec[0].tag == rid_tag
+                       else (rec.findtext(rid_tag) or "")).strip(), rec) for rec in records]
+            # The records are written in their order, as one record at a time would write them, but in
+            # runs of one statement: a record id stored under another area is refused up front (the
+            # areas stored before the batch, and those this batch gives its new records), and an
+            # annulment first writes what came before it.
+            stored_area = tx.record_areas(rid for rid, rec in items if rec.tag != annul_tag)
+            pending: list[tuple[str, int, str, bytes, str]] = []
+            for record_id, rec in items:
                 if rec.tag == annul_tag:
+                    if pending:
+                        tx.upsert_records(pending)
+                        pending.clear()
                     if tx.annul_record(record_id, area.number, batch_id, now):
                         outcomes.append((record_id, payload.RECORD_ACCEPTED, None, None))
                     else:
@@ -769,19 +894,21 @@ class ReceiverApp:
                                          ERROR_TEXTS[ERR_UNKNOWN_RECORD]))
                     continue
                 bad = [el for el in rec.iter(*cpr_tags)
-                       if check_cpr and cpr_status((el.text or "").strip()) == CPR_BAD_DATE]
+                       if check_cpr and bad_birth_date((el.text or "").strip())]
                 if bad:
                     outcomes.append((record_id, payload.RECORD_REJECTED, ERR_UNKNOWN_CPR,
                                      f"{ERROR_TEXTS[ERR_UNKNOWN_CPR]} ({etree.QName(bad[0]).localname}: "
                                      "the birth date does not exist)"))
                     continue
-                record_xml = etree.tostring(rec, method="c14n", exclusive=True)  # without the envelope's ns
-                version = tx.upsert_record(record_id, area.number, batch_id, record_xml, now)
-                if version is None:
+                if stored_area.setdefault(record_id, area.number) != area.number:
                     outcomes.append((record_id, payload.RECORD_REJECTED, ERR_RECORD_AREA,
                                      ERROR_TEXTS[ERR_RECORD_AREA]))
-                else:
-                    outcomes.append((record_id, payload.RECORD_ACCEPTED, None, None))
+                    continue
+                record_xml = etree.tostring(rec, method="c14n", exclusive=True)  # without the envelope's ns
+                pending.append((record_id, area.number, batch_id, record_xml, now))
+                outcomes.append((record_id, payload.RECORD_ACCEPTED, None, None))
+            if pending:
+                tx.upsert_records(pending)
             response_xml = build_receipt("SubmitBatchResponse", batch_id, outcomes, ns)
             tx.insert_batch(StoredBatch(batch_id, area.number, digest, response_xml, now, len(outcomes)))
         accepted = sum(1 for o in outcomes if o[1] == payload.RECORD_ACCEPTED)

@@ -134,6 +134,7 @@ class ReceiverHandle:
         self.server.shutdown()
         self.server.server_close()
         self._thread.join(timeout=5)
+        self.store.close()
 
     def __enter__(self) -> Self:
         return self
@@ -359,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         server.serve_forever()
     finally:
         app.stopping.set()
+        app.store.close()
         log.info("AMS receiver stopped")
     return 0
 
