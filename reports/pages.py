@@ -54,6 +54,9 @@ from transforms.rules import RULE_BY_ID
 
 #: Rows of a list shown on a page; the CSV beside the page holds all of them.
 MAX_ROWS = 500
+#: The run page shows the entries new in quarantine, the first NEW_ROWS; the whole lists (the first MAX_ROWS)
+#: are on quarantine.html, which a day with no change shares with the day before (issue 9: a few kB a day).
+NEW_ROWS = 20
 #: Under runs/: one copy of each distinct findings.csv, hard-linked from the runs that wrote it.
 SHARED_FILES = ".shared"
 #: Runs in the trend (up to and including the run of the page).
@@ -196,6 +199,26 @@ def _link_shared(kept: Path, path: Path) -> bool:
     except OSError:
         return False
     return True
+
+
+def _write_shared_text(path: StorePath, text: str, shared: Path | None) -> None:
+    """Write a page; with `shared`, one whose bytes were written before is a hard link to that copy."""
+    data = text.encode("utf-8")
+    if shared is None:
+        _write_text(path, text)
+        return
+    kept = shared / f"{hashlib.sha256(data).hexdigest()}{path.suffix}"
+    try:
+        shared.mkdir(parents=True, exist_ok=True)
+        if not kept.exists():
+            tmp = kept.with_name(kept.name + ".tmp")
+            tmp.write_bytes(data)
+            tmp.replace(kept)
+    except OSError:
+        _write_text(path, text)
+        return
+    if not _link_shared(kept, path):
+        _write_text(path, text)
 
 
 def _write_text(path: StorePath, text: str) -> None:
@@ -469,8 +492,8 @@ _LAYOUT = """<!DOCTYPE html>
 </head>
 <body>
 {% block body %}{% endblock %}
-<p class="muted small">Written {{ generated }}. Persons are shown as DDMMYY-****: no CPR number appears in this
-report. Use the record key to find the row in the case system.</p>
+<p class="muted small">{% if generated %}Written {{ generated }}. {% endif %}Persons are shown as DDMMYY-****:
+no CPR number appears in this report. Use the record key to find the row in the case system.</p>
 </body>
 </html>
 """
@@ -587,50 +610,22 @@ several rules, so the rows do not add up to the quarantine.</p>
 {% endif %}
 
 <h2 id="quarantine">Open quarantine ({{ quarantine_count }})</h2>
-<p class="muted small">Records held back until they are fixed at the source, with every rule they fail. The list is
-the state after this run{% if quarantine_shown < quarantine_count %}; the first {{ quarantine_shown }} of
-{{ quarantine_count }} are shown{% endif %}. A fixed record leaves the list in the next run and is delivered.</p>
-{% if quarantine_shown < quarantine_count %}
-<p class="note">Showing {{ quarantine_shown }} of {{ quarantine_count }} open entries.
-The full list is in <a href="quarantine.csv">quarantine.csv</a>.</p>
-{% endif %}
-{% if quarantine %}
-<table>
-<thead><tr><th>area</th><th>record key</th><th>person</th><th>failed rules (paragraph: message)</th>
-<th class="n">first seen</th><th class="n">last seen</th></tr></thead>
-<tbody>
-{% for q in quarantine[:quarantine_shown] %}
-<tr data-quarantine-area="{{ q.area }}" data-key="{{ q.record_key }}"><td class="n">{{ q.area }}</td>
-<td class="key"><code>{{ q.record_key }}</code>
-{% if q.first_seen_run == run.run_id %} <span class="badge b-new">new</span>{% endif %}</td>
-<td class="mono">{{ q.person }}</td>
-<td><ul class="failed">{% for f in q.findings %}
-<li><code>{{ f.rule }}</code> <span class="muted">{{ f.paragraph }}</span>: {{ f.message }}</li>{% endfor %}</ul></td>
-<td>{{ run_ref(q.first_seen_run) }}</td><td>{{ run_ref(q.last_seen_run) }}</td></tr>
-{% endfor %}
-</tbody>
-</table>
+<p class="muted small">Records held back until they are fixed at the source, with every rule they fail. A fixed
+record leaves the list in the next run and is delivered.</p>
+<p><a href="quarantine.html">The open quarantine and this run's warnings</a>{% if quarantine_count > MAX_ROWS %}
+(the first {{ MAX_ROWS }} of each){% endif %}; every entry in <a href="quarantine.csv">quarantine.csv</a>, every
+finding in <a href="findings.csv">findings.csv</a>.</p>
+{% if new_in_quarantine %}
+<h3>New in quarantine in this run ({{ new_count }}{% if new_count > new_in_quarantine|length %}, the first
+{{ new_in_quarantine|length }} shown{% endif %})</h3>
+{{ quarantine_table(new_in_quarantine, run.run_id, run_ref) }}
+{% elif quarantine_count %}
+<p class="info">No record entered quarantine in this run.</p>
 {% else %}
 <p class="info">Nothing is in quarantine.</p>
 {% endif %}
-
-<details>
-<summary>Warnings in this run ({{ warnings_count }} findings{% if warnings_shown < warnings_count %}, first
-{{ warnings_shown }} shown{% endif %})</summary>
-<p class="muted small">Records delivered with a warning: information, nothing is held back. All of them are in
-<a href="findings.csv">findings.csv</a>.</p>
-{% if warnings %}
-<table>
-<thead><tr><th>area</th><th>record key</th><th>rule</th><th>paragraph</th><th>message</th></tr></thead>
-<tbody>
-{% for f in warnings[:warnings_shown] %}
-<tr><td class="n">{{ f.area }}</td><td><code>{{ f.record_key }}</code></td><td><code>{{ f.rule }}</code></td>
-<td>{{ f.paragraph }}</td><td>{{ f.message }}</td></tr>
-{% endfor %}
-</tbody>
-</table>
-{% endif %}
-</details>
+<p class="muted small">Warnings in this run: {{ warnings_count }} findings (records delivered with a warning:
+information, nothing is held back); per rule in the table above.</p>
 
 <h2 id="data-docs">Great Expectations Data Docs</h2>
 {% if docs.exists %}
@@ -665,6 +660,68 @@ Each expectation names the rule, the field and the paragraph; the suite runs on 
 {{ runs_table(trend.runs) }}
 {% endblock %}
 """
+
+_LISTS = """{% extends "layout" %}
+{% block title %}AMS data quality - open quarantine and warnings{% endblock %}
+{% block body %}
+<h1>AMS data quality: open quarantine and warnings</h1>
+<nav class="links">
+  <a href="index.html">The run's page</a>
+  <a href="quarantine.csv">Open quarantine (CSV)</a>
+  <a href="findings.csv">All findings of the run (CSV)</a>
+</nav>
+<p class="muted small">This page is the same for every run after which nothing changed: it is stored once and
+shared by their folders ("this run" is the run whose folder you opened it from).</p>
+<h2 id="quarantine">Open quarantine ({{ quarantine_count }})</h2>
+<p class="muted small">Records held back until they are fixed at the source, with every rule they fail. The list is
+the state after this run{% if quarantine_shown < quarantine_count %}; the first {{ quarantine_shown }} of
+{{ quarantine_count }} are shown{% endif %}. A fixed record leaves the list in the next run and is delivered.</p>
+{% if quarantine_shown < quarantine_count %}
+<p class="note">Showing {{ quarantine_shown }} of {{ quarantine_count }} open entries.
+The full list is in <a href="quarantine.csv">quarantine.csv</a>.</p>
+{% endif %}
+{% if quarantine %}
+{{ quarantine_table(quarantine[:quarantine_shown], run_id, run_ref) }}
+{% else %}
+<p class="info">Nothing is in quarantine.</p>
+{% endif %}
+
+<h2 id="warnings">Warnings in this run ({{ warnings_count }} findings{% if warnings_shown < warnings_count %}, first
+{{ warnings_shown }} shown{% endif %})</h2>
+<p class="muted small">Records delivered with a warning: information, nothing is held back. All of them are in
+<a href="findings.csv">findings.csv</a>.</p>
+{% if warnings %}
+<table>
+<thead><tr><th>area</th><th>record key</th><th>rule</th><th>paragraph</th><th>message</th></tr></thead>
+<tbody>
+{% for f in warnings[:warnings_shown] %}
+<tr><td class="n">{{ f.area }}</td><td><code>{{ f.record_key }}</code></td><td><code>{{ f.rule }}</code></td>
+<td>{{ f.paragraph }}</td><td>{{ f.message }}</td></tr>
+{% endfor %}
+</tbody>
+</table>
+{% endif %}
+
+{% endblock %}
+"""
+
+_QUARANTINE_TABLE = """{% macro quarantine_table(rows, run_id, run_ref) %}
+<table>
+<thead><tr><th>area</th><th>record key</th><th>person</th><th>failed rules (paragraph: message)</th>
+<th class="n">first seen</th><th class="n">last seen</th></tr></thead>
+<tbody>
+{% for q in rows %}
+<tr data-quarantine-area="{{ q.area }}" data-key="{{ q.record_key }}"><td class="n">{{ q.area }}</td>
+<td class="key"><code>{{ q.record_key }}</code>
+{% if q.first_seen_run == run_id %} <span class="badge b-new">new</span>{% endif %}</td>
+<td class="mono">{{ q.person }}</td>
+<td><ul class="failed">{% for f in q.findings %}
+<li><code>{{ f.rule }}</code> <span class="muted">{{ f.paragraph }}</span>: {{ f.message }}</li>{% endfor %}</ul></td>
+<td>{{ run_ref(q.first_seen_run) }}</td><td>{{ run_ref(q.last_seen_run) }}</td></tr>
+{% endfor %}
+</tbody>
+</table>
+{% endmacro %}"""
 
 _RUNS_TABLE = """{% macro runs_table(runs) %}
 <table>
@@ -814,7 +871,8 @@ def write_overview(settings: Settings) -> StorePath:
 
 def _env() -> Environment:
     env = Environment(loader=DictLoader({"layout": _LAYOUT, "run": _RUN, "index": _INDEX, "runs_table": _RUNS_TABLE,
-                                         "overview": _OVERVIEW}),
+                                         "overview": _OVERVIEW, "lists": _LISTS,
+                                         "quarantine_table": _QUARANTINE_TABLE}),
                       autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.globals["when"] = _when
     env.globals["css"] = Markup(_CSS)
@@ -822,6 +880,8 @@ def _env() -> Environment:
     env.globals["count_badge"] = _count_badge
     macros = env.get_template("runs_table").module
     env.globals["runs_table"] = macros.runs_table  # type: ignore[attr-defined]
+    env.globals["quarantine_table"] = env.get_template("quarantine_table").module.quarantine_table  # type: ignore[attr-defined]
+    env.globals["MAX_ROWS"] = MAX_ROWS
     return env
 
 
@@ -888,6 +948,9 @@ def _run_context(run_id: str, settings: Settings, state: StateStore, view: dict 
         "quarantine": quarantine,
         "quarantine_count": quarantine_count,
         "quarantine_shown": min(quarantine_count, len(quarantine)),
+        "new_in_quarantine": [q for q in quarantine if q["first_seen_run"] == run_id][:NEW_ROWS],
+        "new_count": tables.open_quarantine_count(state, first_seen_run=run_id) if quarantine_count else 0,
+        "run_id": run_id,
         "released": _released_in(state, run_id),
         "docs": _data_docs_links(run_id, reports_dir),
         "trend": trend,
@@ -910,6 +973,12 @@ def render_run_page(run_id: str, settings: Settings) -> str:
     """The run's page as HTML (self-contained; links are relative to runs/<safe run id>/)."""
     state = settings.state()
     return _env().get_template("run").render(**_run_context(run_id, settings, state))
+
+
+def render_lists_page(run_id: str, settings: Settings) -> str:
+    """The run's open quarantine and warnings (quarantine.html), shared by content between runs."""
+    state = settings.state()
+    return _env().get_template("lists").render(**{**_run_context(run_id, settings, state), "generated": ""})
 
 
 def _findings_csv_rows(state: StateStore, run_id: str, tally: tables.FindingsTally) -> Iterator[tuple]:
@@ -1036,7 +1105,10 @@ def write_run_page(run_id: str, settings: Settings) -> Path:
             if not (shared / view_file).is_file():
                 _write_text(shared / view_file, json.dumps(view, sort_keys=True))
     page = folder / "index.html"
-    _write_text(page, _env().get_template("run").render(**_run_context(run_id, settings, state, view)))
+    context = _run_context(run_id, settings, state, view)
+    lists = _env().get_template("lists").render(**{**context, "generated": ""})
+    _write_shared_text(folder / "quarantine.html", lists, shared if local else None)
+    _write_text(page, _env().get_template("run").render(**context))
     if local and started is not None:
         _write_text(folder / REPORT_STATE, json.dumps({
             "run_id": run_id, "started": started.isoformat(), "written_at": written_at.isoformat(), "areas": areas,

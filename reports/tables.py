@@ -199,7 +199,10 @@ def open_quarantine_chunks(state: StateStore, *, limit: int | None = None,
             yield [_entry(r) for r in rows]
 
 
-def open_quarantine_count(state: StateStore) -> int:
+def open_quarantine_count(state: StateStore, first_seen_run: str | None = None) -> int:
+    """Open quarantine entries (those a run first saw, with `first_seen_run`)."""
+    query = sa.select(sa.func.count()).select_from(quarantine_table).where(quarantine_table.c.status == "open")
+    if first_seen_run is not None:
+        query = query.where(quarantine_table.c.first_seen_run == first_seen_run)
     with state.begin() as conn:
-        return int(conn.execute(sa.select(sa.func.count()).select_from(quarantine_table)
-                                .where(quarantine_table.c.status == "open")).scalar_one())
+        return int(conn.execute(query).scalar_one())

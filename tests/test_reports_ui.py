@@ -136,12 +136,20 @@ def test_run_page_shows_counts_rules_and_every_quarantined_record(world):
         rule_def = report_html.RULE_BY_ID[rule]
         assert str(escape(rule_def.title)) in row and str(escape(rule_def.basis)) in row
 
-    # The open quarantine: every record, its masked person, every failed rule with paragraph and message.
+    # The open quarantine, on the page beside it (quarantine.html): every record, its masked person, every
+    # failed rule with paragraph and message. The run page shows those new in this run (none: both runs
+    # hold back the same records, less those released) and links the lists.
+    lists = (_page_path(settings, run_id).parent / "quarantine.html").read_text(encoding="utf-8")
+    assert 'href="quarantine.html"' in page and "No record entered quarantine in this run." in page
+    assert "data-quarantine-area=" not in page
+    first = _page_path(settings, RUNS[0]).read_text(encoding="utf-8")  # the first run: every entry is new
+    assert first.count("data-quarantine-area=") == min(report_html.NEW_ROWS, len(state.open_quarantine())
+                                                       + WITHDRAWN)
     open_entries = state.open_quarantine()
     assert 0 < len(open_entries) <= report_html.MAX_ROWS
     for q in open_entries:
         m = re.search(rf'<tr data-quarantine-area="{q["area"]}" data-key="{re.escape(q["record_key"])}">(.*?)</tr>',
-                      page, re.S)
+                      lists, re.S)
         assert m, f"quarantined record {q['record_key']} is not on the page"
         row = m.group(1)
         assert MASKED.fullmatch(q["masked_person"]) and q["masked_person"] in row
@@ -217,7 +225,7 @@ def test_quarantine_csv_holds_the_whole_list_and_the_page_caps_it(world, monkeyp
         assert sum(1 for _ in csv.DictReader(fh)) == len(state.run_findings(run_id))
 
     monkeypatch.setattr(report_html, "MAX_ROWS", 2)
-    page = report_html.render_run_page(run_id, settings)
+    page = report_html.render_lists_page(run_id, settings)
     assert page.count("data-quarantine-area=") == 2
     assert f"Showing 2 of {len(entries)} open entries" in page and 'href="quarantine.csv"' in page
 
@@ -237,8 +245,8 @@ def test_no_raw_cpr_in_any_written_file(world):
     files = [p for p in settings.reports_dir.rglob("*") if p.is_file()]
     shared = [p for p in files if report_html.SHARED_FILES in p.parts]  # the findings.csv copies, linked
     ours = [p for p in files if p.suffix in (".html", ".csv") and "data_docs" not in p.parts and p not in shared]
-    assert {p.name for p in ours} == {"index.html", "quarantine.csv", "findings.csv"}
-    assert len(ours) == 1 + 3 * len(RUNS)
+    assert {p.name for p in ours} == {"index.html", "quarantine.html", "quarantine.csv", "findings.csv"}
+    assert len(ours) == 1 + 4 * len(RUNS)
     ours += shared
     for path in files:  # everything under the reports folder, Data Docs included
         _assert_no_raw_cpr(path.read_bytes().decode("utf-8", "replace"), cprs, str(path))
@@ -516,6 +524,9 @@ def test_analyst_reads_the_findings_in_the_airflow_ui(chromium, world, api_serve
         assert html.escape(RUNS[-1]) in content
         for rule in rules:
             assert rule in content, f"{where}: rule {rule} missing"
+        _assert_no_raw_cpr(content, cprs, where)
+
+    def check_lists_page(content: str, where: str) -> None:
         for q in quarantined:
             assert q["record_key"] in content and q["masked_person"] in content
         assert len(MASKED.findall(content)) >= len(quarantined)
@@ -548,7 +559,6 @@ def test_analyst_reads_the_findings_in_the_airflow_ui(chromium, world, api_serve
             page.screenshot(path=str(shots / "reports-index.png"))
             page.get_by_role("link", name="Latest run", exact=True).click()
             page.wait_for_url(f"**/ams-reports/runs/{safe_folder_name(RUNS[-1])}/**")
-            expect(page.locator("tr[data-quarantine-area] td.mono").first).to_have_text(MASKED)
             check_run_page(page.content(), "run page")
             page.screenshot(path=str(shots / "reports-ui.png"), full_page=True)
             page.screenshot(path=str(shots / "reports-run.png"))  # what the page opens with: counts, first plot
@@ -562,8 +572,14 @@ def test_analyst_reads_the_findings_in_the_airflow_ui(chromium, world, api_serve
                 page.locator(f"#{figure}").screenshot(path=str(shots / f"{figure}.png"))
             page.locator("#rules").scroll_into_view_if_needed()
             page.screenshot(path=str(shots / "reports-rules.png"))
-            page.locator("#quarantine").scroll_into_view_if_needed()
+            # The open quarantine and the warnings: one click from the run page.
+            page.get_by_role("link", name="The open quarantine and this run's warnings").click()
+            page.wait_for_url(f"**/ams-reports/runs/{safe_folder_name(RUNS[-1])}/quarantine.html")
+            expect(page.locator("tr[data-quarantine-area] td.mono").first).to_have_text(MASKED)
+            check_lists_page(page.content(), "quarantine page")
             page.screenshot(path=str(shots / "reports-quarantine.png"))
+            page.get_by_role("link", name="The run's page").click()
+            expect(page.locator("#quarantine")).to_be_visible()
 
             # No report for an unknown run: a 404 page, not a server error.
             missing = page.goto(f"{api_server}/ams-reports/runs/no-such-run/")

@@ -53,6 +53,7 @@ _RUN_FOLDER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,250}")
 #: The files of a run folder that are served, with their media type and whether they download.
 RUN_FILES: dict[str, tuple[str, bool]] = {
     "index.html": ("text/html; charset=utf-8", False),
+    "quarantine.html": ("text/html; charset=utf-8", False),
     "quarantine.csv": ("text/csv; charset=utf-8", True),
     "findings.csv": ("text/csv; charset=utf-8", True),
     "summary.md": ("text/plain; charset=utf-8", False),
@@ -236,7 +237,7 @@ def create_app(*, reports_dir: Any | Callable[[], Any] | None = None, require_lo
                 return no_run_yet()
             raise HTTPException(404)
         media_type, download = RUN_FILES[name]
-        return _serve(path, media_type, csp=_OWN_CSP if name == "index.html" else None,
+        return _serve(path, media_type, csp=_OWN_CSP if name.endswith(".html") else None,
                       download=f"{run}-{name}" if download else None)
 
     def data_docs_of(base: Any, relative: str) -> Response:
