@@ -325,8 +325,9 @@ CHECK_INPUTS = ("reconciles", "status_changed", "no_target_group", "overlaps_wit
 def map_records(area: Area, source: pd.DataFrame, municipality: str | None = None) -> MappedChunk:
     """Map one chunk of an area's source frame to its records frame (`municipality`: see record_id)."""
     frame = source.copy()
-    # No dtype given: inferred as Series.map infers it (str), as before.
-    frame["record_key"] = pd.Series(_memoised(_text, frame["record_key"].tolist()), index=frame.index)
+    # Plain objects like every other column (pandas would infer its str dtype, whose values every later step
+    # iterating the keys gets one by one through the extension array).
+    frame["record_key"] = pd.Series(_memoised(_text, frame["record_key"].tolist()), index=frame.index, dtype=object)
     for f in area.fields:
         if f.name not in frame.columns:  # the source key as a field (an interface version may ask for it)
             frame[f.name] = frame["record_key"] if f.name == area.key_column else None
@@ -359,7 +360,8 @@ def map_records(area: Area, source: pd.DataFrame, municipality: str | None = Non
     frame["action"] = pd.Series(CREATE_OR_UPDATE, index=frame.index, dtype=object)
     if deleted is not None and len(frame):
         frame.loc[deleted.astype(bool), "action"] = ANNUL
-    frame["record_id"] = pd.Series(record_ids(area, frame["record_key"].tolist(), municipality), index=frame.index)
+    frame["record_id"] = pd.Series(record_ids(area, frame["record_key"].tolist(), municipality), index=frame.index,
+                                   dtype=object)
 
     keep = ["record_key", "record_id", "action", *area.field_names]
     keep += [condition_column(c.name) for c in area.conditions]
