@@ -470,7 +470,8 @@ def _unchanged(convert: Callable[[Any], Any], held: tuple) -> bool:
     types = set(map(type, held))
     if convert is _timestamp:  # text is left alone unless it has a "T" between date and time
         return types <= {str, _NONE} and "T" not in "".join(v for v in held if v is not None)
-    unchanged = _UNCHANGED.get(convert) or getattr(convert, "unchanged", frozenset())
+    known = _UNCHANGED.get(convert)
+    unchanged: frozenset[type] = known if known is not None else getattr(convert, "unchanged", frozenset())
     return bool(unchanged) and types <= unchanged
 
 
