@@ -34,6 +34,7 @@ from great_expectations.core.run_identifier import RunIdentifier  # noqa: E402
 from great_expectations.data_context import AbstractDataContext  # noqa: E402
 from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: E402
 from great_expectations.datasource.fluent import PandasDatasource  # noqa: E402
+from great_expectations.validator.v1_validator import Validator  # noqa: E402
 
 from expectations.checks import LIST_SEP, Check, area_checks, prepare_frame  # noqa: E402
 from expectations.data_docs import localise  # noqa: E402
@@ -154,7 +155,13 @@ class _Project:
                 (result,) = outcome.run_results.values()
                 localise(cast(Path, self.docs_dir), since=started)  # the pages GX just wrote load nothing external
                 return result
-            return target.run(batch_parameters={"dataframe": frame}, result_format=RESULT_FORMAT, run_id=run)
+            # Without Data Docs nothing reads a stored result: the suite is validated as
+            # ValidationDefinition.run does it, without serialising the result (every failing row's key)
+            # into the ephemeral context's in-memory store, which took more time than the validation and
+            # kept every chunk's result for the life of the process.
+            validator = Validator(batch_definition=target.batch_definition,
+                                  batch_parameters={"dataframe": frame}, result_format=RESULT_FORMAT)
+            return validator.validate_expectation_suite(target.suite)
 
 
 _PROJECTS: dict[Path | None, _Project] = {}

@@ -184,3 +184,58 @@ def test_types_are_normalised_and_bad_values_kept_for_the_contract():
     assert {("format.date", "start_date"), ("format.number", "weekly_hours")} <= set(
         zip(found["rule"], found["field"], strict=True))
     assert not found["message"].str.contains(CPR).any() and found["message"].str.contains("010190-\\*\\*\\*\\*").all()
+
+
+# --- the column-at-a-time fast paths against the value-by-value rules -----------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from transforms import mapping  # noqa: E402
+
+_ANY_VALUE = st.one_of(
+    st.none(), st.text(max_size=6), st.sampled_from([" 101 ", "", "  ", "2025-01-06", "x", "0101901234"]),
+    st.integers(-3, 3), st.floats(allow_nan=True, allow_infinity=False), st.booleans(), st.dates(),
+)
+
+
+def _one_by_one(convert, values):
+    """The value-by-value memo the fast paths replace: keyed by (type, value), NaN and lists not kept."""
+    memo: dict = {}
+    out = []
+    for value in values:
+        try:
+            key = (type(value), value)
+            hit = memo.get(key, memo)
+        except TypeError:
+            out.append(convert(value))
+            continue
+        if hit is memo:
+            hit = convert(value)
+            if not mapping._is_missing(value):
+                memo[key] = hit
+        out.append(hit)
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.one_of(st.lists(_ANY_VALUE, max_size=12),
+                        st.lists(st.one_of(st.none(), st.sampled_from(["a", " a", "b ", "", " "])), max_size=12),
+                        st.lists(st.one_of(st.none(), st.dates()), max_size=12),
+                        st.lists(st.one_of(st.none(), st.floats(allow_nan=True), st.integers(0, 2)), max_size=12)),
+       kind=st.sampled_from(["text", "cpr", "date", "hours", "count", "bool", "cpr_list"]))
+def test_memoised_equals_converting_each_value(values: list, kind: str) -> None:
+    """Factorised or memoised, every value converts as the value-by-value memo did (type included: 1 vs 1.0
+    vs True)."""
+    for convert in (mapping._NORMALISE[kind], mapping._canonical):
+        got, want = mapping._memoised(convert, values), _one_by_one(convert, values)
+        assert [type(v) for v in got] == [type(v) for v in want]
+        assert [repr(v) for v in got] == [repr(v) for v in want]
+
+
+@settings(max_examples=200, deadline=None)
+@given(keys=st.lists(st.text(max_size=12), max_size=8),
+       municipality=st.one_of(st.none(), st.sampled_from(["101", "147"])), number=st.sampled_from([1, 2, 5, 7]))
+def test_record_ids_equal_record_id(keys: list[str], municipality: str | None, number: int) -> None:
+    area = get_area(number)
+    assert mapping.record_ids(area, keys, municipality) == [record_id(area, k, municipality) for k in keys]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from transforms import codelists
@@ -48,6 +49,21 @@ def record_id(area: Area, record_key: str, municipality: str | None = None) -> s
     (the single-municipality deployment) the ids are those of every earlier run."""
     name = f"{area.code}:{record_key}" if municipality is None else f"{municipality}:{area.code}:{record_key}"
     return str(uuid.uuid5(ID_NAMESPACE, name))
+
+
+def record_ids(area: Area, record_keys: list, municipality: str | None = None) -> list[str]:
+    """record_id of every key (a column at a time): uuid5's bytes (SHA-1 of the namespace and the name,
+    version 5, RFC 4122 variant) without a UUID object per key; tests/test_mapping.py proves it equal."""
+    prefix = f"{area.code}:" if municipality is None else f"{municipality}:{area.code}:"
+    namespace, sha1 = ID_NAMESPACE.bytes, hashlib.sha1
+    out = []
+    for key in record_keys:
+        digest = bytearray(sha1(namespace + f"{prefix}{key}".encode()).digest()[:16])
+        digest[6] = (digest[6] & 0x0F) | 0x50
+        digest[8] = (digest[8] & 0x3F) | 0x80
+        x = digest.hex()
+        out.append(f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}")
+    return out
 
 
 def _is_missing(value: object) -> bool:
@@ -129,9 +145,23 @@ def _cpr_list(value: object) -> object:
 def _memoised(convert: Callable[[Any], object], values: list) -> list:
     """`convert` of every value, computed once per distinct value (codes, dates and hours repeat a lot).
     Keyed by (type, value): 1, 1.0 and True are distinct inputs; unhashable values are converted as
-    they come, and so is NaN (it never equals itself)."""
+    they come, and so is NaN (it never equals itself).
+
+    A column of one plain type (str, date, int or float; None beside it) is factorised by pandas in C
+    (equal values of one type: the same key as above); the rest goes value by value."""
+    kinds = set(map(type, values))
+    kinds.discard(_NONE)
+    if convert is _text and kinds <= {str}:  # _text of a str or None, without a call per value
+        return [None if v is None else (v.strip() or None) for v in values]
+    if len(kinds) == 1 and kinds <= _FACTORISABLE:
+        codes, uniques = pd.factorize(np.asarray(values, dtype=object))
+        lookup = [convert(u) for u in uniques.tolist()]
+        out = [lookup[c] for c in codes.tolist()]
+        for i in np.flatnonzero(codes < 0).tolist():  # None, NaN: converted as they are
+            out[i] = convert(values[i])
+        return out
     memo: dict[tuple[type, object], object] = {}
-    out: list = []
+    out = []
     append = out.append
     for value in values:
         try:
@@ -146,6 +176,10 @@ def _memoised(convert: Callable[[Any], object], values: list) -> list:
                 memo[key] = hit
         append(hit)
     return out
+
+
+_NONE = type(None)
+_FACTORISABLE = frozenset({str, date, int, float})
 
 
 _NORMALISE: dict[str, Callable[[object], object]] = {
@@ -291,7 +325,9 @@ CHECK_INPUTS = ("reconciles", "status_changed", "no_target_group", "overlaps_wit
 def map_records(area: Area, source: pd.DataFrame, municipality: str | None = None) -> MappedChunk:
     """Map one chunk of an area's source frame to its records frame (`municipality`: see record_id)."""
     frame = source.copy()
-    frame["record_key"] = frame["record_key"].map(_text)
+    # Plain objects like every other column (pandas would infer its str dtype, whose values every later step
+    # iterating the keys gets one by one through the extension array).
+    frame["record_key"] = pd.Series(_memoised(_text, frame["record_key"].tolist()), index=frame.index, dtype=object)
     for f in area.fields:
         if f.name not in frame.columns:  # the source key as a field (an interface version may ask for it)
             frame[f.name] = frame["record_key"] if f.name == area.key_column else None
@@ -324,7 +360,8 @@ def map_records(area: Area, source: pd.DataFrame, municipality: str | None = Non
     frame["action"] = pd.Series(CREATE_OR_UPDATE, index=frame.index, dtype=object)
     if deleted is not None and len(frame):
         frame.loc[deleted.astype(bool), "action"] = ANNUL
-    frame["record_id"] = frame["record_key"].map(lambda k: record_id(area, k, municipality))
+    frame["record_id"] = pd.Series(record_ids(area, frame["record_key"].tolist(), municipality), index=frame.index,
+                                   dtype=object)
 
     keep = ["record_key", "record_id", "action", *area.field_names]
     keep += [condition_column(c.name) for c in area.conditions]

@@ -28,6 +28,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -465,13 +466,26 @@ def column_kind(area: Area | int | str, column: str) -> str | None:
 
 
 def _frame(rows: Sequence[Sequence[Any]], columns: list[str], converters: list[Callable[[Any], Any]]) -> pd.DataFrame:
-    # Transposed in C; a column whose values the converter would leave alone is not walked in Python.
-    values = list(zip(*rows, strict=True)) if rows else [() for _ in columns]
-    data = {}
-    for column, convert, held in zip(columns, converters, values, strict=True):
-        unchanged = _UNCHANGED.get(convert) or getattr(convert, "unchanged", frozenset())
-        data[column] = list(held) if unchanged and set(map(type, held)) <= unchanged else [convert(v) for v in held]
-    return pd.DataFrame(data, columns=columns, dtype=object)
+    # Transposed in C; a column whose values the converter would leave alone is not walked in Python; the
+    # columns go into one object block (one array, no per-column copies when the frame is made).
+    if not rows:
+        return pd.DataFrame({c: [] for c in columns}, columns=columns, dtype=object)
+    block = np.empty((len(columns), len(rows)), dtype=object)
+    for j, (convert, held) in enumerate(zip(converters, zip(*rows, strict=True), strict=True)):
+        if not _unchanged(convert, held):
+            held = tuple(convert(v) for v in held)
+        block[j] = np.fromiter(held, dtype=object, count=len(rows))  # values as they are (a list stays a list)
+    return pd.DataFrame(block.T, columns=columns, dtype=object, copy=False)
+
+
+def _unchanged(convert: Callable[[Any], Any], held: tuple) -> bool:
+    """True when `convert` would return every value of the column as it is."""
+    types = set(map(type, held))
+    if convert is _timestamp:  # text is left alone unless it has a "T" between date and time
+        return types <= {str, _NONE} and "T" not in "".join(v for v in held if v is not None)
+    known = _UNCHANGED.get(convert)
+    unchanged: frozenset[type] = known if known is not None else getattr(convert, "unchanged", frozenset())
+    return bool(unchanged) and types <= unchanged
 
 
 # --------------------------------------------------------------------------------------------- extraction
