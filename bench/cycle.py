@@ -144,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk", type=int, default=100_000, help="AMS_CHUNK_SIZE of the cycle and the floor")
     parser.add_argument("--batch-size", type=int, default=5000)
     parser.add_argument("--changed", type=float, default=0.01, help="share of measures changed before day 3")
-    parser.add_argument("--source-url", default="", help="a PostgreSQL URL for the source (default: SQLite)")
+    parser.add_argument("--source-url", default="",
+                        help="a PostgreSQL URL for the source (default: SQLite), its search_path an empty schema "
+                             "(or the one a previous run filled, with --reuse-source)")
     parser.add_argument("--state-url", default="", help="the state DB (default: SQLite in the work folder)")
     parser.add_argument("--home", default="", help="work folder (default: a temporary one, removed after)")
     parser.add_argument("--no-validation", action="store_true", help="skip the validation-only benchmark")
@@ -170,11 +172,6 @@ def main(argv: list[str] | None = None) -> int:
         args.home = tmp.name
     home = Path(args.home)
     home.mkdir(parents=True, exist_ok=True)
-    if args.reuse_source:  # a fresh state, receiver and reports beside the kept source
-        for leftover in ("state.sqlite", "receiver.sqlite", "floor.xml.gz"):
-            for path in home.glob(leftover + "*"):
-                path.unlink()
-        shutil.rmtree(home / "var", ignore_errors=True)
     os.environ["AMS_ARCHIVE_KEY_FILE"] = str(home / "archive.key")
     from delivery.archive import load_keys
 
@@ -223,6 +220,15 @@ def _bench(args: argparse.Namespace, home: Path) -> int:
 
 def _measure(args: argparse.Namespace, home: Path) -> tuple[dict, dict[str, dict]]:
     """Source, floor, and the three days at one size; returns the floor and each day's results."""
+    # a fresh state, receiver and reports every time (a folder a run left would find everything delivered);
+    # the source too, unless it is reused
+    leftovers = ["state.sqlite", "receiver.sqlite", "floor.xml.gz"]
+    if not args.reuse_source:
+        leftovers.append("source.sqlite")
+    for leftover in leftovers:
+        for path in home.glob(leftover + "*"):
+            path.unlink()
+    shutil.rmtree(home / "var", ignore_errors=True)
     from delivery.security import generate_test_pki
     from demo.scale import change_measures, demo_source, scale_source, touch_rows
     from receiver.server import ReceiverProcess
