@@ -190,8 +190,8 @@ def _bench(args: argparse.Namespace, home: Path) -> int:
     if args.linear_from:
         small = argparse.Namespace(**{**vars(args), "rows": args.linear_from, "reuse_source": False,
                                       "home": str(home / f"linear-{args.linear_from}")})
-        small.source_url = args.source_url if args.source_url.startswith("postgresql") else ""
-        small.source_url = small.source_url or f"sqlite:///{Path(small.home) / 'source.sqlite'}"
+        small.source_url = (_own_schema(args.source_url, f"linear{args.linear_from}") if args.source_url.startswith(
+            "postgresql") else f"sqlite:///{Path(small.home) / 'source.sqlite'}")
         small.state_url = f"sqlite:///{Path(small.home) / 'state.sqlite'}"
         Path(small.home).mkdir(parents=True, exist_ok=True)
         print(f"== {args.linear_from:,} records first (--linear-from)", flush=True)
@@ -216,6 +216,28 @@ def _bench(args: argparse.Namespace, home: Path) -> int:
         subprocess.run([sys.executable, str(ROOT / "bench" / "validate_area1.py"), "--rows", str(args.rows),
                         "--chunk", str(args.chunk)], check=True)
     return 0
+
+
+def _own_schema(url: str, suffix: str) -> str:
+    """The PostgreSQL URL with a fresh, empty schema of its own: its search_path schema + `_suffix`."""
+    import re
+
+    import sqlalchemy as sa
+
+    parsed = sa.engine.make_url(url)
+    options = parsed.query.get("options", "")
+    options = options if isinstance(options, str) else " ".join(options)
+    found = re.search(r"-csearch_path=(\w+)", options)
+    base = found.group(1) if found else "public"
+    schema = f"{base}_{suffix}"
+    options = (re.sub(r"-csearch_path=\w+", f"-csearch_path={schema}", options) if found
+               else f"{options} -csearch_path={schema}".strip())
+    admin = sa.create_engine(parsed.set(query={k: v for k, v in parsed.query.items() if k != "options"}))
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    admin.dispose()
+    return parsed.set(query={**parsed.query, "options": options}).render_as_string(hide_password=False)
 
 
 def _measure(args: argparse.Namespace, home: Path) -> tuple[dict, dict[str, dict]]:
