@@ -671,7 +671,8 @@ _LISTS = """{% extends "layout" %}
   <a href="findings.csv">All findings of the run (CSV)</a>
 </nav>
 <p class="muted small">This page is the same for every run after which nothing changed: it is stored once and
-shared by their folders ("this run" is the run whose folder you opened it from).</p>
+shared by their folders. Each record names the run that first held it back; the run that last saw it is in
+quarantine.csv.</p>
 <h2 id="quarantine">Open quarantine ({{ quarantine_count }})</h2>
 <p class="muted small">Records held back until they are fixed at the source, with every rule they fail. The list is
 the state after this run{% if quarantine_shown < quarantine_count %}; the first {{ quarantine_shown }} of
@@ -681,7 +682,7 @@ the state after this run{% if quarantine_shown < quarantine_count %}; the first 
 The full list is in <a href="quarantine.csv">quarantine.csv</a>.</p>
 {% endif %}
 {% if quarantine %}
-{{ quarantine_table(quarantine[:quarantine_shown], run_id, run_ref) }}
+{{ quarantine_table(quarantine[:quarantine_shown], "", run_link, last_seen=False) }}
 {% else %}
 <p class="info">Nothing is in quarantine.</p>
 {% endif %}
@@ -705,10 +706,10 @@ The full list is in <a href="quarantine.csv">quarantine.csv</a>.</p>
 {% endblock %}
 """
 
-_QUARANTINE_TABLE = """{% macro quarantine_table(rows, run_id, run_ref) %}
+_QUARANTINE_TABLE = """{% macro quarantine_table(rows, run_id, run_ref, last_seen=True) %}
 <table>
 <thead><tr><th>area</th><th>record key</th><th>person</th><th>failed rules (paragraph: message)</th>
-<th class="n">first seen</th><th class="n">last seen</th></tr></thead>
+<th class="n">first seen</th>{% if last_seen %}<th class="n">last seen</th>{% endif %}</tr></thead>
 <tbody>
 {% for q in rows %}
 <tr data-quarantine-area="{{ q.area }}" data-key="{{ q.record_key }}"><td class="n">{{ q.area }}</td>
@@ -717,7 +718,7 @@ _QUARANTINE_TABLE = """{% macro quarantine_table(rows, run_id, run_ref) %}
 <td class="mono">{{ q.person }}</td>
 <td><ul class="failed">{% for f in q.findings %}
 <li><code>{{ f.rule }}</code> <span class="muted">{{ f.paragraph }}</span>: {{ f.message }}</li>{% endfor %}</ul></td>
-<td>{{ run_ref(q.first_seen_run) }}</td><td>{{ run_ref(q.last_seen_run) }}</td></tr>
+<td>{{ run_ref(q.first_seen_run) }}</td>{% if last_seen %}<td>{{ run_ref(q.last_seen_run) }}</td>{% endif %}</tr>
 {% endfor %}
 </tbody>
 </table>
@@ -924,12 +925,15 @@ def _run_context(run_id: str, settings: Settings, state: StateStore, view: dict 
     quarantine = _open_quarantine(state, limit=MAX_ROWS)
     quarantine_count = tables.open_quarantine_count(state)
 
+    def run_link(other: str) -> Markup:
+        href = _run_page_href("../", other, reports_dir) if other != run_id else f"../{quote(run['safe'])}/index.html"
+        text = Markup('<span class="run-id">{}</span>').format(other)
+        return Markup('<a href="{}">{}</a>').format(href, text) if href else text
+
     def run_ref(other: str) -> Markup:
         if other == run_id:
             return Markup('<span class="muted">this run</span>')
-        href = _run_page_href("../", other, reports_dir)
-        text = Markup('<span class="run-id">{}</span>').format(other)
-        return Markup('<a href="{}">{}</a>').format(href, text) if href else text
+        return run_link(other)
 
     trend = _trend(state, run_id, reports_dir, "../")
     for o in trend["runs"]:  # this page, being written (before it exists the link went to summary.md)
@@ -955,6 +959,7 @@ def _run_context(run_id: str, settings: Settings, state: StateStore, view: dict 
         "docs": _data_docs_links(run_id, reports_dir),
         "trend": trend,
         "run_ref": run_ref,
+        "run_link": run_link,  # the same from every run's folder (quarantine.html is shared between them)
         "generated": _when(datetime.now(UTC)),
     }
 
