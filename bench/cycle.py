@@ -57,7 +57,9 @@ def _floor(source_url: str, out: Path, chunksize: int, area: int = 1) -> dict:
     engine = create_engine_from_url(source_url)
     start = time.perf_counter()
     rows = 0
-    with engine.connect() as conn, gzip.open(out, "wb", compresslevel=6) as raw, etree.xmlfile(raw) as xf:
+    # a server-side cursor on PostgreSQL, as the pipeline reads (psycopg would hold every row client-side)
+    with engine.connect().execution_options(stream_results=True) as conn, \
+            gzip.open(out, "wb", compresslevel=6) as raw, etree.xmlfile(raw) as xf:
         with xf.element("Records"):
             for chunk in pd.read_sql(floor_query() if area == 1 else area_floor_query(area), conn, chunksize=chunksize):
                 columns = list(chunk.columns)

@@ -38,6 +38,17 @@ class PhaseTimer:
 
 
 def peak_rss_mib() -> float:
-    """The process's peak resident memory so far (max RSS), in MiB."""
+    """The process's peak resident memory so far (max RSS), in MiB.
+
+    On Linux the high-water mark of this process's own memory (VmHWM): `getrusage`'s ru_maxrss survives
+    fork and exec, so a task started by a worker (or a benchmark's child) would report at least its
+    parent's peak."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux

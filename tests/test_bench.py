@@ -47,3 +47,21 @@ def test_linear_flags_a_phase_that_grows_faster_than_the_rows() -> None:
     lines = {line.split()[0]: line for line in text.splitlines()[2:]}
     assert not lines["extract"].endswith("over")
     assert lines["send"].endswith("over")
+
+
+def test_peak_rss_is_the_process_own_not_its_parents() -> None:
+    # getrusage's ru_maxrss survives fork and exec: a task forked by a worker (or the benchmark's child)
+    # reported at least its parent's peak (the bench's floor, 1.2 GiB, as every task's peak)
+    import subprocess
+    import sys
+
+    from cycle.timing import peak_rss_mib
+
+    held = bytearray(200 * 1024 * 1024)
+    for i in range(0, len(held), 4096):
+        held[i] = 1
+    parent = peak_rss_mib()
+    del held
+    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from cycle.timing import peak_rss_mib; print(peak_rss_mib())"
+    child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert parent >= 200 and child < 100, (parent, child)
