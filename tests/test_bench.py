@@ -62,6 +62,7 @@ def test_peak_rss_is_the_process_own_not_its_parents() -> None:
         held[i] = 1
     parent = peak_rss_mib()
     del held
-    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from cycle.timing import peak_rss_mib; print(peak_rss_mib())"
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
+            "from cycle.timing import peak_rss_mib; print(peak_rss_mib())")
     child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert parent >= 200 and child < 100, (parent, child)
