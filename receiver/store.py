@@ -223,12 +223,18 @@ class ReceiverStore:
                     conn.close()
                 raise
 
-    def close(self) -> None:
-        """Close the kept write connection (a later write opens a new one)."""
-        with self._writer_lock:
+    def close(self, timeout: float = 5.0) -> None:
+        """Close the kept write connection (a later write opens a new one). Called when the receiver
+        stops: a write still in its transaction after `timeout` s keeps it (the process is ending), so
+        stopping never waits on a request that will not finish."""
+        if not self._writer_lock.acquire(timeout=timeout):
+            return
+        try:
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
+        finally:
+            self._writer_lock.release()
 
     def _query(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
         conn = self._connect()
