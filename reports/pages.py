@@ -4,14 +4,17 @@
     var/reports/runs/<safe run id>/index.html       one run: counts per area with the reconciliation check,
                                                     plots (quarantine per area over the runs, the top
                                                     rules over time, time from first seen to released),
-                                                    findings per area and rule, the open quarantine with
-                                                    every failed rule, the Data Docs, the trend of 30 runs
+                                                    findings per area and rule, the records new in
+                                                    quarantine, the Data Docs, the trend of 30 runs
+    var/reports/runs/<safe run id>/quarantine.html  the open quarantine with every failed rule and the run's
+                                                    warnings (the first 500 of each; shared by content)
     var/reports/runs/<safe run id>/quarantine.csv   the whole open quarantine, one line per failed rule
     var/reports/runs/<safe run id>/findings.csv     every finding of the run, errors and warnings
     var/reports/runs/<safe run id>/report.json      what the two CSVs were made of (fingerprints), so the
                                                     next run's report links a CSV that cannot have changed
-    var/reports/runs/.shared/                       one copy of each distinct CSV (the run folders hold hard
-                                                    links), and what the page shows of each findings.csv
+    var/reports/runs/.shared/                       one copy of each distinct CSV and quarantine.html (the run
+                                                    folders hold hard links), and what the page shows of
+                                                    each findings.csv
 
 Inline CSS and inline SVG, no JavaScript and no external asset: the pages open from the file system
 and inside the Airflow UI (plugins/ams_reporting/ui.py serves this folder read-only).
