@@ -260,6 +260,9 @@ def ui(args: argparse.Namespace) -> int:
         stop["now"] = True
 
     signal.signal(signal.SIGTERM, _stop)
+    # Ctrl-C too, explicitly: a process started in the background by a non-interactive shell inherits
+    # SIGINT ignored, and Python then raises no KeyboardInterrupt (Airflow would be left running).
+    signal.signal(signal.SIGINT, _stop)
     with demo_receiver(receiver_db, control=args.control) as (receiver, extra):
         env["AIRFLOW_CONN_AMS_RECEIVER"] = _receiver_connection(receiver.url, extra)
         airflow = str(Path(sys.executable).with_name("airflow"))
