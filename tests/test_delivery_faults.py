@@ -158,6 +158,9 @@ deliver_area({AREA}, run_id="run-1", settings=s, client=AmsClient("{receiver.wsd
     config = json.dumps({"home": str(settings.home), "source_url": settings.source_url,
                          "state_url": settings.state_url, "batch_size": settings.batch_size, "data_docs": False})
     store = ReceiverStore(receiver.db_path)
+    # The first batch's reply is held 3 s, so the fault for the second is in place before it is sent
+    # (a fast delivery sent every batch before the test could set it, and finished before the kill).
+    control(receiver, "slow_reply", count=1, delay=3)
     proc = subprocess.Popen([sys.executable, "-c", script, config], env=os.environ.copy())
     try:
         deadline = time.time() + 60
@@ -175,6 +178,9 @@ deliver_area({AREA}, run_id="run-1", settings=s, client=AmsClient("{receiver.wsd
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
+    # the first batch went through; the second was on the wire (in doubt), not received
+    assert len(store.batches(AREA)) == 1
+    assert "sent" in [b["status"] for b in settings.state().outstanding_batches(AREA)]
     control(receiver, "ok")
     result = deliver_area(AREA, run_id="run-1", settings=settings, client=client(receiver))
     assert result["batches_sent"] + result.get("recovered", 0) >= 1
