@@ -690,18 +690,20 @@ def _archive(settings: Settings, state: StateStore, vault: Vault, batch: dict) -
         # The staged blobs sealed with the newest key are archived as they are (their plaintext is not
         # compressed and encrypted again); the manifest's checksums are of the same plaintext.
         sealed = {PAYLOAD_FILE: payload_blob} if payload_blob is not None else {}
-        response_blob = _staged_blob(state, batch, RECEIPT_FILE)
-        if response_blob is None:
-            raise FileNotFoundError(2, f"staged {RECEIPT_FILE} of batch {batch['batch_id']} is missing", RECEIPT_FILE)
-        response, keep = vault.open_keeping(response_blob)
-        if keep:
-            sealed[RECEIPT_FILE] = response_blob
-        lookup_blob = _staged_blob(state, batch, LOOKUP_REQUEST_FILE)
-        lookup = None
-        if lookup_blob is not None:
-            lookup, keep = vault.open_keeping(lookup_blob)
+
+        def unseal(name: str) -> bytes | None:
+            blob = _staged_blob(state, batch, name)
+            if blob is None:
+                return None
+            plain, keep = vault.open_keeping(blob)
             if keep:
-                sealed[LOOKUP_REQUEST_FILE] = lookup_blob
+                sealed[name] = blob
+            return plain
+
+        response = unseal(RECEIPT_FILE)
+        if response is None:
+            raise FileNotFoundError(2, f"staged {RECEIPT_FILE} of batch {batch['batch_id']} is missing", RECEIPT_FILE)
+        lookup = unseal(LOOKUP_REQUEST_FILE)
         acknowledged = batch.get("acknowledged_at") or datetime.now(UTC)
         target = archive_batch(
             vault, settings.archive_dir, area=area.number, batch_id=batch["batch_id"], run_id=batch["run_id"],
