@@ -176,7 +176,14 @@ def _write_csv(path: StorePath, header: Iterable[str], rows: Iterable[Iterable[o
     with tmp.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
-    kept = shared / f"{digest.hexdigest()}{path.suffix}"
+    return _share(tmp, digest.hexdigest(), path, shared)
+
+
+def _share(tmp: Path, digest: str, path: Path, shared: Path) -> str | None:
+    """The file written at `tmp` becomes `path`, a hard link to the one copy of its content in `shared`
+    (`<digest><suffix>`, kept from an earlier run or moved there now). Returns the copy's name; None
+    where it stayed a plain file (no shared folder, or no hard links on this file system)."""
+    kept = shared / f"{digest}{path.suffix}"
     try:
         shared.mkdir(parents=True, exist_ok=True)
         if kept.exists():
@@ -206,22 +213,14 @@ def _link_shared(kept: Path, path: Path) -> bool:
 
 def _write_shared_text(path: StorePath, text: str, shared: Path | None) -> None:
     """Write a page; with `shared`, one whose bytes were written before is a hard link to that copy."""
+    if shared is None or not is_local(path):
+        _write_text(path, text)
+        return
     data = text.encode("utf-8")
-    if shared is None:
-        _write_text(path, text)
-        return
-    kept = shared / f"{hashlib.sha256(data).hexdigest()}{path.suffix}"
-    try:
-        shared.mkdir(parents=True, exist_ok=True)
-        if not kept.exists():
-            tmp = kept.with_name(kept.name + ".tmp")
-            tmp.write_bytes(data)
-            tmp.replace(kept)
-    except OSError:
-        _write_text(path, text)
-        return
-    if not _link_shared(kept, path):
-        _write_text(path, text)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    _share(tmp, hashlib.sha256(data).hexdigest(), path, shared)
 
 
 def _write_text(path: StorePath, text: str) -> None:
