@@ -93,6 +93,7 @@ def format_summary(summary: dict) -> str:
                      f"acknowledged but not archived yet: {summary.get('unarchived', 0)}.")
     run_folder = f"{summary['reports_dir'].rstrip('/')}/runs/{safe_folder_name(summary['run_id'])}"  # path or URL
     lines += ["", f"Open quarantine entries: {summary['open_quarantine']}",
+              f"Run page:            {run_folder}/index.html (the open quarantine: quarantine.html beside it)",
               f"Run summary:         {run_folder}/summary.md",
               f"Data Docs:           {summary['reports_dir'].rstrip('/')}/data_docs/index.html",
               f"Archive:             {summary['archive_dir']}"]
