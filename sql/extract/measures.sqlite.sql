@@ -1,0 +1,124 @@
+-- Areas 1 and 2 (Kapitel 1, § 3 and Kapitel 2, § 9): every measure, with the fields of both areas.
+--
+-- One query for both areas: a measure belongs to area 1 or 2 by the person's target group and a-kasse
+-- membership on its start date (§ 2, § 8, reference/target_groups.csv), which the mapping decides;
+-- each area keeps only its own fields, so the payload carries nothing the other area's paragraph asks.
+-- One row per measure, soft-deleted ones included (the pipeline annuls what was delivered).
+-- Derivation inputs beyond the fields:
+--   main_benefit (a field, § 9 nr. 7)   the benefit spell valid on start_date; NULL when none:
+--                                       the mapping records self-supporting as code 99
+--   target_group, insured              the person's group and a-kasse membership on start_date
+--   target_group_at_end, insured_at_end the same on end_date (status changes during the measure)
+--   reconciles                          1 when a benefit spell or a payment overlaps the measure (§§ 4, 10)
+--   overlaps_with                       another live measure of the same person and type that overlaps
+--                                       this one (measure.overlap), across the whole table, not a chunk
+-- As-of rule: valid_from <= day and (valid_to is null or valid_to >= day); the latest valid_from wins.
+-- Change detection (DESIGN.md principle 9; NULL parameters: the full read, as updated_at is never NULL):
+--   :since          only measures that may have changed since this source stamp: every measure of a
+--                   person with a change (stamped updated_at or deleted_at >= :since) in any table this
+--                   query reads (a target group, benefit, payment, job plan or another measure of the
+--                   person changes the derived columns), and every measure of a changed job plan;
+--   :recheck_after  and the measures with a date after this day, for the rules that depend on the
+--                   reporting period's end (dates.future): their outcome changes as the period moves.
+-- The stamp to pass next time comes from measures.mark.sql, read before this query.
+--
+-- SQLite's version of measures.sql (which is set-based, for PostgreSQL). SQLite joins by nested loops
+-- only: a join per derived column makes the same index lookups as a subquery per column, plus the
+-- materialising (measured slower). What made extract grow 14x from 100k to 1M was the lookups' order:
+-- measures were read in table order, each lookup at another person, a cache miss in tables ten times
+-- larger. Here the selected measures (o) are sorted by person first, so each person's spells,
+-- payments and measures are looked up one after the other, each in a covering index of the source
+-- contract (sql/ddl/source.sqlite.sql); then the rows are sorted by record_key once. `+` keeps the
+-- planner from reading the whole table through ix_measures_person_start to avoid that sort (a random
+-- row fetch per measure, slow on a day that selects few); LIMIT -1 keeps the sort in the CTE.
+-- The subqueries are the as-of rules above as written before; tests/test_extract_equivalence.py
+-- compares this file with the query it replaced.
+WITH o AS MATERIALIZED (
+    SELECT m.rowid AS measure_row
+      FROM measures m
+      LEFT JOIN jobplans j ON j.jobplan_id = m.jobplan_id AND j.deleted_at IS NULL
+     WHERE m.updated_at >= COALESCE(:since, m.updated_at)
+        OR m.person_id IN (
+             SELECT c.person_id FROM persons c WHERE c.updated_at >= :since OR c.deleted_at >= :since
+             UNION SELECT c.person_id FROM person_target_groups c WHERE c.updated_at >= :since OR c.deleted_at >= :since
+             UNION SELECT c.person_id FROM benefits c WHERE c.updated_at >= :since OR c.deleted_at >= :since
+             UNION SELECT c.person_id FROM payments c WHERE c.updated_at >= :since OR c.deleted_at >= :since
+             UNION SELECT c.person_id FROM jobplans c WHERE c.updated_at >= :since OR c.deleted_at >= :since
+             UNION SELECT c.person_id FROM measures c WHERE c.updated_at >= :since OR c.deleted_at >= :since)
+        OR m.jobplan_id IN (SELECT c.jobplan_id FROM jobplans c WHERE c.updated_at >= :since OR c.deleted_at >= :since)
+        OR m.start_date > :recheck_after OR j.created_on > :recheck_after OR j.revised_on > :recheck_after
+     ORDER BY +m.person_id, +m.start_date LIMIT -1
+)
+SELECT
+    p.cpr                    AS person_cpr,
+    m.municipality_code      AS municipality_code,
+    m.responsible_jobcenter  AS responsible_jobcentre,
+    m.registering_jobcenter  AS registering_jobcentre,
+    m.measure_id             AS measure_id,
+    m.measure_type           AS measure_type,
+    m.start_date             AS start_date,
+    m.end_date               AS end_date,
+    m.weekly_hours           AS weekly_hours,
+    m.activation_type        AS activation_type,
+    m.jobplan_id             AS jobplan_id,
+    j.created_on             AS jobplan_created_on,
+    j.revised_on             AS jobplan_revised_on,
+    j.employment_goal        AS employment_goal,
+    m.job_order_id           AS job_order_id,
+    m.job_order_type         AS job_order_type,
+    m.provider_cvr           AS provider_cvr,
+    m.provider_pnr           AS provider_pnr,
+    m.ministry_area          AS ministry_area,
+    m.job_title              AS job_title,
+    m.course_type            AS course_type,
+    m.team_id                AS team_id,
+    (SELECT b.benefit_code
+       FROM benefits b
+      WHERE b.person_id = m.person_id AND b.deleted_at IS NULL
+        AND b.valid_from <= m.start_date AND (b.valid_to IS NULL OR b.valid_to >= m.start_date)
+      ORDER BY b.valid_from DESC LIMIT 1) AS main_benefit,
+    m.open_offer             AS open_offer,
+    m.location_code          AS location_code,
+    m.worksite_address       AS worksite_address,
+    (SELECT tg.target_group
+       FROM person_target_groups tg
+      WHERE tg.person_id = m.person_id AND tg.deleted_at IS NULL
+        AND tg.valid_from <= m.start_date AND (tg.valid_to IS NULL OR tg.valid_to >= m.start_date)
+      ORDER BY tg.valid_from DESC LIMIT 1) AS target_group,
+    (SELECT CASE WHEN tg.insured THEN 1 ELSE 0 END
+       FROM person_target_groups tg
+      WHERE tg.person_id = m.person_id AND tg.deleted_at IS NULL
+        AND tg.valid_from <= m.start_date AND (tg.valid_to IS NULL OR tg.valid_to >= m.start_date)
+      ORDER BY tg.valid_from DESC LIMIT 1) AS insured,
+    (SELECT tg.target_group
+       FROM person_target_groups tg
+      WHERE tg.person_id = m.person_id AND tg.deleted_at IS NULL
+        AND tg.valid_from <= m.end_date AND (tg.valid_to IS NULL OR tg.valid_to >= m.end_date)
+      ORDER BY tg.valid_from DESC LIMIT 1) AS target_group_at_end,
+    (SELECT CASE WHEN tg.insured THEN 1 ELSE 0 END
+       FROM person_target_groups tg
+      WHERE tg.person_id = m.person_id AND tg.deleted_at IS NULL
+        AND tg.valid_from <= m.end_date AND (tg.valid_to IS NULL OR tg.valid_to >= m.end_date)
+      ORDER BY tg.valid_from DESC LIMIT 1) AS insured_at_end,
+    CASE WHEN EXISTS (SELECT 1 FROM benefits b
+                       WHERE b.person_id = m.person_id AND b.deleted_at IS NULL
+                         AND (m.end_date IS NULL OR b.valid_from <= m.end_date)
+                         AND (b.valid_to IS NULL OR b.valid_to >= m.start_date))
+           OR EXISTS (SELECT 1 FROM payments pay
+                       WHERE pay.person_id = m.person_id AND pay.deleted_at IS NULL
+                         AND (m.end_date IS NULL OR pay.period_from <= m.end_date)
+                         AND pay.period_to >= m.start_date)
+         THEN 1 ELSE 0 END AS reconciles,
+    (SELECT CAST(MIN(m2.measure_id) AS TEXT)
+       FROM measures m2
+      WHERE m2.person_id = m.person_id AND m2.measure_type = m.measure_type
+        AND m2.measure_id <> m.measure_id AND m2.deleted_at IS NULL
+        AND m2.start_date <= m.end_date AND m.start_date <= m2.end_date) AS overlaps_with,
+    CAST(m.measure_id AS TEXT) AS record_key,
+    m.updated_at             AS updated_at,
+    m.deleted_at             AS deleted_at
+FROM o
+CROSS JOIN measures m ON m.rowid = o.measure_row
+LEFT JOIN persons p ON p.person_id = m.person_id
+LEFT JOIN jobplans j ON j.jobplan_id = m.jobplan_id AND j.deleted_at IS NULL
+ORDER BY record_key
