@@ -185,3 +185,97 @@ deliver_area({AREA}, run_id="run-1", settings=s, client=AmsClient("{receiver.wsd
     result = deliver_area(AREA, run_id="run-1", settings=settings, client=client(receiver))
     assert result["batches_sent"] + result.get("recovered", 0) >= 1
     assert_exactly_once(settings, receiver, "run-1")
+
+
+# --- work beside the wire (cycle.pipeline._Ahead) ---------------------------------------------------
+
+
+def _spy_threads(monkeypatch, owner, name: str) -> list[str]:
+    """Wrap owner.name to record the name of the thread each call runs in."""
+    import threading
+
+    threads: list[str] = []
+    original = getattr(owner, name)
+
+    def spy(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, spy)
+    return threads
+
+
+def test_next_request_is_built_and_last_batch_archived_beside_the_wire(world, monkeypatch):
+    """While a batch is on the wire the next one's request is signed, and the one before archived, in
+    the worker thread; every batch is sent once and archived before the task ends."""
+    import cycle.pipeline as pipeline
+
+    settings, receiver = world
+    batches = len(prepare(settings)["batches"])
+    built = _spy_threads(monkeypatch, AmsClient, "prepare_submit")
+    archived = _spy_threads(monkeypatch, pipeline, "archive_batch")
+    result = deliver_area(AREA, run_id="run-1", settings=settings, client=client(receiver))
+    assert result["batches_sent"] == batches
+    assert_exactly_once(settings, receiver, "run-1")
+    # the first request is built by the task itself; the others ahead, each once
+    assert len(built) == batches and sum(t.startswith("deliver-ahead") for t in built) == batches - 1
+    assert len(archived) == batches and sum(t.startswith("deliver-ahead") for t in archived) == batches - 1
+    assert len(settings.state().batches_in(AREA, ("archived",))) == batches
+
+
+def test_an_archive_failing_beside_the_wire_stops_the_area_after_sending(world):
+    """A full disk while archiving beside the wire: the batches are still sent, the task then fails
+    saying why, and the next task archives without sending anything again."""
+    import errno
+
+    from delivery import failpoints
+
+    settings, receiver = world
+    batches = len(prepare(settings)["batches"])
+    failpoints.arm("archive.write", OSError(errno.ENOSPC, "No space left on device"))
+    try:
+        with pytest.raises(AreaDeliveryStopped, match="could not be archived"):
+            deliver_area(AREA, run_id="run-1", settings=settings, client=client(receiver))
+    finally:
+        failpoints.disarm()
+    state = settings.state()
+    assert len(state.batches_in(AREA, ("acknowledged",))) == 1
+    assert len(state.batches_in(AREA, ("archived",))) == batches - 1
+    deliver_area(AREA, run_id="run-1", settings=settings, client=client(receiver))
+    assert len(state.batches_in(AREA, ("archived",))) == batches
+    assert_exactly_once(settings, receiver, "run-1")
+
+
+def test_a_crash_while_archiving_beside_the_wire_leaves_at_most_one_batch_in_doubt(world):
+    from delivery import failpoints
+    from delivery.state import IN_DOUBT
+
+    settings, receiver = world
+    prepare(settings)
+    failpoints.arm("archive.written")
+    try:
+        with pytest.raises(failpoints.InjectedCrash):
+            deliver_area(AREA, run_id="run-1", settings=settings, client=client(receiver))
+    finally:
+        failpoints.disarm()
+    assert len(settings.state().batches_in(AREA, IN_DOUBT)) <= 1
+    deliver_area(AREA, run_id="run-1", settings=settings, client=client(receiver))
+    assert not settings.state().outstanding_batches(AREA)
+    assert_exactly_once(settings, receiver, "run-1")
+
+
+def test_a_request_built_too_long_ago_is_signed_again(world, monkeypatch):
+    import delivery.client as client_module
+    from cycle.pipeline import PAYLOAD_FILE, _read_staged
+
+    settings, receiver = world
+    prepare(settings)
+    state = settings.state()
+    batch = state.outstanding_batches(AREA)[0]
+    payload = _read_staged(settings.vault(), state, batch, PAYLOAD_FILE)
+    ams = client(receiver)
+    prepared = ams.prepare_submit(payload)
+    built = _spy_threads(monkeypatch, AmsClient, "prepare_submit")
+    monkeypatch.setattr(client_module, "PREPARED_MAX_AGE", 0.0)
+    receipt = ams.submit(prepared)
+    assert len(built) == 1 and receipt.batch_id == batch["batch_id"]
