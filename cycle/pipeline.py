@@ -462,26 +462,15 @@ def deliver_area(area_ref: int | str, *, run_id: str, settings: Settings, client
         with state.area_lock(area.number, f"deliver {run_id}", settings.lock_wait_seconds):
             with timer.phase("archive"):
                 unarchived = finish_archives(settings, state, vault, area.number)
-            batches = state.outstanding_batches(area.number)
-            ahead = _Ahead(settings, state, vault)
-            try:
-                for i, batch in enumerate(batches):
-                    result = _deliver_batch(receiver, state, vault, batch, settings, run_id, area, timer, ahead=ahead,
-                                            next_batch=batches[i + 1] if i + 1 < len(batches) else None)
-                    if result is None:
-                        counts["batches_lost"] += 1
-                        continue
-                    if "receipt" in result:
-                        receipts.append(result.pop("receipt"))
-                    unarchived += result.pop("unarchived", 0)
-                    counts.update(result)
-                with timer.phase("archive"):  # the run ends when its archives are written
-                    unarchived += ahead.finish()
-            except AreaDeliveryStopped:
-                ahead.finish_quietly()  # the batches acknowledged before the stop are archived, as before
-                raise
-            finally:
-                ahead.close()
+            for batch in state.outstanding_batches(area.number):
+                result = _deliver_batch(receiver, state, vault, batch, settings, run_id, area, timer)
+                if result is None:
+                    counts["batches_lost"] += 1
+                    continue
+                if "receipt" in result:
+                    receipts.append(result.pop("receipt"))
+                unarchived += result.pop("unarchived", 0)
+                counts.update(result)
             if unarchived:
                 raise AreaDeliveryStopped(
                     f"Area {area.number}: {unarchived} acknowledged batch(es) could not be archived (see the "
@@ -501,105 +490,17 @@ def deliver_area(area_ref: int | str, *, run_id: str, settings: Settings, client
     return {"area": area.number, "receipts": receipts, **summary}
 
 
-class _Ahead:
-    """The delivery's work done beside the batch on the wire, in one worker thread. While batch N waits for
-    its receipt (the main thread blocks on the socket, the GIL released) the worker writes the archives of
-    the batches acknowledged before it and reads and signs N+1's request.
-
-    Still one batch in flight: the worker's request is speculative (no ledger change; N+1 is claimed with
-    `mark_sending` as ever, and a request not taken is dropped), and the archives run only from N's
-    `mark_sending` until its reply, when the main thread writes nothing: `settle` waits for them before
-    the reply is stored. Their failures count as `_archive`'s always did; an error raised in the worker
-    is raised again in the main thread."""
-
-    def __init__(self, settings: Settings, state: StateStore, vault: Vault) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        self._settings, self._state, self._vault = settings, state, vault
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="deliver-ahead")
-        self._next: tuple[str, Any] | None = None  # (batch id, future of (payload, request) or None)
-        self._waiting: list[dict] = []  # acknowledged, to archive when the next batch is on the wire
-        self._archiving: list[Any] = []  # futures of _archive
-        self.unarchived = 0
-
-    def archive_later(self, batch: dict) -> None:
-        self._waiting.append(batch)
-
-    def launch(self, client: Any, next_batch: dict | None) -> None:
-        """A batch is claimed and about to be posted: start the archives waiting, then build the next
-        batch's request (not for a batch in doubt: the receiver is asked about it first)."""
-        for batch in self._waiting:
-            self._archiving.append(self._pool.submit(_archive, self._settings, self._state, self._vault, batch))
-        self._waiting.clear()
-        self._next = None
-        if (next_batch is not None and next_batch["status"] not in ("sent", "unknown")
-                and hasattr(client, "prepare_submit")):
-            self._next = (next_batch["batch_id"], self._pool.submit(self._build, client, next_batch))
-
-    def _build(self, client: Any, batch: dict) -> tuple[bytes, Any] | None:
-        try:
-            payload = _read_staged(self._vault, self._state, batch, PAYLOAD_FILE)
-            if not payload or sha256(payload) != batch["payload_sha256"]:
-                return None  # the main thread reads it again and says what is wrong
-            return payload, client.prepare_submit(payload)
-        except Exception:  # speculative: the main thread builds it again, and reports what fails
-            log.debug("batch %s: its request could not be built ahead", batch["batch_id"], exc_info=True)
-            return None
-
-    def take(self, batch: dict) -> tuple[bytes, Any] | None:
-        """The batch's payload and signed request, when they were built ahead for it."""
-        if self._next is None or self._next[0] != batch["batch_id"]:
-            return None
-        future, self._next = self._next[1], None
-        return future.result()
-
-    def settle(self) -> None:
-        """Wait for the archives started; the first error raised in one is raised here."""
-        archiving, self._archiving = self._archiving, []
-        error: BaseException | None = None
-        for future in archiving:
-            try:
-                self.unarchived += int(not future.result())
-            except BaseException as exc:  # noqa: BLE001 - raised below, after the others are done
-                error = error or exc
-        if error is not None:
-            raise error
-
-    def finish(self) -> int:
-        """Write every archive still waiting; how many could not be written."""
-        self.settle()
-        waiting, self._waiting = self._waiting, []
-        self.unarchived += sum(not _archive(self._settings, self._state, self._vault, b) for b in waiting)
-        return self.unarchived
-
-    def finish_quietly(self) -> None:
-        """`finish` when the area stops: an error here is logged, the stop's message is the one raised (a
-        batch left acknowledged is archived by the next task, finish_archives)."""
-        try:
-            self.finish()
-        except Exception:
-            log.exception("archiving the acknowledged batches after the area stopped failed; the next task "
-                          "archives them")
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-
 def _stop(area: Area, batch: dict, what: str) -> AreaDeliveryStopped:
     return AreaDeliveryStopped(f"Area {area.number}, batch {batch['batch_id']}: {what}")
 
 
 def _deliver_batch(receiver: _Receiver, state: StateStore, vault: Vault, batch: dict, settings: Settings,
-                   run_id: str, area: Area, timer: PhaseTimer | None = None, *, ahead: _Ahead | None = None,
-                   next_batch: dict | None = None) -> dict | None:
+                   run_id: str, area: Area, timer: PhaseTimer | None = None) -> dict | None:
     """Resolve one outstanding batch: its counts (with "receipt"), or None when it was lost.
 
     A batch is in doubt once a POST may have reached the receiver (status sent/unknown, or a failure
     after `mark_sending` in this call): then GetBatchReceipt is asked first, and only the receiver's
-    "unknown batch" answer lets the same bytes be sent again (DESIGN.md, principle 3).
-
-    With `ahead`, `next_batch`'s request is built and earlier batches are archived while this one is on
-    the wire (`_Ahead`)."""
+    "unknown batch" answer lets the same bytes be sent again (DESIGN.md, principle 3)."""
     from delivery.client import (
         AccessClosed,
         BusinessFault,
@@ -635,11 +536,10 @@ def _deliver_batch(receiver: _Receiver, state: StateStore, vault: Vault, batch: 
                 if receipt is not None:
                     log.info("%s: the receiver already had it; receipt %s recovered", label, receipt.message_id)
                     return _store(state, settings, vault, batch, receipt, run_id,
-                                  lookup_request=receipt.request_bytes, timer=timer, ahead=ahead)
+                                  lookup_request=receipt.request_bytes, timer=timer)
                 log.info("%s: not received by the receiver; sending it", label)
-            built = ahead.take(batch) if ahead is not None and attempt == 1 and not in_doubt else None
-            payload = built[0] if built is not None else _read_staged(vault, state, batch, PAYLOAD_FILE)
-            if payload is None or (built is None and sha256(payload) != batch["payload_sha256"]):  # built: checked
+            payload = _read_staged(vault, state, batch, PAYLOAD_FILE)
+            if payload is None or sha256(payload) != batch["payload_sha256"]:
                 # Never received (the receiver said so, or it was never sent) and its bytes are gone:
                 # free its records; the next preparation stages them again.
                 reason = ("its staged payload is missing" if payload is None
@@ -654,18 +554,11 @@ def _deliver_batch(receiver: _Receiver, state: StateStore, vault: Vault, batch: 
                 return {}
             claimed += 1
             in_doubt = True
-            if ahead is not None:
-                ahead.launch(client, next_batch)
             failpoints.point("deliver.before_post")
-            try:
-                with timer.phase("send"):
-                    receipt = client.submit(built[1] if built is not None else payload)
-            finally:
-                if ahead is not None:  # the archives are done before the next write of the state DB
-                    with timer.phase("archive"):
-                        ahead.settle()
+            with timer.phase("send"):
+                receipt = client.submit(payload)
             failpoints.point("deliver.after_reply")
-            return _store(state, settings, vault, batch, receipt, run_id, timer=timer, ahead=ahead)
+            return _store(state, settings, vault, batch, receipt, run_id, timer=timer)
         except TransientDeliveryError as exc:
             if in_doubt:
                 state.mark_in_doubt(batch_id, str(exc))
@@ -697,8 +590,7 @@ def _deliver_batch(receiver: _Receiver, state: StateStore, vault: Vault, batch: 
                                 f"{exc}. The batch stays in doubt and nothing of it is sent again until the receiver "
                                 "answers the lookup. Contact the agency with the batch id.") from None
             # The receiver refused the whole message (schema, validation): its records are quarantined.
-            return _store(state, settings, vault, batch, _rejected_receipt(state, batch, exc), run_id, timer=timer,
-                          ahead=ahead)
+            return _store(state, settings, vault, batch, _rejected_receipt(state, batch, exc), run_id, timer=timer)
         except DeliveryError as exc:
             raise halt(exc, f"{str(exc).rstrip('.')}. " + (
                 may_have_arrived if in_doubt else "Nothing was sent. Fix the cause, then clear this task.")) from None
@@ -738,10 +630,9 @@ def _read_staged_keeping(vault: Vault, state: StateStore, batch: dict, name: str
 
 
 def _store(state: StateStore, settings: Settings, vault: Vault, batch: dict, receipt, run_id: str,
-           lookup_request: bytes | None = None, timer: PhaseTimer | None = None, ahead: _Ahead | None = None) -> dict:
-    """Stage the receipt's bytes, store it in the ledger (acknowledged), then archive (with `ahead`: while
-    the next batch is on the wire). The staged receipt lets a later task finish the archive when this one
-    cannot (disk full, crash)."""
+           lookup_request: bytes | None = None, timer: PhaseTimer | None = None) -> dict:
+    """Stage the receipt's bytes, store it in the ledger (acknowledged), then archive. The staged
+    receipt lets a later task finish the archive when this one cannot (disk full, crash)."""
     state.stage(batch["batch_id"], RECEIPT_FILE, vault.seal(receipt.response_bytes or b""))
     if lookup_request is not None:
         state.stage(batch["batch_id"], LOOKUP_REQUEST_FILE, vault.seal(lookup_request))
@@ -761,12 +652,8 @@ def _store(state: StateStore, settings: Settings, vault: Vault, batch: dict, rec
     # The accepted annulments, as apply_receipt counted them (not the members read again).
     stored_batch = state.batch(batch["batch_id"]) or batch
     annulled = int(stored_batch.get("annulled_count") or 0)
-    if ahead is not None:
-        ahead.archive_later(stored_batch)
-        archived = True  # its failure is counted by `ahead`
-    else:
-        with timer.phase("archive"):
-            archived = _archive(settings, state, vault, stored_batch)
+    with timer.phase("archive"):
+        archived = _archive(settings, state, vault, stored_batch)
     counts = {"accepted": accepted, "rejected": rejected, "annulled": annulled,
               "recovered" if lookup_request is not None else "batches_sent": 1, "unarchived": int(not archived)}
     if not str(receipt.message_id).startswith("fault-"):

@@ -225,22 +225,6 @@ def parse_receipt(element: etree._Element, request_bytes: bytes = b"", response_
     )
 
 
-#: A prepared request older than this (seconds) is signed again before it is posted: its wsu:Timestamp
-#: stays well inside the receiver's window (delivery.security.TIMESTAMP_TTL).
-PREPARED_MAX_AGE = 30.0
-
-
-@dataclass(frozen=True)
-class PreparedRequest:
-    """A SubmitBatch request built and signed ahead of its post (`AmsClient.prepare_submit`)."""
-
-    batch_id: str
-    message: bytes = field(repr=False)  # the signed envelope as posted
-    headers: dict[str, str] = field(repr=False)
-    batch_xml: bytes = field(repr=False)  # the batch itself (to sign again when too old)
-    made: float = 0.0  # time.monotonic() when it was signed
-
-
 # --------------------------------------------------------------------------------------------------
 # Transport
 # --------------------------------------------------------------------------------------------------
@@ -276,10 +260,7 @@ class CapturingTransport(Transport):
         self._exchange = threading.local()
 
     def post_xml(self, address: str, envelope: etree._Element, headers: dict[str, str]) -> requests.Response:
-        return self.post_message(address, etree_to_string(envelope), headers)
-
-    def post_message(self, address: str, message: bytes, headers: dict[str, str]) -> requests.Response:
-        """Post an envelope already serialised (`AmsClient.prepare_submit`): the bytes are sent as they are."""
+        message = etree_to_string(envelope)
         self._exchange.request = message
         self._exchange.response = None
         response = self.session.post(address, data=message, headers=headers, timeout=self.operation_timeout,
@@ -423,23 +404,9 @@ class AmsClient:
         return problems
 
     # ---------------------------------------------------------------------------------------------
-    def submit(self, batch_xml: bytes | PreparedRequest) -> Receipt:
+    def submit(self, batch_xml: bytes) -> Receipt:
         """Send a SubmitBatchRequest built and validated by transforms.payload; returns the receipt.
-        The batch is sent in its own interface version (its namespace, § 49), whatever the WSDL's.
-
-        `batch_xml` may be a `prepare_submit` result: its signed envelope is posted as it is (signed
-        again first when it is older than PREPARED_MAX_AGE seconds, so its timestamp is fresh)."""
-        prepared = batch_xml if isinstance(batch_xml, PreparedRequest) else self.prepare_submit(batch_xml)
-        if time.monotonic() - prepared.made > PREPARED_MAX_AGE:
-            prepared = self.prepare_submit(prepared.batch_xml)
-        element, request_bytes, response_bytes = self._post(
-            "SubmitBatch", prepared.message, prepared.headers, prepared.batch_id, time.monotonic())
-        return self._receipt_for(prepared.batch_id, "SubmitBatch", element, request_bytes, response_bytes)
-
-    def prepare_submit(self, batch_xml: bytes) -> PreparedRequest:
-        """A SubmitBatch request ready to post: the batch checked, wrapped in its envelope, signed and
-        serialised. No network and no state: the delivery builds the next batch's request with it while
-        the current batch is on the wire (thread-safe)."""
+        The batch is sent in its own interface version (its namespace, § 49), whatever the WSDL's."""
         try:
             root = etree.fromstring(batch_xml, xml_parser())
         except etree.XMLSyntaxError as exc:
@@ -455,8 +422,8 @@ class AmsClient:
         envelope = etree.Element(f"{_SOAP}Envelope", nsmap={"soap-env": SOAP_ENV_NS})
         etree.SubElement(envelope, f"{_SOAP}Body").append(root)
         headers = {"SOAPAction": f'"{soap_action("SubmitBatch", version)}"', "Content-Type": "text/xml; charset=utf-8"}
-        envelope, headers = self._egress(envelope, headers, self._binding.get("SubmitBatch"))
-        return PreparedRequest(batch_id, etree_to_string(envelope), headers, batch_xml, time.monotonic())
+        element, request_bytes, response_bytes = self._call("SubmitBatch", envelope, headers, batch_id)
+        return self._receipt_for(batch_id, "SubmitBatch", element, request_bytes, response_bytes)
 
     def get_batch_receipt(self, batch_id: str) -> Receipt | None:
         """The receipt of a batch sent before, or None when the receiver has never seen it (1020)."""
@@ -490,15 +457,11 @@ class AmsClient:
               batch_id: str) -> tuple[etree._Element, bytes, bytes]:
         """Post an envelope; returns the validated answer element and the bytes exchanged."""
         started = time.monotonic()
-        envelope, headers = self._egress(envelope, headers, self._binding.get(operation))
-        return self._post(operation, etree_to_string(envelope), headers, batch_id, started)
-
-    def _post(self, operation: str, message: bytes, headers: dict[str, str], batch_id: str,
-              started: float) -> tuple[etree._Element, bytes, bytes]:
-        """Post a serialised (signed) envelope; returns the validated answer element and the bytes exchanged."""
+        operation_obj = self._binding.get(operation)
+        envelope, headers = self._egress(envelope, headers, operation_obj)
         where = f"{operation} of batch {batch_id} to {self.endpoint}"
         try:
-            response = self.transport.post_message(self.endpoint, message, headers)
+            response = self.transport.post_xml(self.endpoint, envelope, headers)
         except requests.Timeout:
             raise TransientDeliveryError(
                 f"{where}: no answer within {self.timeout:g} s; the batch may have been received, ask for "
@@ -710,7 +673,6 @@ __all__ = [
     "DeliveryError",
     "ENV_INSECURE_FOR_TESTS",
     "MAX_REPLY_BYTES",
-    "PreparedRequest",
     "Receipt",
     "RecordReceipt",
     "ServiceBusy",
