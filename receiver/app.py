@@ -564,25 +564,67 @@ def server_error_envelope() -> bytes:
     return etree.tostring(env, xml_declaration=True, encoding="UTF-8")
 
 
+#: Characters lxml refuses in element text (or that the text escaping below does not cover): a receipt
+#: with one of them is built by lxml, which raises as it always did.
+_NOT_PLAIN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _escaped(text: str) -> str:
+    """Element text escaped as lxml's serialiser escapes it (non-ASCII: the caller's xmlcharrefreplace)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\r", "&#13;")
+
+
 def build_receipt(tag: str, batch_id: str, outcomes: list[tuple[str, str, int | None, str | None]],
-                  namespace: str = NAMESPACE) -> bytes:
-    """A SubmitBatchResponse (or GetBatchReceiptResponse) with a fresh ServiceReceipt, in `namespace`."""
+                  namespace: str = NAMESPACE, *, message_id: str | None = None, event_date: str | None = None) -> bytes:
+    """A SubmitBatchResponse (or GetBatchReceiptResponse) with a fresh ServiceReceipt, in `namespace`.
+
+    Written as text: byte for byte what `_build_receipt_tree` (lxml) writes, a twentieth of its time for
+    5,000 records (tests/test_receiver.py compares the two)."""
+    message_id = message_id or str(uuid.uuid4())
+    event_date = event_date or _iso(_now())
+    status = _batch_status(outcomes)
+    xmlns = _escaped(namespace).replace('"', "&quot;")
+    parts = [f'<{tag} xmlns="{xmlns}"><ServiceReceipt><MessageIdentifier>'
+             f"{_escaped(message_id)}</MessageIdentifier><EventDate>{_escaped(event_date)}</EventDate></ServiceReceipt>"
+             f"<BatchIdentifier>{_escaped(batch_id)}</BatchIdentifier><BatchStatus>{status}</BatchStatus>"
+             + ("<RecordReceipts>" if outcomes else "<RecordReceipts/>")]
+    add = parts.append
+    for record_id, record_status, code, text in outcomes:
+        add(f"<RecordReceipt><{RECORD_ID_ELEMENT}>{_escaped(record_id)}</{RECORD_ID_ELEMENT}><Status>"
+            f"{_escaped(record_status)}</Status>")
+        if code is not None:
+            add(f"<ErrorCode>{code}</ErrorCode>")
+        if text is not None:
+            add(f"<ErrorText>{_escaped(text)}</ErrorText>")
+        add("</RecordReceipt>")
+    parts.append(f"</RecordReceipts></{tag}>" if outcomes else f"</{tag}>")
+    xml = "".join(parts)
+    if _NOT_PLAIN_TEXT.search(xml):
+        return _build_receipt_tree(tag, batch_id, outcomes, namespace, message_id, event_date)
+    return xml.encode("ascii", "xmlcharrefreplace")  # as lxml writes non-ASCII text: &#230;
+
+
+def _batch_status(outcomes: list[tuple[str, str, int | None, str | None]]) -> str:
+    accepted = sum(1 for _, status, _, _ in outcomes if status == payload.RECORD_ACCEPTED)
+    if accepted == len(outcomes):
+        return payload.BATCH_ACCEPTED
+    if accepted == 0:
+        return payload.BATCH_REJECTED
+    return payload.BATCH_PARTIALLY_ACCEPTED
+
+
+def _build_receipt_tree(tag: str, batch_id: str, outcomes: list[tuple[str, str, int | None, str | None]],
+                        namespace: str, message_id: str, event_date: str) -> bytes:
+    """build_receipt with lxml (what it writes as text)."""
     def q(local: str) -> str:
         return payload.q(local, namespace)
 
     root = etree.Element(q(tag), nsmap={None: namespace})
     receipt = etree.SubElement(root, q("ServiceReceipt"))
-    etree.SubElement(receipt, q("MessageIdentifier")).text = str(uuid.uuid4())
-    etree.SubElement(receipt, q("EventDate")).text = _iso(_now())
+    etree.SubElement(receipt, q("MessageIdentifier")).text = message_id
+    etree.SubElement(receipt, q("EventDate")).text = event_date
     etree.SubElement(root, q("BatchIdentifier")).text = batch_id
-    accepted = sum(1 for _, status, _, _ in outcomes if status == payload.RECORD_ACCEPTED)
-    if accepted == len(outcomes):
-        status = payload.BATCH_ACCEPTED
-    elif accepted == 0:
-        status = payload.BATCH_REJECTED
-    else:
-        status = payload.BATCH_PARTIALLY_ACCEPTED
-    etree.SubElement(root, q("BatchStatus")).text = status
+    etree.SubElement(root, q("BatchStatus")).text = _batch_status(outcomes)
     receipts = etree.SubElement(root, q("RecordReceipts"))
     sub = etree.SubElement
     rr_tag, rid_tag, st_tag = q("RecordReceipt"), q(RECORD_ID_ELEMENT), q("Status")

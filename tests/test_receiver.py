@@ -376,3 +376,28 @@ def test_stored_rows_read_by_attribute_or_key(receiver: ReceiverHandle) -> None:
     assert receiver.store.batch(batch_id)["record_count"] == 1
     with pytest.raises(KeyError):
         record["nothing"]
+
+
+@pytest.mark.parametrize("text", [
+    "Ukendt CPR-nummer", "", "a & b < c > d \"quoted\" 'single'", "æøå ÆØÅ é", "tab\there\nnew line\r\nend",
+    "emoji \U0001F600 and \u00a0 nbsp", "]]> cdata end", "&amp; already escaped",
+])
+def test_receipt_written_as_text_is_what_lxml_writes(text: str) -> None:
+    """build_receipt writes the receipt as text: byte for byte what lxml writes, for any text it carries."""
+    from receiver.app import _build_receipt_tree, build_receipt
+
+    outcomes = [(str(uuid.uuid4()), payload.RECORD_ACCEPTED, None, None),
+                (text, payload.RECORD_REJECTED, 1010, text), ("id-3", payload.RECORD_REJECTED, 1040, None)]
+    for rows in (outcomes, outcomes[:1], outcomes[1:], []):
+        for namespace in (NAMESPACE, "urn:x:a&b"):
+            args = ("SubmitBatchResponse", text, rows, namespace)
+            fast = build_receipt(*args, message_id="m-1", event_date="2026-11-30T12:00:00.000Z")
+            assert fast == _build_receipt_tree(*args, "m-1", "2026-11-30T12:00:00.000Z")
+            assert etree.fromstring(fast) is not None
+
+
+def test_receipt_with_a_control_character_is_refused_as_before() -> None:
+    from receiver.app import build_receipt
+
+    with pytest.raises(ValueError):
+        build_receipt("SubmitBatchResponse", "b-1", [("id-1", payload.RECORD_REJECTED, 1010, "bell \x07")])
