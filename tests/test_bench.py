@@ -128,3 +128,55 @@ def test_a_scaled_source_has_the_demo_s_share_of_each_finding_rule(scaled) -> No
     assert set(everywhere.index) == set(demo.index) and "cpr.no_modulus11" in demo
     assert (everywhere - demo).abs().max() < 0.001, pd.DataFrame({"scaled": everywhere, "demo": demo})
     assert everywhere["cpr.no_modulus11"] < 0.1  # most CPR numbers pass modulus 11, as real ones do
+
+
+# --- memory flat in the number of chunks -------------------------------------------------------------------
+def test_freed_heap_memory_goes_back_to_the_system_after_a_chunk() -> None:
+    # a chunk's objects freed below one that lives on (the heap's top): glibc keeps the pages until trimmed
+    import subprocess
+    import sys
+
+    code = f"""import sys; sys.path.insert(0, {str(ROOT)!r})
+from cycle.timing import release_free_memory, rss_mib
+chunk = [bytes(1024) for _ in range(200_000)]
+lives_on = [bytes(1024) for _ in range(10)]
+del chunk
+before = rss_mib()
+release_free_memory()
+print(before, rss_mib())"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    before, after = map(float, out.split())
+    if sys.platform.startswith("linux"):
+        assert before - after > 100, (before, after)
+
+
+def test_the_rss_trace_has_a_line_per_phase(tmp_path, monkeypatch) -> None:
+    from cycle.timing import PhaseTimer
+
+    trace = tmp_path / "rss.tsv"
+    monkeypatch.setenv("AMS_RSS_TRACE", str(trace))
+    timer = PhaseTimer()
+    for _ in range(2):
+        with timer.phase("extract"):
+            held = bytearray(20 * 1024 * 1024)
+    del held
+    lines = [line.split("\t") for line in trace.read_text().splitlines()]
+    assert [line[0] for line in lines] == ["extract", "extract"]
+    assert all(float(line[1]) > 20 and float(line[2]) >= float(line[1]) for line in lines)
+
+
+def test_the_quality_suite_keeps_nothing_of_a_chunk_after_validating_it(scaled) -> None:
+    # GX's execution engine kept the last frame and every expectation's per-row result until the next
+    # validation replaced them: alive beside the next chunk's frames, the task's peak grew
+    from expectations.runner import DATASOURCE, _project, run_quality
+    from transforms import mapping
+    from transforms.registry import get_area
+    from transforms.source import extract_frame
+
+    engine, _made = scaled
+    area = get_area(1)
+    records = mapping.map_records(area, extract_frame(engine, area)).records
+    run_quality(area, records, period_end=bench.PERIOD_END, run_id="t")
+    gx_engine = _project(None).context.data_sources.get(DATASOURCE).get_execution_engine()
+    assert not gx_engine._metric_cache
+    assert not gx_engine.batch_manager.active_batch_data
