@@ -8,7 +8,7 @@
 
 Steps, all in one session so the ratios compare like with like:
 1. the source: the demo source (demo.synthetic) scaled up in SQL to about `--rows` area-1
-   records (demo.scale: every copy its own persons, keys and CPR serials);
+   records (demo.scale: every copy its own persons, keys and CPR numbers, each with its demo person's status);
 2. the floor: the same rows read with pandas in chunks and written as XML with lxml, one element per
    field, gzip'd, no checks;
 3. the full cycle: prepare (extract, map, contract, data quality, ledger diff, stage) and deliver

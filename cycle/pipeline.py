@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from cycle.settings import Settings
-from cycle.timing import PhaseTimer, peak_rss_mib
+from cycle.timing import PhaseTimer, peak_rss_mib, release_free_memory
 from delivery import failpoints
 from delivery.archive import (
     LOOKUP_REQUEST_FILE,
@@ -378,6 +378,7 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
             # Nothing of this chunk outlives it: the next chunk is read while these names would still
             # hold this one's frames (two chunks in memory at once).
             del found, read_keys, errors, bad, persons, to_send, sent, warned, refused
+            release_free_memory()  # glibc keeps the freed frames otherwise: memory grew with the chunks
         batch_ids = writer.close()
     finally:
         engine.dispose()

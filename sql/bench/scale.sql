@@ -1,13 +1,31 @@
 -- make bench (portable SQL): the demo source of areas 1 and 2 copied :copies - 1 more times (bench_copies holds
--- 1 .. copies-1). Each copy gets its own persons (person_id + c * :person_stride, a CPR with another
--- serial), payments, job plans and measures (keys with the suffix -c), so the copies never overlap
--- and the area-1 rules see the same mix of valid and defective records as the base.
+-- 1 .. copies-1). Each copy gets its own persons (person_id + c * :person_stride, another CPR number),
+-- payments, job plans and measures (keys with the suffix -c), so the copies never overlap and the
+-- area-1 rules see the same mix of valid and defective records as the base.
+--
+-- A copy's CPR number (demo/scale.py _cpr_plan fills bench_people and bench_prefixes): copy c of the
+-- i-th person of its kind is the g-th of the kind, g = (c - 1) * kind_count + i; its first 7 digits are
+-- prefix number g / per_prefix, its serial is j = g % per_prefix. Kind "ok": digit 8 is j / 9, digit 9
+-- the (j % 9)-th of the nine that leave a 10th digit of 0-9, digit 10 makes the weighted sum modulo 11
+-- (4,3,2,7,6,5,4,3,2,1) the demo person's residue r: 3*d8 + 2*d9 + d10 = r - s7 (mod 11), so the copy
+-- passes modulus 11 exactly when the demo person does. With t = r - s7 - 3*d8, d10 = t - 2*d9 is 10 for
+-- d9 = 6*(t + 1) (mod 11), skipped. Kind "bad": an impossible date and j as three digits. "keep"
+-- (0000000000, empty): as it is.
 INSERT INTO persons (person_id, cpr, updated_at, deleted_at)
-SELECT p.person_id + c.c * :person_stride,
-       -- the birth date and century digit kept, the last three digits from the copy number
-       substr(p.cpr, 1, 7) || substr('000' || CAST(c.c % 1000 AS TEXT), length(CAST(c.c % 1000 AS TEXT)) + 1, 3),
-       p.updated_at, p.deleted_at
-  FROM persons p CROSS JOIN bench_copies c;
+SELECT person_id, CASE kind
+           WHEN 'ok' THEN prefix || CAST(d8 AS VARCHAR(1)) || CAST(d9 AS VARCHAR(1))
+                          || CAST((t - 2 * d9 + 22) % 11 AS VARCHAR(2))
+           WHEN 'bad' THEN prefix || substr('000' || CAST(j AS VARCHAR(3)), length(CAST(j AS VARCHAR(3))) + 1, 3)
+           ELSE cpr END,
+       updated_at, deleted_at
+  FROM (SELECT s.*, k + CASE WHEN k >= (6 * (t + 1)) % 11 THEN 1 ELSE 0 END AS d9
+          FROM (SELECT g.*, f.prefix, j / 9 AS d8, j % 9 AS k, (g.residue - f.s7 - 3 * (j / 9) + 44) % 11 AS t
+                  FROM (SELECT p.person_id + c.c * :person_stride AS person_id, p.cpr, p.updated_at, p.deleted_at,
+                               b.kind, b.residue, b.per_prefix, ((c.c - 1) * b.kind_count + b.i) / b.per_prefix AS n,
+                               ((c.c - 1) * b.kind_count + b.i) % b.per_prefix AS j
+                          FROM persons p JOIN bench_people b ON b.person_id = p.person_id
+                         CROSS JOIN bench_copies c) g
+                  LEFT JOIN bench_prefixes f ON f.kind = g.kind AND f.n = g.n) s) copy;
 
 INSERT INTO person_target_groups (person_id, valid_from, valid_to, target_group, insured, updated_at, deleted_at)
 SELECT t.person_id + c.c * :person_stride, t.valid_from, t.valid_to, t.target_group, t.insured, t.updated_at,
