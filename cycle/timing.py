@@ -33,6 +33,10 @@ class PhaseTimer:
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
+    def add(self, name: str, seconds: float) -> None:
+        """Seconds of a phase timed elsewhere (in a worker thread; added by the thread that owns the timer)."""
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
     def seconds_rounded(self, digits: int = 2) -> dict[str, float]:
         return {name: round(value, digits) for name, value in self.seconds.items()}
 
