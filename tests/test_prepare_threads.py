@@ -12,7 +12,6 @@ from cycle import pipeline
 from cycle.pipeline import Settings, prepare_area, threads_pay
 from delivery import failpoints
 from delivery.archive import PAYLOAD_FILE
-BUILT = ("built",)
 from demo import synthetic
 from transforms import payload as payload_module
 from transforms.payload import PayloadError
@@ -20,6 +19,7 @@ from transforms.source import create_engine_from_url, create_source_schema
 
 AREA = 1
 PERIOD_END = date(2026, 11, 28)
+BUILT = ("built",)  # staged, never sent
 
 
 @pytest.fixture(scope="module")
