@@ -271,7 +271,11 @@ def threads_pay(setting: str) -> bool:
     if value != "auto":
         raise ValueError(f"AMS_PREPARE_THREADS must be auto, on or off, not {setting!r}")
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return cpus >= 2 and os.getloadavg()[0] < cpus - 0.5
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # the platform keeps no load average: a second core is taken if there is one
+        load = 0.0
+    return cpus >= 2 and load < cpus - 0.5
 
 
 def _one_malloc_arena() -> None:
