@@ -43,6 +43,8 @@ PERIOD_END = date(2026, 11, 28)
 PREPARE_PHASES = ("extract", "map", "contract", "quality", "findings", "hash", "diff", "payload", "xsd", "encrypt",
                   "add_batch")
 DELIVER_PHASES = ("send", "receipt", "archive")
+# What prepare's threads (AMS_PREPARE_THREADS) still cost its own thread; absent when they did not run.
+WAIT_PHASES = ("extract_wait", "stage_wait")
 
 
 def _floor(source_url: str, out: Path, chunksize: int, area: int = 1) -> dict:
@@ -305,7 +307,8 @@ def format_table(args: argparse.Namespace, floor: dict, results: dict[str, dict]
              f"batches of {args.batch_size:,}; floor {floor['seconds']:.1f} s",
              f"{'phase':<12}" + "".join(f"{n:>16}" for n in names) + f"{'full rows/s':>14}{'full/floor':>12}"]
     lines.append("-" * len(lines[-1]))
-    for phase in (*PREPARE_PHASES, *DELIVER_PHASES):
+    waits = tuple(p for p in WAIT_PHASES if any(p in r["phases"] for r in results.values()))
+    for phase in (*PREPARE_PHASES, *waits, *DELIVER_PHASES):
         secs = [r["phases"].get(phase, 0.0) for r in results.values()]
         rate = rows / secs[0] if secs[0] else 0
         lines.append(f"{phase:<12}" + "".join(f"{s:>15.1f}s" for s in secs) + f"{rate:>14,.0f}"

@@ -43,6 +43,10 @@ class PhaseTimer:
                 with open(self.trace, "a", encoding="ascii") as out:
                     out.write(f"{name}\t{memory.get('VmRSS:', 0):.0f}\t{memory.get('VmHWM:', 0):.0f}\n")
 
+    def add(self, name: str, seconds: float) -> None:
+        """Seconds of a phase timed elsewhere (in a worker thread; added by the thread that owns the timer)."""
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
     def seconds_rounded(self, digits: int = 2) -> dict[str, float]:
         return {name: round(value, digits) for name, value in self.seconds.items()}
 
