@@ -259,10 +259,11 @@ class _FirstChunk:
 
 
 def threads_pay(setting: str) -> bool:
-    """Whether prepare's threads (AMS_PREPARE_THREADS) run: "on"/"1", "off"/"0" (the default), or "auto": when the
+    """Whether prepare's threads (AMS_PREPARE_THREADS) run: "on"/"1", "off"/"0", or "auto" (the default): when the
     task may use two cores or more and the last minute's load leaves one free. On a machine whose cores are all
     busy a second thread brings no core, and each hand-over of the GIL waits for the OS to run the thread that
-    takes it: 300k records on a 2-core machine at load 5 prepared in 115 s with threads, 97 s without."""
+    takes it: 300k records on a 2-core machine at load 5 prepared in 115 s with threads, 97 s without; 1M on
+    a quiet one (load 1) in 132-134 s with threads, 146-150 s without (docs/performance.md)."""
     value = setting.strip().lower()
     if value in ("on", "1", "true", "yes"):
         return True

@@ -34,10 +34,10 @@ class Settings:
     full_read: bool = False  # read the whole source, not only its changes (`ams-report demo --full`)
     full_read_every_days: int = 7  # the safety net: a full read at least this often
     # Prepare's second core (AMS_PREPARE_THREADS, docs/operations.md): each batch's XSD check and seal, and the
-    # first chunk's read, in threads beside the task's own work. "off" (the default: no gain measured yet, see
-    # docs/performance.md): everything on the task's one thread; "on"; "auto": when a core is free as the task
-    # starts (cycle.pipeline.threads_pay).
-    prepare_threads: str = "off"
+    # first chunk's read, in threads beside the task's own work. "auto" (the default): when a core is free as the
+    # task starts (cycle.pipeline.threads_pay; 9-11 % off prepare on a quiet machine, a loss on a saturated one,
+    # docs/performance.md); "on"; "off": everything on the task's one thread.
+    prepare_threads: str = "auto"
     # The municipality (kommunekode) this run reports for when the deployment serves several (a tenants
     # file, AMS_TENANTS_FILE); None: the single-municipality layout, where nothing is partitioned.
     tenant: str | None = None
@@ -66,7 +66,7 @@ class Settings:
             lock_wait_seconds=float(os.environ.get("AMS_LOCK_WAIT_SECONDS", 60)),
             full_read=os.environ.get("AMS_FULL_READ", "0").lower() in ("1", "true", "yes"),
             full_read_every_days=int(os.environ.get("AMS_FULL_READ_EVERY_DAYS", 7)),
-            prepare_threads=os.environ.get("AMS_PREPARE_THREADS", "off").lower(),
+            prepare_threads=os.environ.get("AMS_PREPARE_THREADS", "auto").lower(),
         )
 
     @property
