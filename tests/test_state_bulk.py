@@ -98,6 +98,7 @@ def test_columns_of_different_lengths_are_refused(tmp_path):
 def test_the_batch_writer_stages_consecutive_slices_of_what_it_was_given(sizes, batch_size):
     """Batches are the records in the order given, cut every `batch_size` rows, the last one shorter,
     each with a fresh RangeIndex (the batch writer slices each chunk once instead of re-concatenating)."""
+    from collections import deque
     from types import SimpleNamespace
 
     from cycle.pipeline import _BatchWriter
@@ -106,6 +107,7 @@ def test_the_batch_writer_stages_consecutive_slices_of_what_it_was_given(sizes, 
     writer = _BatchWriter.__new__(_BatchWriter)
     writer.settings = SimpleNamespace(batch_size=batch_size)
     writer.pending, writer.pending_rows, writer.batch_ids = [], 0, []
+    writer._staging, writer._pool = deque(), None  # no stage thread: _flush (replaced) records nothing
     writer._flush = staged.append  # type: ignore[method-assign]
     chunks, start = [], 0
     for size in sizes:
