@@ -77,7 +77,7 @@ def test_threads_stage_the_same_batches(source, tmp_path, monkeypatch):
         assert len(prepared["batches"]) >= 5
         phases = settings.state().run_rows("run-1")[0]["counts"]["phases"]
         assert ("stage_wait" in phases) == (threads == "on")
-        assert phases["xsd"] > 0 and phases["encrypt"] > 0
+        assert {"xsd", "encrypt"} <= phases.keys()  # timed either way (rounded: a small batch can show 0.0)
         counts = {k: v for k, v in prepared.items() if k != "batches"}
         results[threads] = (counts, staged(settings, prepared["batches"]))
     assert results["on"] == results["off"]
