@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from cycle.settings import Settings
-from cycle.timing import PhaseTimer, peak_rss_mib, release_free_memory
+from cycle.timing import PhaseTimer, one_malloc_arena, peak_rss_mib, release_free_memory
 from delivery import failpoints
 from delivery.archive import (
     LOOKUP_REQUEST_FILE,
@@ -279,19 +279,6 @@ def threads_pay(setting: str) -> bool:
     return cpus >= 2 and load < cpus - 0.5
 
 
-def _one_malloc_arena() -> None:
-    """glibc gives each thread a malloc arena of its own, which keeps the pages it freed: the stage thread's
-    parse trees added ~50 MiB to the task's peak (300k records). One arena for every thread keeps the peak
-    where it was. Not glibc (no mallopt): nothing to do."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(-8, 1)  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass
-
-
 def _classify(state: StateStore, area: Area, records: pd.DataFrame) -> tuple[pd.DataFrame, Counter, set[str]]:
     """Split validated records into what must be sent and what is unchanged since the last delivery.
 
@@ -434,7 +421,7 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
     log.info("area %s: prepare's threads %s (AMS_PREPARE_THREADS=%s)", area.number, "on" if threads else "off",
              settings.prepare_threads)
     if threads:
-        _one_malloc_arena()
+        one_malloc_arena()
     writer = _BatchWriter(area, run_id, settings, state, vault, created, version, timer, threads)
     reader: _FirstChunk | None = None
     docs_dir = settings.data_docs_build_dir if settings.data_docs else None
