@@ -29,7 +29,7 @@ import sqlalchemy as sa
 
 from demo import synthetic
 from transforms import mapping
-from transforms.identifiers import CPR_BAD_DATE, CPR_NO_MODULUS11, CPR_VALID, cpr_status
+from transforms.identifiers import CPR_BAD_DATE, CPR_NO_MODULUS11, CPR_VALID, cpr_status, cpr_weighted_residue
 from transforms.registry import SQL_DIR, get_area
 from transforms.source import (
     create_engine_from_url,
@@ -43,7 +43,6 @@ from transforms.source import (
 BENCH_SQL = SQL_DIR / "bench"
 BASE_PERSONS = 4000
 
-_CPR_WEIGHTS = (4, 3, 2, 7, 6, 5, 4, 3, 2, 1)  # cpr.dk; identifiers.cpr_status applies the same
 #: A copy with a valid date: 7 digits (birth date, century digit) from bench_prefixes, then 3 serial digits
 #: chosen so the weighted sum modulo 11 is its demo person's (sql/bench/scale.sql): 10 x 9 serials per
 #: prefix (for each 8th digit, 9 of the 10 9th digits leave a 10th digit of 0-9).
@@ -51,10 +50,6 @@ OK_SERIALS = 90
 #: A copy with an impossible date: 7 digits from bench_prefixes, then any 3.
 BAD_SERIALS = 1000
 _BIRTHS = (date(1950, 1, 1), date(2008, 12, 31))  # ages 17-76 in the demo's years
-
-
-def _residue(digits: str) -> int:
-    return sum(w * int(d) for w, d in zip(_CPR_WEIGHTS, digits, strict=False)) % 11
 
 
 def _centuries(day: date) -> str:
@@ -97,7 +92,7 @@ def _cpr_plan(persons: list[tuple[int, str | None]], copies: int, seed: int
         if kind != "keep":
             used[kind].add(str(cpr).replace("-", "")[:7])
         people.append({"person_id": person_id, "kind": kind,
-                       "residue": _residue(str(cpr).replace("-", "")) if kind == "ok" else 0})
+                       "residue": cpr_weighted_residue(str(cpr).replace("-", "")) if kind == "ok" else 0})
     counts = {kind: sum(p["kind"] == kind for p in people) for kind in ("ok", "bad", "keep")}
     ranks = dict.fromkeys(counts, 0)
     for person in people:
@@ -114,7 +109,7 @@ def _cpr_plan(persons: list[tuple[int, str | None]], copies: int, seed: int
             raise ValueError(f"too many copies for unique CPR numbers: {copies - 1} copies need {needed:,} "
                              f"prefixes of kind {kind}, {len(free):,} exist")
         rng.shuffle(free)  # birth dates spread over the years, not a copy per day in calendar order
-        prefixes += [{"kind": kind, "n": n, "prefix": prefix, "s7": _residue(prefix)}
+        prefixes += [{"kind": kind, "n": n, "prefix": prefix, "s7": cpr_weighted_residue(prefix)}
                      for n, prefix in enumerate(free[:needed])]
     return people, prefixes
 
