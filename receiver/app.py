@@ -564,16 +564,6 @@ def server_error_envelope() -> bytes:
     return etree.tostring(env, xml_declaration=True, encoding="UTF-8")
 
 
-#: Characters lxml refuses in element text (or that the text escaping below does not cover): a receipt
-#: with one of them is built by lxml, which raises as it always did.
-_NOT_PLAIN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
-
-
-def _escaped(text: str) -> str:
-    """Element text escaped as lxml's serialiser escapes it (non-ASCII: the caller's xmlcharrefreplace)."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\r", "&#13;")
-
-
 def build_receipt(tag: str, batch_id: str, outcomes: list[tuple[str, str, int | None, str | None]],
                   namespace: str = NAMESPACE, *, message_id: str | None = None, event_date: str | None = None) -> bytes:
     """A SubmitBatchResponse (or GetBatchReceiptResponse) with a fresh ServiceReceipt, in `namespace`.
@@ -583,25 +573,23 @@ def build_receipt(tag: str, batch_id: str, outcomes: list[tuple[str, str, int | 
     message_id = message_id or str(uuid.uuid4())
     event_date = event_date or _iso(_now())
     status = _batch_status(outcomes)
-    xmlns = _escaped(namespace).replace('"', "&quot;")
+    xmlns = payload.xml_text(namespace).replace('"', "&quot;")
     parts = [f'<{tag} xmlns="{xmlns}"><ServiceReceipt><MessageIdentifier>'
-             f"{_escaped(message_id)}</MessageIdentifier><EventDate>{_escaped(event_date)}</EventDate></ServiceReceipt>"
-             f"<BatchIdentifier>{_escaped(batch_id)}</BatchIdentifier><BatchStatus>{status}</BatchStatus>"
+             f"{payload.xml_text(message_id)}</MessageIdentifier><EventDate>{payload.xml_text(event_date)}</EventDate></ServiceReceipt>"
+             f"<BatchIdentifier>{payload.xml_text(batch_id)}</BatchIdentifier><BatchStatus>{status}</BatchStatus>"
              + ("<RecordReceipts>" if outcomes else "<RecordReceipts/>")]
     add = parts.append
     for record_id, record_status, code, text in outcomes:
-        add(f"<RecordReceipt><{RECORD_ID_ELEMENT}>{_escaped(record_id)}</{RECORD_ID_ELEMENT}><Status>"
-            f"{_escaped(record_status)}</Status>")
+        add(f"<RecordReceipt><{RECORD_ID_ELEMENT}>{payload.xml_text(record_id)}</{RECORD_ID_ELEMENT}><Status>"
+            f"{payload.xml_text(record_status)}</Status>")
         if code is not None:
             add(f"<ErrorCode>{code}</ErrorCode>")
         if text is not None:
-            add(f"<ErrorText>{_escaped(text)}</ErrorText>")
+            add(f"<ErrorText>{payload.xml_text(text)}</ErrorText>")
         add("</RecordReceipt>")
     parts.append(f"</RecordReceipts></{tag}>" if outcomes else f"</{tag}>")
-    xml = "".join(parts)
-    if _NOT_PLAIN_TEXT.search(xml):
-        return _build_receipt_tree(tag, batch_id, outcomes, namespace, message_id, event_date)
-    return xml.encode("ascii", "xmlcharrefreplace")  # as lxml writes non-ASCII text: &#230;
+    # payload.xml_text escapes as lxml does, and raises as lxml does for what XML cannot carry
+    return "".join(parts).encode("ascii", "xmlcharrefreplace")  # as lxml writes non-ASCII text: &#230;
 
 
 def _batch_status(outcomes: list[tuple[str, str, int | None, str | None]]) -> str:

@@ -742,11 +742,11 @@ def build_batch(
 
     # The document is written as text, a column at a time (each value's element once per row, then a
     # row's elements joined), in exactly the bytes lxml's serialiser gives the same tree: lxml's escaping
-    # for any value outside the plain characters (see _escaped), "\n" after the root's start tag, the
+    # for any value outside the plain characters (see xml_text), "\n" after the root's start tag, the
     # header and every record. tests/test_payload.py proves the bytes equal to an element-by-element
     # build with lxml.
     root_open = f'<SubmitBatchRequest xmlns="{version.namespace}">'
-    header = "".join(f"<{tag}>{_escaped(text)}</{tag}>" for tag, text in (
+    header = "".join(f"<{tag}>{xml_text(text)}</{tag}>" for tag, text in (
         ("BatchIdentifier", batch_id),
         ("DataArea", str(area.number)),
         ("SenderMunicipalityCode", sender_municipality),
@@ -758,7 +758,7 @@ def build_batch(
     annul = [a == ACTION_ANNUL for a in actions]
     record_tag = area.record_element
     first_bad: tuple[int, int, str] | None = None  # (row, column, element) of the first value XML cannot carry
-    parts: list[list[str]] = [[f"<{RECORD_ID_ELEMENT}>{_escaped(rid)}</{RECORD_ID_ELEMENT}>" if rid is not None
+    parts: list[list[str]] = [[f"<{RECORD_ID_ELEMENT}>{xml_text(rid)}</{RECORD_ID_ELEMENT}>" if rid is not None
                                else "" for rid in record_ids]]
     for position, (tag, inner, column) in enumerate(specs):
         texts, bad = _element_texts(tag, inner, column, annul)
@@ -782,11 +782,11 @@ def build_batch(
 
 
 #: Characters lxml writes as they are in an element's text (no escaping, nothing it refuses): a value made
-#: of these only is copied; any other value is escaped by lxml itself (_escaped).
+#: of these only is copied; any other value is escaped by lxml itself (xml_text).
 _PLAIN_TEXT = re.compile("[\x20-\x25\x27-\x3b\x3d\x3f-\x7e\xa0-\ud7ff\ue000-\ufffd]*")
 
 
-def _escaped(value: str) -> str:
+def xml_text(value: str) -> str:
     """`value` as lxml writes it in an element's text (&amp; &lt; &gt; &#13;, ...); ValueError for what
     XML cannot carry (control characters), as lxml raises it."""
     if _PLAIN_TEXT.fullmatch(value):
@@ -815,7 +815,7 @@ def _element_texts(tag: str, inner: str | None, column: list[Any], skip: list[bo
         def safe(value: str) -> str | None:
             if value not in cache:
                 try:
-                    cache[value] = _escaped(value)
+                    cache[value] = xml_text(value)
                 except ValueError:  # lxml refuses control characters and the like
                     cache[value] = None
             return cache[value]
