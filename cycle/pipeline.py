@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cycle.checks import Checker, masked_persons, process_pays, second_core_free, switch
 from cycle.settings import Settings
 from cycle.timing import PhaseTimer, one_malloc_arena, peak_rss_mib, release_free_memory
 from delivery import failpoints
@@ -50,8 +51,6 @@ from delivery.archive import (
 from delivery.objectstore import StorePath, copy_tree, is_local
 from delivery.state import ACKNOWLEDGED, OUTSTANDING, STAGED_IN_DB, AreaBusy, StateStore
 from transforms import mapping
-from transforms.contracts import FINDING_COLUMNS, check_contract
-from transforms.identifiers import mask_cpr
 from transforms.registry import Area, InterfaceVersion, get_area, version_in_force
 
 log = logging.getLogger(__name__)
@@ -61,16 +60,6 @@ BATCH_NAMESPACE = uuid.UUID("1f6b0c2e-8d7a-5e0b-a2a1-0b4610f02010")
 
 class AreaDeliveryStopped(RuntimeError):
     """Delivery for an area cannot go on without a person acting (access closed, retries exhausted)."""
-
-
-def _empty_findings() -> pd.DataFrame:
-    return pd.DataFrame(columns=FINDING_COLUMNS)
-
-
-def _quality(area: Area, records: pd.DataFrame, period_end: date, run_id: str, docs_dir: Path | None):
-    from expectations.runner import run_quality  # GX is heavy: import only where it runs
-
-    return run_quality(area, records, period_end=period_end, run_id=run_id, data_docs_dir=docs_dir)
 
 
 def _batch_id(area: Area, run_id: str, members: pd.DataFrame, taken: Callable[[str], bool],
@@ -90,13 +79,6 @@ def _batch_id(area: Area, run_id: str, members: pd.DataFrame, taken: Callable[[s
         if not taken(batch_id):
             return batch_id
         n += 1
-
-
-def _masked_persons(area: Area, records: pd.DataFrame) -> pd.Series:
-    if area.person_field:
-        return records[area.person_field].map(mask_cpr)
-    first = records["person_cprs"].map(lambda v: v[0] if v else None)
-    return first.map(mask_cpr)
 
 
 @dataclass
@@ -181,7 +163,7 @@ class _BatchWriter:
                                   version=self.version)
         with self.timer.phase("add_batch"):
             members = batch[["record_key", "record_id", "content_hash", "action"]].assign(
-                masked_person=_masked_persons(self.area, batch).to_numpy())
+                masked_person=masked_persons(self.area, batch).to_numpy())
         if self._pool is None:
             sealed: Future = Future()
             sealed.set_result(self._seal(payload))
@@ -251,6 +233,10 @@ class _FirstChunk:
         self.shutdown()
         return chunk
 
+    def chunks(self) -> Iterator[pd.DataFrame]:
+        while (chunk := self.next()) is not None:
+            yield chunk
+
     def shutdown(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
@@ -259,24 +245,12 @@ class _FirstChunk:
 
 
 def threads_pay(setting: str) -> bool:
-    """Whether prepare's threads (AMS_PREPARE_THREADS) run: "on"/"1", "off"/"0", or "auto" (the default): when the
-    task may use two cores or more and the last minute's load leaves one free. On a machine whose cores are all
-    busy a second thread brings no core, and each hand-over of the GIL waits for the OS to run the thread that
-    takes it: 300k records on a 2-core machine at load 5 prepared in 115 s with threads, 97 s without; 1M on
-    a quiet one (load 1) in 132-134 s with threads, 146-150 s without (docs/performance.md)."""
-    value = setting.strip().lower()
-    if value in ("on", "1", "true", "yes"):
-        return True
-    if value in ("off", "0", "false", "no"):
-        return False
-    if value != "auto":
-        raise ValueError(f"AMS_PREPARE_THREADS must be auto, on or off, not {setting!r}")
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    try:
-        load = os.getloadavg()[0]
-    except OSError:  # the platform keeps no load average: a second core is taken if there is one
-        load = 0.0
-    return cpus >= 2 and load < cpus - 0.5
+    """Whether prepare's threads (AMS_PREPARE_THREADS) run: "on"/"1", "off"/"0", or "auto" (the default): when a
+    second core is free as the task starts (checks.second_core_free). Each hand-over of the GIL waits for the OS to
+    run the thread that takes it: 300k records on a 2-core machine at load 5 prepared in 115 s with threads, 97 s
+    without; 1M on a quiet one (load 1) in 132-134 s with threads, 146-150 s without (docs/performance.md)."""
+    chosen = switch(setting, "AMS_PREPARE_THREADS")
+    return second_core_free() if chosen is None else chosen
 
 
 def _classify(state: StateStore, area: Area, records: pd.DataFrame) -> tuple[pd.DataFrame, Counter, set[str]]:
@@ -424,6 +398,7 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
         one_malloc_arena()
     writer = _BatchWriter(area, run_id, settings, state, vault, created, version, timer, threads)
     reader: _FirstChunk | None = None
+    checker: Checker | None = None
     docs_dir = settings.data_docs_build_dir if settings.data_docs else None
     counts: Counter = Counter()
     rules: Counter = Counter()
@@ -436,62 +411,36 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
         counts["full_read"] = int(plan.full)
         log.info("area %s: %s read (%s)", area.number, "full" if plan.full else "incremental", plan.reason)
         chunks = extract_chunks(engine, area, chunksize=settings.chunksize, params=plan.params)
-        reader = _FirstChunk(chunks, timer, threads)
-        if plan.full and threads:
+        process = process_pays(settings.prepare_process)
+        checker = Checker(area, tenant=settings.tenant, period_end=period_end, run_id=run_id, docs_dir=docs_dir,
+                          process=process, chunksize=settings.chunksize)
+        # The first chunk is read in a thread while Great Expectations imports here; not where a full read is
+        # likely checked in a child process (the child imports it: the task's memory is spared it).
+        first_in_thread = threads and not (process and plan.full)
+        reader = _FirstChunk(chunks, timer, first_in_thread)
+        if plan.full and first_in_thread:
             with timer.phase("quality"):  # while the source runs the query; a full read checks records
                 import expectations.runner  # noqa: F401
-        index = -1
-        while True:
-            chunk = reader.next()
-            if chunk is None:
-                break
-            index += 1
-            with timer.phase("map"):
-                mapped = mapping.map_records(area, chunk, settings.tenant)
-            # Each frame of a chunk is dropped as soon as it is no longer needed: the peak holds as few
-            # copies of the chunk as possible, and none of it is alive when the next chunk is read.
-            del chunk
-            counts["out_of_scope"] += len(mapped.out_of_scope)
-            records = mapped.records
-            counts["extracted"] += len(records)
-            live = records[records["action"] != mapping.ANNUL]
-            with timer.phase("contract"):
-                findings = [check_contract(area, live)]
-            if len(live):
-                with timer.phase("quality"):
-                    result = _quality(area, live, period_end, f"{run_id}-{index}", docs_dir)
-                findings.append(result.findings)
-                docs_index = result.docs_index or docs_index
-                result = None
-            found = pd.concat([f for f in findings if len(f)], ignore_index=True) if any(
-                len(f) for f in findings) else _empty_findings()
-            del findings
-            # A range is checked by both layers (registry bounds): one finding per record, rule and field.
-            found = found.drop_duplicates(["record_key", "rule", "field"], ignore_index=True)
-            # A row read but outside the area's scope now (its person's group changed) was read too: its
-            # findings and quarantine entry no longer hold, whether the read was full or of changes only.
-            read_keys = [*records["record_key"].tolist(), *mapped.out_of_scope["record_key"].tolist()]
+        for checked in checker.checked(reader.chunks(), timer):
+            for name, seconds in checked.seconds.items():
+                timer.add(name, seconds)
+            counts["out_of_scope"] += checked.out_of_scope
+            counts["extracted"] += checked.extracted
+            docs_index = checked.docs_index or docs_index
+            found = checked.found
             with timer.phase("findings"):
-                counts["findings_stored"] += state.record_findings(run_id, area.number, found, read=read_keys)
-                read_hashes.append(np.fromiter(map(hash, read_keys), dtype=np.int64))
+                counts["findings_stored"] += state.record_findings(run_id, area.number, found,
+                                                                   read=checked.read_keys)
+                read_hashes.append(np.fromiter(map(hash, checked.read_keys), dtype=np.int64))
             # Records, not findings: one record with three bad codes counts once for code.invalid.
             rules.update(f"{r.rule}:{r.severity}" for r in
                          found.drop_duplicates(["record_key", "rule", "severity"]).itertuples())
             errors = found[found["severity"] == "error"]
-            bad = set(errors["record_key"])
-            persons = dict(zip(live["record_key"], _masked_persons(area, live), strict=True))
-            del live
             with timer.phase("findings"):
-                state.quarantine_rows(run_id, area.number, errors, persons)
-            counts["quarantined"] += len(bad)
-
-            with timer.phase("hash"):
-                good = mapping.strip_not_applicable(area, records[~records["record_key"].isin(bad)])
-                good = good.assign(content_hash=mapping.content_hashes(area, good))
-            del records, mapped
+                state.quarantine_rows(run_id, area.number, errors, checked.persons)
+            counts["quarantined"] += errors["record_key"].nunique()
             with timer.phase("diff"):
-                to_send, classified, refused = _classify(state, area, good)
-            del good
+                to_send, classified, refused = _classify(state, area, checked.good)
             counts.update(classified)
             # "warn": records sent for delivery with a warning (quarantined and unchanged ones are not).
             warned = set(found.loc[found["severity"] == "warning", "record_key"])
@@ -501,13 +450,15 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
             writer.add(to_send)
             # Nothing of this chunk outlives it: the next chunk is read while these names would still
             # hold this one's frames (two chunks in memory at once).
-            del found, read_keys, errors, bad, persons, to_send, sent, warned, refused
+            del checked, found, errors, to_send, sent, warned, refused
             release_free_memory()  # glibc keeps the freed frames otherwise: memory grew with the chunks
         batch_ids = writer.close()
     finally:
         writer.shutdown()
         if reader is not None:
             reader.shutdown()
+        if checker is not None:
+            checker.shutdown()
         engine.dispose()
     # Records the receiver refused stay in quarantine until their content changes.
     with timer.phase("findings"):
@@ -542,7 +493,9 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
     summary = {"area": area.number, **{k: int(v) for k, v in counts.items()}}
     state.update_area_run(run_id, area.number, status="prepared",
                           counts={**summary, "rules": dict(rules), "phases": timer.seconds_rounded(),
-                                  "peak_rss_mib": round(peak_rss_mib())},
+                                  "peak_rss_mib": round(peak_rss_mib()),
+                                  **({"peak_rss_mib_checks": round(checker.child_peak_rss_mib)}
+                                     if checker.child_peak_rss_mib else {})},
                           data_docs=str(docs_index) if docs_index else None)
     log.info("area %s prepared in interface version %s: %s", area.number, version.name,
              json.dumps(summary, sort_keys=True))

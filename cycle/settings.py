@@ -38,6 +38,10 @@ class Settings:
     # task starts (cycle.pipeline.threads_pay; 9-11 % off prepare on a quiet machine, a loss on a saturated one,
     # docs/performance.md); "on"; "off": everything on the task's one thread.
     prepare_threads: str = "auto"
+    # Prepare's checks (map, contract, quality suite, hash) in a child process while the task stores the chunk
+    # before (AMS_PREPARE_PROCESS, cycle.checks): "auto" (the default): for a full read when a core is free; "on";
+    # "off": in the task's process. A daemonic process (a Celery prefork child) checks in its own process.
+    prepare_process: str = "auto"
     # The municipality (kommunekode) this run reports for when the deployment serves several (a tenants
     # file, AMS_TENANTS_FILE); None: the single-municipality layout, where nothing is partitioned.
     tenant: str | None = None
@@ -67,6 +71,7 @@ class Settings:
             full_read=os.environ.get("AMS_FULL_READ", "0").lower() in ("1", "true", "yes"),
             full_read_every_days=int(os.environ.get("AMS_FULL_READ_EVERY_DAYS", 7)),
             prepare_threads=os.environ.get("AMS_PREPARE_THREADS", "auto").lower(),
+            prepare_process=os.environ.get("AMS_PREPARE_PROCESS", "auto").lower(),
         )
 
     @property

@@ -1,0 +1,238 @@
+"""The checks of one chunk of source rows, and where they run: in the task's process, or in a child process
+while the task stores the chunk before (AMS_PREPARE_PROCESS).
+
+`check_chunk` is a pure function of the chunk and the reference data: map, contract, the quality suite,
+strip + content hash. What it returns is everything `cycle.pipeline._prepare` needs to record the chunk in the
+state DB and stage its batches; it reads and writes no state, so it can run in any process.
+
+`Checker` gives the checked chunks in the order the chunks came:
+- in-process: each chunk is checked when it is read;
+- in a child process (`spawn`, one worker): the task reads chunk N+1 and hands it over while the child checks
+  chunk N, and records chunk N-1 while the child checks N+1. Of prepare's work the checks are about half
+  (map, contract, quality, hash: ~90 of ~190 s at 1M), and the task's own half (extract, the state DB, the
+  batches) does not need them until they are done: two processes take both cores, where threads could not
+  (the GIL, docs/performance.md). At most two chunks are with the child (one checked, one waiting), and the
+  child's peak memory is reported beside the task's.
+
+No Airflow import here.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+
+from cycle.timing import PhaseTimer, peak_rss_mib, release_free_memory
+from transforms import mapping
+from transforms.contracts import FINDING_COLUMNS, check_contract
+from transforms.identifiers import mask_cpr
+from transforms.registry import Area, get_area
+
+log = logging.getLogger(__name__)
+
+# The checks the child did, as the task's timer names them (added to the task's phases).
+CHECK_PHASES = ("map", "contract", "quality", "hash")
+
+
+@dataclass
+class CheckedChunk:
+    """One chunk after its checks: what the task records and stages."""
+
+    extracted: int  # records mapped (live and annulments)
+    out_of_scope: int
+    read_keys: list[str]  # every record read: the mapped ones, then those now outside the area's scope
+    found: pd.DataFrame  # the findings of the contract and the quality suite, one per record, rule and field
+    persons: dict[str, str]  # record key -> masked person, for the records with an error (the quarantine's)
+    good: pd.DataFrame  # records without an error, not-applicable fields stripped, with content_hash
+    docs_index: str | None = None  # the Data Docs page this chunk's validation built
+    seconds: dict[str, float] = field(default_factory=dict)  # per check phase
+    peak_rss_mib: float = 0.0  # of the process that checked it
+
+
+def masked_persons(area: Area, records: pd.DataFrame) -> pd.Series:
+    if area.person_field:
+        return records[area.person_field].map(mask_cpr)
+    first = records["person_cprs"].map(lambda v: v[0] if v else None)
+    return first.map(mask_cpr)
+
+
+def _quality(area: Area, records: pd.DataFrame, period_end: date, run_id: str, docs_dir: Path | None):
+    from expectations.runner import run_quality  # GX is heavy: import only where it runs
+
+    return run_quality(area, records, period_end=period_end, run_id=run_id, data_docs_dir=docs_dir)
+
+
+def check_chunk(area: Area | int, chunk: pd.DataFrame, *, tenant: str | None, period_end: date, run_id: str,
+                docs_dir: Path | None) -> CheckedChunk:
+    """Map, contract, quality suite, strip + hash of one chunk. `run_id` names this chunk's validation."""
+    area = get_area(area) if not isinstance(area, Area) else area
+    seconds: dict[str, float] = {}
+
+    def timed(name: str, start: float) -> float:
+        now = time.perf_counter()
+        seconds[name] = seconds.get(name, 0.0) + now - start
+        return now
+
+    start = time.perf_counter()
+    mapped = mapping.map_records(area, chunk, tenant)
+    # Each frame is dropped as soon as it is no longer needed: the peak holds as few copies of the chunk as
+    # possible.
+    del chunk
+    start = timed("map", start)
+    records = mapped.records
+    out_of_scope = mapped.out_of_scope["record_key"].tolist()
+    del mapped
+    live = records[records["action"] != mapping.ANNUL]
+    findings = [check_contract(area, live)]
+    start = timed("contract", start)
+    docs_index = None
+    if len(live):
+        result = _quality(area, live, period_end, run_id, docs_dir)
+        findings.append(result.findings)
+        docs_index = str(result.docs_index) if result.docs_index else None
+        del result
+        start = timed("quality", start)
+    found = (pd.concat([f for f in findings if len(f)], ignore_index=True) if any(len(f) for f in findings)
+             else pd.DataFrame(columns=FINDING_COLUMNS))
+    del findings
+    # A range is checked by both layers (registry bounds): one finding per record, rule and field.
+    found = found.drop_duplicates(["record_key", "rule", "field"], ignore_index=True)
+    bad = set(found.loc[found["severity"] == "error", "record_key"])
+    erring = live[live["record_key"].isin(bad)]
+    persons = dict(zip(erring["record_key"], masked_persons(area, erring), strict=True))
+    del live, erring
+    good = mapping.strip_not_applicable(area, records[~records["record_key"].isin(bad)])
+    good = good.assign(content_hash=mapping.content_hashes(area, good))
+    timed("hash", start)
+    # A row read but outside the area's scope now (its person's group changed) was read too: its findings
+    # and quarantine entry no longer hold.
+    read_keys = [*records["record_key"].tolist(), *out_of_scope]
+    return CheckedChunk(extracted=len(records), out_of_scope=len(out_of_scope), read_keys=read_keys, found=found,
+                        persons=persons, good=good, docs_index=docs_index, seconds=seconds,
+                        peak_rss_mib=peak_rss_mib())
+
+
+def _check_in_child(area: int, chunk: pd.DataFrame, **kwargs) -> CheckedChunk:
+    try:
+        return check_chunk(area, chunk, **kwargs)
+    finally:
+        del chunk
+        release_free_memory()  # the child lives for the whole read: its freed frames go back every chunk
+
+
+class CheckerStopped(RuntimeError):
+    """The child process checking the chunks ended before it answered (killed, out of memory)."""
+
+
+class Checker:
+    """Checked chunks in the order the chunks came, checked here or in a child process.
+
+    With `process` the child starts when the first chunk is full (`chunksize` rows: more may follow): a read
+    of one chunk (a small municipality, a day's changes) has nothing to overlap, and starting a child and
+    importing the checks there (~5 s) would cost more than it saves."""
+
+    # Chunks with the child at most: one it checks, one waiting (each is a chunk's frames in the child).
+    AHEAD = 2
+
+    def __init__(self, area: Area, *, tenant: str | None, period_end: date, run_id: str,
+                 docs_dir: Path | None, process: bool, chunksize: int):
+        self.area = area
+        self.kwargs = {"tenant": tenant, "period_end": period_end, "docs_dir": docs_dir}
+        self.run_id = run_id
+        self.process, self.chunksize = process, chunksize
+        self.in_child = False  # whether this read's chunks went to a child
+        self.child_peak_rss_mib = 0.0
+        self._pool: ProcessPoolExecutor | None = None
+
+    def checked(self, chunks: Iterator[pd.DataFrame], timer: PhaseTimer) -> Iterator[CheckedChunk]:
+        """The checked chunks in order; with a child, the time this process waited for one is `check_wait`."""
+        waiting: deque[Future] = deque()
+        for index, chunk in enumerate(chunks):
+            run_id = f"{self.run_id}-{index}"
+            if index == 0 and self.process and len(chunk) >= self.chunksize:
+                self._pool = _start_pool()
+                self.in_child = self._pool is not None
+                log.info("area %s: the chunks are checked in %s", self.area.number,
+                         "a child process" if self.in_child else "the task's process")
+            if self._pool is None:
+                yield check_chunk(self.area, chunk, run_id=run_id, **self.kwargs)
+                continue
+            waiting.append(self._pool.submit(_check_in_child, self.area.number, chunk, run_id=run_id, **self.kwargs))
+            del chunk
+            while len(waiting) >= self.AHEAD:
+                yield self._result(waiting.popleft(), timer)
+        while waiting:
+            yield self._result(waiting.popleft(), timer)
+
+    def _result(self, future: Future, timer: PhaseTimer) -> CheckedChunk:
+        try:
+            with timer.phase("check_wait"):
+                checked = future.result()
+        except BrokenProcessPool:
+            raise CheckerStopped(
+                "The process checking the source's chunks ended without an answer (out of memory, or killed). "
+                "Nothing of the unchecked chunks was staged; clear the prepare task to run it again, or set "
+                "AMS_PREPARE_PROCESS=off to check the chunks in the task's own process.") from None
+        self.child_peak_rss_mib = max(self.child_peak_rss_mib, checked.peak_rss_mib)
+        return checked
+
+    def shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+def _start_pool() -> ProcessPoolExecutor | None:
+    """One `spawn`ed worker (a fork of a task process with threads, Airflow's or the stage thread's, may
+    inherit a held lock); None where a process cannot start here."""
+    if multiprocessing.current_process().daemon:
+        # A daemonic process may not have children (a Celery prefork child, a multiprocessing pool's).
+        log.info("prepare checks the chunks in the task's process: this process is daemonic")
+        return None
+    try:
+        return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    except (OSError, RuntimeError, AssertionError) as exc:
+        log.warning("prepare checks the chunks in the task's process: no child process could start (%s)",
+                    type(exc).__name__)
+        return None
+
+
+def switch(setting: str, variable: str) -> bool | None:
+    """An on/off/auto setting: True, False, or None for "auto"."""
+    value = setting.strip().lower()
+    if value in ("on", "1", "true", "yes"):
+        return True
+    if value in ("off", "0", "false", "no"):
+        return False
+    if value != "auto":
+        raise ValueError(f"{variable} must be auto, on or off, not {setting!r}")
+    return None
+
+
+def second_core_free() -> bool:
+    """Whether the task may use two cores or more and the last minute's load leaves one free. On a machine whose
+    cores are all busy a second thread or process brings no core (docs/performance.md)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # the platform keeps no load average: a second core is taken if there is one
+        load = 0.0
+    return cpus >= 2 and load < cpus - 0.5
+
+
+def process_pays(setting: str) -> bool:
+    """Whether prepare may check the chunks in a child process (AMS_PREPARE_PROCESS): "on", "off", or "auto" (the
+    default): when a second core is free. Either way only a read of more than one chunk starts a child (Checker)."""
+    chosen = switch(setting, "AMS_PREPARE_PROCESS")
+    return second_core_free() if chosen is None else chosen
