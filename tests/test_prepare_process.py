@@ -1,0 +1,96 @@
+"""Prepare's checks in a child process (AMS_PREPARE_PROCESS, cycle.checks): the same batches, findings and
+quarantine as in the task's process; a read of one chunk starts no child; a daemonic task checks in its own
+process; a child that dies stops the run with a message, nothing of its chunks staged."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+import pytest
+
+from cycle import checks
+from cycle.checks import CheckerStopped, process_pays
+from cycle.pipeline import Settings, prepare_area
+from tests.test_prepare_threads import AREA, BUILT, PERIOD_END, settings_for, source, staged  # noqa: F401
+
+
+def with_process(settings: Settings, process: str) -> Settings:
+    """Chunks of 30 rows: the area's ~130 records in five chunks, so that the child has several to check."""
+    settings.prepare_process, settings.chunksize = process, 30
+    return settings
+
+
+def outcome(settings: Settings, prepared: dict) -> tuple:
+    """What a preparation left: its counts, staged batches, findings and quarantine (times and ids aside)."""
+    state = settings.state()
+    counts = {k: v for k, v in prepared.items() if k != "batches"}
+    findings = state.run_findings("run-1").drop(columns=["run_id"], errors="ignore")
+    findings = findings.sort_values(list(findings.columns)).reset_index(drop=True).to_dict("records")
+    quarantine = sorted((q["record_key"], q["masked_person"], q["findings"]) for q in state.open_quarantine(AREA))
+    return counts, staged(settings, prepared["batches"]), findings, quarantine
+
+
+def test_the_setting():
+    assert process_pays("on") and not process_pays("off")
+    with pytest.raises(ValueError, match="AMS_PREPARE_PROCESS must be auto, on or off"):
+        process_pays("maybe")
+
+
+def test_a_child_process_checks_to_the_same_result(source, tmp_path, monkeypatch):
+    results = {}
+    for process in ("off", "on"):
+        settings = with_process(settings_for(source, tmp_path, monkeypatch, "on", process), process)
+        prepared = prepare_area(AREA, run_id="run-1", period_end=PERIOD_END, settings=settings)
+        assert len(prepared["batches"]) >= 5
+        assert prepared["quarantined"] > 0 and prepared["extracted"] > 3 * settings.chunksize  # several chunks
+        counts = settings.state().run_rows("run-1")[0]["counts"]
+        assert ("check_wait" in counts["phases"]) == (process == "on")
+        assert {"map", "contract", "quality", "hash"} <= counts["phases"].keys()
+        # the child's own peak is reported beside the task's
+        assert (counts.get("peak_rss_mib_checks", 0) > 50) == (process == "on")
+        results[process] = outcome(settings, prepared)
+    assert results["on"] == results["off"]
+
+
+def test_a_read_of_one_chunk_starts_no_child(source, tmp_path, monkeypatch):
+    settings = with_process(settings_for(source, tmp_path, monkeypatch, "off", "one"), "on")
+    settings.chunksize = 1_000_000
+    prepare_area(AREA, run_id="run-1", period_end=PERIOD_END, settings=settings)
+    counts = settings.state().run_rows("run-1")[0]["counts"]
+    assert "check_wait" not in counts["phases"] and "peak_rss_mib_checks" not in counts
+
+
+def prepare_in_daemon(settings: Settings, answer) -> None:
+    """In a daemonic process (as a Celery prefork child is): prepare, with the child process asked for."""
+    prepared = prepare_area(AREA, run_id="run-1", period_end=PERIOD_END, settings=settings)
+    phases = settings.state().run_rows("run-1")[0]["counts"]["phases"]
+    answer.put((len(prepared["batches"]), "check_wait" in phases))
+
+
+def test_a_daemonic_task_checks_in_its_own_process(source, tmp_path, monkeypatch):
+    settings = with_process(settings_for(source, tmp_path, monkeypatch, "off", "daemon"), "on")
+    context = multiprocessing.get_context("spawn")
+    answer = context.Queue()
+    daemon = context.Process(target=prepare_in_daemon, args=(settings, answer), daemon=True)
+    daemon.start()
+    batches, in_child = answer.get(timeout=300)
+    daemon.join(60)
+    assert daemon.exitcode == 0
+    assert batches >= 5 and not in_child
+
+
+def die(*_args, **_kwargs):
+    """The child's work: the child dies (as the kernel's OOM killer would end it)."""
+    os._exit(9)
+
+
+def test_a_child_that_dies_stops_the_run_and_stages_nothing_of_its_chunks(source, tmp_path, monkeypatch, caplog):
+    settings = with_process(settings_for(source, tmp_path, monkeypatch, "on", "dies"), "on")
+    monkeypatch.setattr(checks, "_check_in_child", die)
+    with pytest.raises(CheckerStopped, match="AMS_PREPARE_PROCESS=off"):
+        prepare_area(AREA, run_id="run-1", period_end=PERIOD_END, settings=settings)
+    assert settings.state().batches_in(AREA, BUILT) == []
+    # and the run can be repeated as it is, in the task's process
+    settings.prepare_process = "off"
+    assert prepare_area(AREA, run_id="run-1", period_end=PERIOD_END, settings=settings)["batches"]
