@@ -22,11 +22,9 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import queue
 import time
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -123,16 +121,89 @@ def check_chunk(area: Area | int, chunk: pd.DataFrame, *, tenant: str | None, pe
                         peak_rss_mib=peak_rss_mib())
 
 
-def _check_in_child(area: int, chunk: pd.DataFrame, **kwargs) -> CheckedChunk:
-    try:
-        return check_chunk(area, chunk, **kwargs)
-    finally:
+def serve(tasks, results, area: int, kwargs: dict) -> None:
+    """The child's loop: check each chunk the task sends, answer in the same order; None ends it."""
+    while (task := tasks.get()) is not None:
+        run_id, chunk = task
+        del task
+        try:
+            answer: tuple = ("checked", check_chunk(area, chunk, run_id=run_id, **kwargs))
+        except Exception as exc:  # the task raises it as if the check had run there
+            answer = ("failed", exc)
         del chunk
+        try:
+            results.put(answer)
+        except Exception:  # an exception that cannot be pickled: its type and message
+            failed = answer[1]
+            results.put(("failed", RuntimeError(f"{type(failed).__name__}: {failed}")))
+        del answer
         release_free_memory()  # the child lives for the whole read: its freed frames go back every chunk
 
 
 class CheckerStopped(RuntimeError):
     """The child process checking the chunks ended before it answered (killed, out of memory)."""
+
+
+class _Child:
+    """One `spawn`ed process (a fork of a task process with threads, Airflow's or the stage thread's, may
+    inherit a held lock) and its two queues. A queue pickles what is put in a thread of its own and lets go of
+    the object once pickled: the task keeps no chunk it has handed over (an executor's future would keep it
+    until its answer came), and reads an answer only when it asks for it."""
+
+    def __init__(self, area: int, kwargs: dict):
+        context = multiprocessing.get_context("spawn")
+        self.tasks, self.results = context.Queue(), context.Queue()
+        self.process = context.Process(target=serve, args=(self.tasks, self.results, area, kwargs),
+                                       name="ams-checks", daemon=True)
+        self.process.start()
+
+    def send(self, run_id: str, chunk: pd.DataFrame) -> None:
+        self.tasks.put((run_id, chunk))
+
+    def answer(self) -> CheckedChunk:
+        while True:
+            try:
+                kind, value = self.results.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if not self.process.is_alive():
+                    raise CheckerStopped(
+                        f"The process checking the source's chunks ended without an answer (exit code "
+                        f"{self.process.exitcode}: out of memory, or killed). Nothing of the unchecked chunks was "
+                        "staged; clear the prepare task to run it again, or set AMS_PREPARE_PROCESS=off to check "
+                        "the chunks in the task's own process.") from None
+        if kind == "failed":
+            raise value
+        return value
+
+    def stop(self) -> None:
+        """End the child: at once after a failure (what it holds is dropped), else once it has answered all."""
+        self.tasks.cancel_join_thread()  # never wait at exit for a chunk the child will not read
+        if self.process.is_alive():
+            try:
+                self.tasks.put(None)
+            except (OSError, ValueError):
+                pass
+            self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout=5)
+        self.tasks.close()
+        self.results.close()
+
+
+def _start_child(area: int, kwargs: dict) -> _Child | None:
+    """The child, or None where a process cannot start here."""
+    if multiprocessing.current_process().daemon:
+        # A daemonic process may not have children (a Celery prefork child, a multiprocessing pool's).
+        log.info("prepare checks the chunks in the task's process: this process is daemonic")
+        return None
+    try:
+        return _Child(area, kwargs)
+    except (OSError, RuntimeError, AssertionError) as exc:
+        log.warning("prepare checks the chunks in the task's process: no child process could start (%s)",
+                    type(exc).__name__)
+        return None
 
 
 class Checker:
@@ -142,7 +213,8 @@ class Checker:
     of one chunk (a small municipality, a day's changes) has nothing to overlap, and starting a child and
     importing the checks there (~5 s) would cost more than it saves."""
 
-    # Chunks with the child at most: one it checks, one waiting (each is a chunk's frames in the child).
+    # Chunks handed to the child and not yet answered, at most: the one it checks and the next, which waits
+    # pickled in this process's queue until the child takes it.
     AHEAD = 2
 
     def __init__(self, area: Area, *, tenant: str | None, period_end: date, run_id: str,
@@ -153,59 +225,41 @@ class Checker:
         self.process, self.chunksize = process, chunksize
         self.in_child = False  # whether this read's chunks went to a child
         self.child_peak_rss_mib = 0.0
-        self._pool: ProcessPoolExecutor | None = None
+        self._child: _Child | None = None
 
     def checked(self, chunks: Iterator[pd.DataFrame], timer: PhaseTimer) -> Iterator[CheckedChunk]:
         """The checked chunks in order; with a child, the time this process waited for one is `check_wait`."""
-        waiting: deque[Future] = deque()
+        sent = answered = 0
         for index, chunk in enumerate(chunks):
             run_id = f"{self.run_id}-{index}"
             if index == 0 and self.process and len(chunk) >= self.chunksize:
-                self._pool = _start_pool()
-                self.in_child = self._pool is not None
+                self._child = _start_child(self.area.number, self.kwargs)
+                self.in_child = self._child is not None
                 log.info("area %s: the chunks are checked in %s", self.area.number,
                          "a child process" if self.in_child else "the task's process")
-            if self._pool is None:
+            if self._child is None:
                 yield check_chunk(self.area, chunk, run_id=run_id, **self.kwargs)
                 continue
-            waiting.append(self._pool.submit(_check_in_child, self.area.number, chunk, run_id=run_id, **self.kwargs))
+            self._child.send(run_id, chunk)
             del chunk
-            while len(waiting) >= self.AHEAD:
-                yield self._result(waiting.popleft(), timer)
-        while waiting:
-            yield self._result(waiting.popleft(), timer)
+            sent += 1
+            while sent - answered >= self.AHEAD:
+                answered += 1
+                yield self._answer(timer)
+        while sent > answered:
+            answered += 1
+            yield self._answer(timer)
 
-    def _result(self, future: Future, timer: PhaseTimer) -> CheckedChunk:
-        try:
-            with timer.phase("check_wait"):
-                checked = future.result()
-        except BrokenProcessPool:
-            raise CheckerStopped(
-                "The process checking the source's chunks ended without an answer (out of memory, or killed). "
-                "Nothing of the unchecked chunks was staged; clear the prepare task to run it again, or set "
-                "AMS_PREPARE_PROCESS=off to check the chunks in the task's own process.") from None
+    def _answer(self, timer: PhaseTimer) -> CheckedChunk:
+        with timer.phase("check_wait"):
+            checked = self._child.answer()
         self.child_peak_rss_mib = max(self.child_peak_rss_mib, checked.peak_rss_mib)
         return checked
 
     def shutdown(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
-
-
-def _start_pool() -> ProcessPoolExecutor | None:
-    """One `spawn`ed worker (a fork of a task process with threads, Airflow's or the stage thread's, may
-    inherit a held lock); None where a process cannot start here."""
-    if multiprocessing.current_process().daemon:
-        # A daemonic process may not have children (a Celery prefork child, a multiprocessing pool's).
-        log.info("prepare checks the chunks in the task's process: this process is daemonic")
-        return None
-    try:
-        return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-    except (OSError, RuntimeError, AssertionError) as exc:
-        log.warning("prepare checks the chunks in the task's process: no child process could start (%s)",
-                    type(exc).__name__)
-        return None
+        if self._child is not None:
+            self._child.stop()
+            self._child = None
 
 
 def switch(setting: str, variable: str) -> bool | None:

@@ -12,7 +12,12 @@ import pytest
 from cycle import checks
 from cycle.checks import CheckerStopped, process_pays
 from cycle.pipeline import Settings, prepare_area
-from tests.test_prepare_threads import AREA, BUILT, PERIOD_END, settings_for, source, staged  # noqa: F401
+from tests.test_prepare_threads import AREA, BUILT, PERIOD_END, make_source, settings_for, staged
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> str:
+    return make_source(tmp_path_factory.mktemp("process-source"))
 
 
 def with_process(settings: Settings, process: str) -> Settings:
@@ -80,14 +85,15 @@ def test_a_daemonic_task_checks_in_its_own_process(source, tmp_path, monkeypatch
     assert batches >= 5 and not in_child
 
 
-def die(*_args, **_kwargs):
-    """The child's work: the child dies (as the kernel's OOM killer would end it)."""
+def die(tasks, *_args):
+    """The child's work: it takes the first chunk and dies (as the kernel's OOM killer would end it)."""
+    tasks.get()
     os._exit(9)
 
 
-def test_a_child_that_dies_stops_the_run_and_stages_nothing_of_its_chunks(source, tmp_path, monkeypatch, caplog):
+def test_a_child_that_dies_stops_the_run_and_stages_nothing_of_its_chunks(source, tmp_path, monkeypatch):
     settings = with_process(settings_for(source, tmp_path, monkeypatch, "on", "dies"), "on")
-    monkeypatch.setattr(checks, "_check_in_child", die)
+    monkeypatch.setattr(checks, "serve", die)
     with pytest.raises(CheckerStopped, match="AMS_PREPARE_PROCESS=off"):
         prepare_area(AREA, run_id="run-1", period_end=PERIOD_END, settings=settings)
     assert settings.state().batches_in(AREA, BUILT) == []

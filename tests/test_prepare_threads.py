@@ -24,7 +24,11 @@ BUILT = ("built",)  # staged, never sent
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> str:
-    folder = tmp_path_factory.mktemp("threads-source")
+    return make_source(tmp_path_factory.mktemp("threads-source"))
+
+
+def make_source(folder) -> str:
+    """The demo's generator, 400 persons, 3 % defects: ~130 area-1 records, some quarantined."""
     url = f"sqlite:///{folder / 'source.sqlite'}"
     engine = create_engine_from_url(url)
     create_source_schema(engine)
