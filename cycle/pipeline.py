@@ -22,6 +22,7 @@ import logging
 import os
 import random
 import shutil
+import threading
 import time
 import uuid
 from collections import Counter, deque
@@ -391,12 +392,7 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
     created = {old["batch_id"]: old["payload_created"] for old in discarded if old.get("payload_created")}
     _remove_stale_staging(settings, state, area)
     timer = PhaseTimer()
-    threads = threads_pay(settings.prepare_threads)
-    log.info("area %s: prepare's threads %s (AMS_PREPARE_THREADS=%s)", area.number, "on" if threads else "off",
-             settings.prepare_threads)
-    if threads:
-        one_malloc_arena()
-    writer = _BatchWriter(area, run_id, settings, state, vault, created, version, timer, threads)
+    writer: _BatchWriter | None = None
     reader: _FirstChunk | None = None
     checker: Checker | None = None
     docs_dir = settings.data_docs_build_dir if settings.data_docs else None
@@ -412,13 +408,20 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
         log.info("area %s: %s read (%s)", area.number, "full" if plan.full else "incremental", plan.reason)
         chunks = extract_chunks(engine, area, chunksize=settings.chunksize, params=plan.params)
         process = process_pays(settings.prepare_process)
+        # With a child checking a full read's chunks, the stage thread would take its time from this process's
+        # own core (the child has the other): the batches are sealed here (docs/performance.md).
+        threads = threads_pay(settings.prepare_threads) and not (process and plan.full)
+        log.info("area %s: prepare's threads %s (AMS_PREPARE_THREADS=%s, AMS_PREPARE_PROCESS=%s)", area.number,
+                 "on" if threads else "off", settings.prepare_threads, settings.prepare_process)
+        if threads:
+            one_malloc_arena()
+        writer = _BatchWriter(area, run_id, settings, state, vault, created, version, timer, threads)
         checker = Checker(area, tenant=settings.tenant, period_end=period_end, run_id=run_id, docs_dir=docs_dir,
                           process=process, chunksize=settings.chunksize)
-        # The first chunk is read in a thread while Great Expectations imports here; not where a full read is
-        # likely checked in a child process (the child imports it: the task's memory is spared it).
-        first_in_thread = threads and not (process and plan.full)
-        reader = _FirstChunk(chunks, timer, first_in_thread)
-        if plan.full and first_in_thread:
+        # The first chunk is read in a thread while Great Expectations imports here (not where a child may check
+        # the chunks: it imports it there, and the task's memory is spared it).
+        reader = _FirstChunk(chunks, timer, threads)
+        if plan.full and threads:
             with timer.phase("quality"):  # while the source runs the query; a full read checks records
                 import expectations.runner  # noqa: F401
         for checked in checker.checked(reader.chunks(), timer):
@@ -454,7 +457,8 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
             release_free_memory()  # glibc keeps the freed frames otherwise: memory grew with the chunks
         batch_ids = writer.close()
     finally:
-        writer.shutdown()
+        if writer is not None:
+            writer.shutdown()
         if reader is not None:
             reader.shutdown()
         if checker is not None:
@@ -531,10 +535,11 @@ class _Receiver:
 def deliver_area(area_ref: int | str, *, run_id: str, settings: Settings, client: Any) -> dict:
     """Send every outstanding batch of one area; in-doubt batches are looked up at the receiver first.
 
-    `client` is a delivery client (AmsClient, SftpFileDropClient) or a function that builds one."""
+    `client` is a delivery client (AmsClient, SftpFileDropClient) or a function that builds one. Given a
+    function, up to `settings.deliver_lanes` batches are on their way at once (AMS_DELIVER_LANES), each lane
+    with a client of its own: see `_Lanes`."""
     area = get_area(area_ref)
     state = settings.state()
-    receiver = _Receiver(client)
     counts: Counter = Counter()
     receipts: list[str] = []
     timer = PhaseTimer()
@@ -543,8 +548,9 @@ def deliver_area(area_ref: int | str, *, run_id: str, settings: Settings, client
         with state.area_lock(area.number, f"deliver {run_id}", settings.lock_wait_seconds):
             with timer.phase("archive"):
                 unarchived = finish_archives(settings, state, vault, area.number)
-            for batch in state.outstanding_batches(area.number):
-                result = _deliver_batch(receiver, state, vault, batch, settings, run_id, area, timer)
+            lanes = _Lanes(client, settings.deliver_lanes)
+            for result in lanes.deliver(state.outstanding_batches(area.number), state, vault, settings, run_id,
+                                        area, timer):
                 if result is None:
                     counts["batches_lost"] += 1
                     continue
@@ -569,6 +575,100 @@ def deliver_area(area_ref: int | str, *, run_id: str, settings: Settings, client
     state.update_area_run(run_id, area.number, status="delivered", message="", finished=True,
                           counts={"phases": timer.seconds_rounded(), "peak_rss_mib": round(peak_rss_mib())})
     return {"area": area.number, "receipts": receipts, **summary}
+
+
+class _Lanes:
+    """The outstanding batches delivered by one or more lanes: threads that each take the next batch and run
+    `_deliver_batch` for it with a client of their own.
+
+    One lane waits while the receiver works on its request, and the receiver waits while the lane signs the
+    next request and stores the last receipt: with two lanes the task's work and the receiver's overlap (the
+    same batches, in about half the time, docs/performance.md). The protocol is the one-lane protocol per
+    batch: a batch is marked sent before its request leaves, so after a crash every batch a lane had on its way
+    is in doubt and is looked up before anything is sent again (tests/test_delivery_model.py runs the model
+    with two lanes). A lane that stops the area (access closed, retries exhausted, a crash) lets the other
+    finish the batch it has started and take no other; the first such error is raised. A client given as an
+    object (not a function that builds one), or one that says it is not `parallel_safe` (the SFTP channel),
+    gets one lane."""
+
+    def __init__(self, client: Any, lanes: int):
+        self.client = client
+        self.lanes = max(1, lanes) if callable(client) and not hasattr(client, "submit") else 1
+
+    def deliver(self, batches: list[dict], state: StateStore, vault: Vault, settings: Settings, run_id: str,
+                area: Area, timer: PhaseTimer) -> list[dict | None]:
+        """Each batch's result (see `_deliver_batch`), in the batches' order."""
+        if self.lanes == 1 or len(batches) < 2:
+            receiver = _Receiver(self.client)
+            return [_deliver_batch(receiver, state, vault, batch, settings, run_id, area, timer) for batch in batches]
+        results: dict[int, dict | None] = {}
+        queue = deque(enumerate(batches))
+        lock = threading.Lock()
+        stop = threading.Event()
+        failures: list[BaseException] = []
+
+        # The lanes' state DB calls one at a time: each is a transaction of its own, as with one lane, and
+        # SQLite never sees two writers of this task (a read transaction upgraded to a write fails at once).
+        serial = _Serialized(state, threading.Lock())
+
+        def lane(number: int, lane_timer: PhaseTimer) -> None:
+            receiver = _Receiver(self.client)
+            if number:
+                client = _quietly(receiver)
+                if client is None or not getattr(client, "parallel_safe", True):
+                    return  # one lane only (the first lane meets any error of the client's set-up itself)
+            while not stop.is_set():
+                with lock:
+                    if not queue:
+                        return
+                    index, batch = queue.popleft()
+                try:
+                    results[index] = _deliver_batch(receiver, serial, vault, batch, settings, run_id, area, lane_timer)
+                except BaseException as exc:  # noqa: BLE001 - a crash too: raised by the task, after both lanes
+                    with lock:
+                        failures.append(exc)
+                    stop.set()
+                    return
+
+        timers = [PhaseTimer() for _ in range(min(self.lanes, len(batches)))]
+        threads = [threading.Thread(target=lane, args=(n, t), name=f"ams-deliver-{n}", daemon=True)
+                   for n, t in enumerate(timers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for lane_timer in timers:  # each phase summed over the lanes (they overlap: more than the wall time)
+            for name, seconds in lane_timer.seconds.items():
+                timer.add(name, seconds)
+        if failures:
+            raise failures[0]
+        return [results[i] for i in sorted(results)]
+
+
+class _Serialized:
+    """An object whose method calls take a lock: one call at a time across threads."""
+
+    def __init__(self, target: Any, lock: threading.Lock):
+        self._target, self._lock = target, lock
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._target, name)
+        if not callable(value):
+            return value
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                return value(*args, **kwargs)
+
+        return call
+
+
+def _quietly(receiver: _Receiver) -> Any:
+    """The receiver's client, or None when it cannot be built (the first lane reports why)."""
+    try:
+        return receiver.get()
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def _stop(area: Area, batch: dict, what: str) -> AreaDeliveryStopped:

@@ -42,6 +42,9 @@ class Settings:
     # before (AMS_PREPARE_PROCESS, cycle.checks): "auto" (the default): for a full read when a core is free; "on";
     # "off": in the task's process. A daemonic process (a Celery prefork child) checks in its own process.
     prepare_process: str = "auto"
+    # Batches on their way to the receiver at once (AMS_DELIVER_LANES, cycle.pipeline._Lanes): with 2 the task
+    # signs and stores while the receiver works. 1: one batch at a time.
+    deliver_lanes: int = 2
     # The municipality (kommunekode) this run reports for when the deployment serves several (a tenants
     # file, AMS_TENANTS_FILE); None: the single-municipality layout, where nothing is partitioned.
     tenant: str | None = None
@@ -72,6 +75,7 @@ class Settings:
             full_read_every_days=int(os.environ.get("AMS_FULL_READ_EVERY_DAYS", 7)),
             prepare_threads=os.environ.get("AMS_PREPARE_THREADS", "auto").lower(),
             prepare_process=os.environ.get("AMS_PREPARE_PROCESS", "auto").lower(),
+            deliver_lanes=int(os.environ.get("AMS_DELIVER_LANES", 2)),
         )
 
     @property

@@ -144,6 +144,10 @@ def receipt_document(*, message: str, batch_id: str, area: str, file_name: str, 
 class SftpFileDropClient:
     """Delivers batches as files to the agency's SFTP inbox; the interface of delivery.client.AmsClient."""
 
+    # One batch at a time (cycle.pipeline._Lanes): the inbox's receipts are read by file listing, and the
+    # channel is for small municipalities (§ 51).
+    parallel_safe = False
+
     def __init__(self, sftp_conn_id: str = DEFAULT_CONN_ID, remote_dir: str = DEFAULT_REMOTE_DIR,
                  timeout: float = 30.0) -> None:
         """`remote_dir`: the inbox, relative to the login folder or absolute. `timeout`: seconds for the
