@@ -113,6 +113,16 @@ def bad_birth_date(value: str) -> bool:
     """`cpr_status(value) == CPR_BAD_DATE` (a well-formed CPR number whose birth date does not exist),
     computed directly for ASCII text: stdnum's date and century rules without its per-character
     cleaning, five times faster on the receiver's one pass over a batch's numbers."""
+    if len(value) == 10 and value.isascii() and value.isdigit():  # the usual form: the date's answer kept
+        if value == UNKNOWN_CPR:
+            return False
+        key = value[:7]  # day, month, year, century digit
+        bad = _BAD_BY_DATE.get(key)
+        if bad is None:
+            if len(_BAD_BY_DATE) >= _BAD_BY_DATE_MAX:
+                _BAD_BY_DATE.clear()
+            bad = _BAD_BY_DATE[key] = _bad_date(value)
+        return bad
     if not value.isascii():
         return cpr_status(value) == CPR_BAD_DATE
     if not _CPR_FORMAT.match(value):
@@ -120,6 +130,15 @@ def bad_birth_date(value: str) -> bool:
     digits = value.replace("-", "").strip()
     if digits == UNKNOWN_CPR:
         return False
+    return _bad_date(digits)
+
+
+_BAD_BY_DATE: dict[str, bool] = {}  # bad_birth_date's answer by a number's first seven digits
+_BAD_BY_DATE_MAX = 200_000
+
+
+def _bad_date(digits: str) -> bool:
+    """The birth date of a ten-digit CPR number does not exist (stdnum's century rules)."""
     year, century = int(digits[4:6]), digits[6]
     if century in "5678" and year >= 58:
         year += 1800
