@@ -522,51 +522,51 @@ def element_c14n_from_body(element: etree._Element, body_c14n: bytes | None) -> 
     return body_c14n[start:len(body_c14n) - len(end)]
 
 
-def record_c14n_from_element(element_c14n: bytes, element: etree._Element,
-                             records: etree._Element) -> list[bytes] | None:
-    """Each child of `records` as `etree.tostring(record, method="c14n", exclusive=True)`, cut out of
-    the request element's exclusive C14N `element_c14n`, or None when the cut could differ (then
-    canonicalise each record).
+def record_c14n_from_element(element_c14n: bytes, element: etree._Element, records: etree._Element,
+                             children: list[etree._Element]) -> list[bytes] | None:
+    """Each child of `records` (`children`, in order) as `etree.tostring(record, method="c14n",
+    exclusive=True)`, cut out of the request element's exclusive C14N `element_c14n`, or None when the
+    cut could differ (then canonicalise each record).
 
-    Only for a request element that validated against the XSD and is plain (no comment or PI: every `<`
-    in the form starts a tag). The cut is made when the element renders only the default namespace
-    (`<SubmitBatchRequest xmlns="...">`), Records nothing (`<Records>`) and each record nothing
-    (`<MeasureRecord>`: unprefixed, no attribute): a record on its own then renders that default
-    namespace on itself and the rest of its subtree as it is inside the element (the same namespace
-    context all the way down). Each record's text is checked to be exactly one element (`<Name>` to the
-    first `</Name>`, no other `<Name` between), and the records with the whitespace between them (written
-    as it is: C14N changes only a carriage return, refused here) to fill Records exactly. Records of one
-    kind only (an annulment among them: None)."""
+    Only for a request element that validated against the XSD (Records its last child, not inside the
+    BatchHeader) and is plain (no comment or PI: every `<` in the form starts a tag). The cut is made
+    when the element renders only the default namespace (`<SubmitBatchRequest xmlns="...">`), Records
+    nothing (`<Records>`) and each record nothing (`<MeasureRecord>`: unprefixed, no attribute): a
+    record on its own then renders that default namespace on itself and the rest of its subtree as it
+    is inside the element (the same namespace context all the way down). The records must be of one
+    kind (an annulment among them: None); Records' content is split at each record's end tag, each
+    part must be whitespace (C14N writes space, tab and line feed as they are) and the record's start
+    tag, and `<MeasureRecord` must occur once per record (no record holds another of its name, so
+    each end tag split at is a record's own)."""
     namespace = payload.namespace_of(element)
-    if not element_c14n.startswith(f'<{etree.QName(element).localname} xmlns="{namespace}">'.encode()):
+    local = etree.QName(element).localname
+    if not element_c14n.startswith(f'<{local} xmlns="{namespace}">'.encode()):
         return None
     records_tag = f"<{etree.QName(records).localname}>".encode()
-    pos = element_c14n.find(records_tag)
-    if pos < 0:
+    pos = element_c14n.find(records_tag)  # the first: the BatchHeader has no Records
+    close = element_c14n.rfind(b"</" + records_tag[1:])  # the last: nothing follows Records but space
+    if pos < 0 or close < pos or element_c14n[close + len(records_tag) + 1:].strip(b" \t\n") != (
+            f"</{local}>".encode()):
         return None
     pos += len(records_tag)
-    declaration = f' xmlns="{namespace}"'.encode()
-    close = element_c14n.find(b"</" + records_tag[1:], pos)  # Records' end: no record has a `Records` child
-    if close < 0:
-        return None
-    first = next(iter(records), None)
-    if first is None:
+    if not children:
         return [] if not element_c14n[pos:close].strip(b" \t\n") else None
-    tag = first.tag
-    if sum(1 for _ in records.iterchildren(tag)) != len(records):
-        return None  # records of more than one kind (annulments): canonicalise each
+    tag = children[0].tag
+    if not isinstance(tag, str) or any(child.tag != tag for child in children):
+        return None
     name = etree.QName(tag).localname.encode()
     opening, bare, closing = b"<" + name + b">", b"<" + name, b"</" + name + b">"
-    # Records' content: each record's text up to its end tag, after the whitespace before it (C14N
-    # writes space, tab and line feed as they are; anything else there is refused).
-    pieces = element_c14n[pos:close].split(closing)
-    if len(pieces) != len(records) + 1 or pieces[-1].strip(b" \t\n"):
+    content = element_c14n[pos:close]
+    pieces = content.split(closing)
+    if (len(pieces) != len(children) + 1 or pieces[-1].strip(b" \t\n")
+            or content.count(bare) != len(children)):
         return None
+    declaration = f' xmlns="{namespace}"'.encode()
     forms: list[bytes] = []
     join, skip = b"".join, len(bare)
     for piece in pieces[:-1]:
         at = piece.find(opening)
-        if at < 0 or (at and piece[:at].strip(b" \t\n")) or piece.find(bare, at + 1) >= 0:
+        if at < 0 or (at and piece[:at].strip(b" \t\n")):
             return None
         forms.append(join((bare, declaration, memoryview(piece)[at + skip:], closing)))
     return forms
@@ -1066,7 +1066,8 @@ class ReceiverApp:
             stored_area = tx.record_areas(rid for rid, rec in items if rec.tag != annul_tag)
             # Each record's first CPR number with an impossible birth date, in one pass over the batch.
             bad_cpr = _bad_cpr_numbers(records, cpr_tags) if check_cpr else {}
-            forms = record_c14n_from_element(element_c14n, element, records) if plain else None
+            forms = (record_c14n_from_element(element_c14n, element, records, [rec for _, rec in items])
+                     if plain else None)
             pending: list[tuple[str, int, str, bytes, str]] = []
             for index, (record_id, rec) in enumerate(items):
                 if rec.tag == annul_tag:
