@@ -718,9 +718,13 @@ def build_receipt(tag: str, batch_id: str, outcomes: list[tuple[str, str, int | 
              f"<BatchIdentifier>{payload.xml_text(batch_id)}</BatchIdentifier><BatchStatus>{status}</BatchStatus>"
              + ("<RecordReceipts>" if outcomes else "<RecordReceipts/>")]
     add = parts.append
-    for record_id, record_status, code, text in outcomes:
-        add(f"<RecordReceipt><{RECORD_ID_ELEMENT}>{payload.xml_text(record_id)}</{RECORD_ID_ELEMENT}><Status>"
-            f"{payload.xml_text(record_status)}</Status>")
+    ids = payload.xml_texts([outcome[0] for outcome in outcomes])  # raises as xml_text for what XML cannot carry
+    statuses: dict[str, str] = {}
+    for record_id, (_, record_status, code, text) in zip(ids, outcomes, strict=True):
+        status_text = statuses.get(record_status)
+        if status_text is None:
+            status_text = statuses[record_status] = payload.xml_text(record_status)
+        add(f"<RecordReceipt><{RECORD_ID_ELEMENT}>{record_id}</{RECORD_ID_ELEMENT}><Status>{status_text}</Status>")
         if code is not None:
             add(f"<ErrorCode>{code}</ErrorCode>")
         if text is not None:
