@@ -482,7 +482,6 @@ def _verified_here(signature: etree._Element, signed: list[etree._Element], cert
     return True
 
 
-
 # --------------------------------------------------------------------------------------------------
 # Canonical forms cut from one canonicalisation
 # --------------------------------------------------------------------------------------------------
