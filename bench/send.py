@@ -11,7 +11,9 @@ unchanged) to a fresh receiver (TLS, signatures required, SQLite), the way `benc
 - **receiver**: the receiver's WSGI application called in this process with the signed requests the client
   sent (no socket, no TLS): what the receiver spends per batch.
 
-`--profile client` / `--profile receiver` prints the top of a cProfile of that part. A benchmark, not a test.
+`--profile client` / `--profile receiver` prints the top of a cProfile of that part. `--rounds N` sends the
+batches N times, each round under fresh record ids too (new records: the receiver's table grows as in a
+1,000,000-record run) and prints each round's CPU per batch. A benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -50,6 +52,16 @@ def _fresh_id(payload: bytes) -> bytes:
     return payload[:start] + str(uuid.uuid4()).encode() + payload[end:]
 
 
+def _fresh_records(payload: bytes, seed: int) -> bytes:
+    """The payload with fresh record ids (deterministic in `seed`): new records for the receiver."""
+    import re
+
+    counter = iter(range(10**9))
+    return re.sub(rb"<RecordIdentifier>[^<]*</RecordIdentifier>",
+                  lambda m: b"<RecordIdentifier>" + str(uuid.UUID(int=(seed << 64) + next(counter) + 1)).encode()
+                  + b"</RecordIdentifier>", payload)
+
+
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process so far (Linux /proc): robust where wall time is not (a
     shared machine)."""
@@ -71,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", required=True, help="a bench/cycle.py work folder after a run")
     parser.add_argument("--batches", type=int, default=10)
     parser.add_argument("--profile", choices=("client", "receiver"), default=None)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="send the batches this many times, each round with fresh record ids")
     args = parser.parse_args(argv)
 
     from delivery.client import client_from_connection
@@ -79,10 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     from receiver.server import ReceiverProcess
     from receiver.store import ReceiverStore
 
-    payloads = [_fresh_id(p) for p in _payloads(Path(args.home), args.batches)]
+    base = _payloads(Path(args.home), args.batches)
+    rounds = [[_fresh_id(p) for p in base]]
+    for number in range(1, args.rounds):
+        rounds.append([_fresh_id(_fresh_records(p, number)) for p in base])
+    payloads = [p for batches in rounds for p in batches]
     records = sum(p.count(b"<RecordIdentifier>") for p in payloads)
     size = sum(len(p) for p in payloads)
-    print(f"{len(payloads)} batches, {records:,} records, {size / 2**20:.1f} MiB of payload")
+    print(f"{len(payloads)} batches, {records:,} records, {size / 2**20:.1f} MiB of payload"
+          + (f" ({args.rounds} rounds of {len(base)})" if args.rounds > 1 else ""))
+    per_round = len(base)
     with tempfile.TemporaryDirectory(prefix="ams-send-bench-") as tmp:
         work = Path(tmp)
         pki = generate_test_pki(work / "pki", name="AMS send bench")
@@ -97,12 +117,18 @@ def main(argv: list[str] | None = None) -> int:
             cpu, receiver_cpu = time.process_time(), _cpu_seconds(receiver.pid or 0)
             if profile:
                 profile.enable()
-            for payload in payloads:
+            marks = [(time.process_time(), _cpu_seconds(receiver.pid or 0))]
+            for number, payload in enumerate(payloads, 1):
                 receipt = client.submit(payload)
                 requests_sent.append(receipt.request_bytes)
                 assert len(receipt.records) == payload.count(b"<RecordIdentifier>")
+                if args.rounds > 1 and number % per_round == 0:
+                    marks.append((time.process_time(), _cpu_seconds(receiver.pid or 0)))
             if profile:
                 profile.disable()
+            for number, (before, after) in enumerate(zip(marks, marks[1:], strict=False), 1):
+                print(f"  round {number}: CPU per batch: client {(after[0] - before[0]) / per_round * 1000:.0f} ms, "
+                      f"receiver process {(after[1] - before[1]) / per_round * 1000:.0f} ms")
             sent = time.perf_counter() - started
             cpu, receiver_cpu = time.process_time() - cpu, _cpu_seconds(receiver.pid or 0) - receiver_cpu
         print(f"client (submit, receiver in its own process): {sent:.2f} s, {records / sent:,.0f} records/s, "
@@ -117,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                           verify=SignatureVerifier([pki.client_cert]))
         profile = cProfile.Profile() if args.profile == "receiver" else None
         took = took_cpu = 0.0
-        for request in requests_sent:
+        round_cpu = []
+        for number, request in enumerate(requests_sent, 1):
             environ = EnvironBuilder(path="/ams", method="POST", data=request,
                                      headers={"Content-Type": "text/xml; charset=utf-8"}).get_environ()
             status: list[str] = []
@@ -134,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
             took += time.perf_counter() - started
             took_cpu += time.process_time() - cpu
             assert status[0].startswith("200"), (status, body[:300])
+            if args.rounds > 1 and number % per_round == 0:
+                round_cpu.append(took_cpu - sum(round_cpu))
+        for number, spent in enumerate(round_cpu, 1):
+            print(f"  round {number}: receiver CPU {spent / per_round * 1000:.0f} ms per batch")
         print(f"receiver (its WSGI app in this process): {took:.2f} s, {records / took:,.0f} records/s, "
               f"{took / len(payloads) * 1000:.0f} ms per batch; CPU {took_cpu / len(payloads) * 1000:.0f} ms per batch")
         if profile:

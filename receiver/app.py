@@ -113,6 +113,16 @@ def bad_birth_date(value: str) -> bool:
     """`cpr_status(value) == CPR_BAD_DATE` (a well-formed CPR number whose birth date does not exist),
     computed directly for ASCII text: stdnum's date and century rules without its per-character
     cleaning, five times faster on the receiver's one pass over a batch's numbers."""
+    if len(value) == 10 and value.isascii() and value.isdigit():  # the usual form: the date's answer kept
+        if value == UNKNOWN_CPR:
+            return False
+        key = value[:7]  # day, month, year, century digit
+        bad = _BAD_BY_DATE.get(key)
+        if bad is None:
+            if len(_BAD_BY_DATE) >= _BAD_BY_DATE_MAX:
+                _BAD_BY_DATE.clear()
+            bad = _BAD_BY_DATE[key] = _bad_date(value)
+        return bad
     if not value.isascii():
         return cpr_status(value) == CPR_BAD_DATE
     if not _CPR_FORMAT.match(value):
@@ -120,6 +130,15 @@ def bad_birth_date(value: str) -> bool:
     digits = value.replace("-", "").strip()
     if digits == UNKNOWN_CPR:
         return False
+    return _bad_date(digits)
+
+
+_BAD_BY_DATE: dict[str, bool] = {}  # bad_birth_date's answer by a number's first seven digits
+_BAD_BY_DATE_MAX = 200_000
+
+
+def _bad_date(digits: str) -> bool:
+    """The birth date of a ten-digit CPR number does not exist (stdnum's century rules)."""
     year, century = int(digits[4:6]), digits[6]
     if century in "5678" and year >= 58:
         year += 1800
@@ -234,16 +253,21 @@ class SignatureVerifier:
         self.clock_skew = timedelta(seconds=clock_skew)
         self.clock = clock or _now
 
-    def __call__(self, envelope: etree._Element, headers: Headers | None = None) -> None:
+    def __call__(self, envelope: etree._Element, headers: Headers | None = None, *,
+                 canonical: dict[etree._Element, bytes] | None = None) -> None:
+        """`canonical`: when given, receives each signed node's exclusive C14N (without comments) that
+        the verification digested, when the signature verified here (not by xmlsec): the receiver
+        reuses the Body's instead of canonicalising the same tree again."""
         try:
-            self.check(envelope)
+            self.check(envelope, canonical=canonical)
         except _Invalid as exc:
             log.warning("signature refused: %s", exc)
             raise ReceiverFault(ERR_SIGNATURE, str(exc)) from None
 
     # ---------------------------------------------------------------------------------------------
-    def check(self, envelope: etree._Element) -> x509.Certificate:
-        """Raises _Invalid with the reason; returns the signer's certificate."""
+    def check(self, envelope: etree._Element, *,
+              canonical: dict[etree._Element, bytes] | None = None) -> x509.Certificate:
+        """Raises _Invalid with the reason; returns the signer's certificate. `canonical`: see __call__."""
         if envelope.getroottree().docinfo.doctype:
             raise _Invalid("a signed message may not have a document type declaration")
         header = envelope.find(f"{_SOAP}Header")
@@ -308,7 +332,7 @@ class SignatureVerifier:
                            f"{_iso(cert.not_valid_before_utc)} to {_iso(cert.not_valid_after_utc)})")
         self._check_timestamp(security, signed, now)
 
-        if not self.xmlsec_only and _verified_here(signature, signed, cert):
+        if not self.xmlsec_only and _verified_here(signature, signed, cert, canonical):
             return cert
         try:
             key = xmlsec.Key.from_memory(cert.public_bytes(Encoding.DER), xmlsec.KeyFormat.CERT_DER, None)
@@ -393,11 +417,13 @@ def _base64(text: str | None) -> bytes | None:
         return None
 
 
-def _verified_here(signature: etree._Element, signed: list[etree._Element], cert: x509.Certificate) -> bool:
+def _verified_here(signature: etree._Element, signed: list[etree._Element], cert: x509.Certificate,
+                   canonical: dict[etree._Element, bytes] | None = None) -> bool:
     """XML-DSig core validation of a signature of zeep's shape (SignatureVerifier.check has checked the
     algorithms and resolved the references to `signed`, in order): True when every digest and the
     signature value verify; False otherwise (another shape, or anything that does not verify): then
-    xmlsec decides, so a refusal is always xmlsec's, and only what verifies is accepted here."""
+    xmlsec decides, so a refusal is always xmlsec's, and only what verifies is accepted here. `canonical`
+    (when given) receives each signed node's canonical bytes, only when True is returned."""
     ds = f"{{{DS_NS}}}"
     parts = _children(signature)
     if [p.tag for p in parts[:2]] != [f"{ds}SignedInfo", f"{ds}SignatureValue"] or any(
@@ -431,10 +457,13 @@ def _verified_here(signature: etree._Element, signed: list[etree._Element], cert
     if not ((method == "RSA-SHA256" and isinstance(key, rsa.RSAPublicKey))
             or (method == "ECDSA-SHA256" and isinstance(key, ec.EllipticCurvePublicKey))):
         return False
+    forms: list[bytes] = []
     for node, digest in zip(signed, digests, strict=True):
-        own = hashlib.sha256(etree.tostring(node, method="c14n", exclusive=True, with_comments=False)).digest()
+        form = etree.tostring(node, method="c14n", exclusive=True, with_comments=False)
+        own = hashlib.sha256(form).digest()
         if not hmac.compare_digest(own, digest):
             return False
+        forms.append(form)
     data = etree.tostring(signed_info, method="c14n", exclusive=True, with_comments=False)
     try:
         if isinstance(key, rsa.RSAPublicKey):
@@ -448,7 +477,116 @@ def _verified_here(signature: etree._Element, signed: list[etree._Element], cert
             key.verify(encode_dss_signature(r, s), data, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
         return False
+    if canonical is not None:
+        canonical.update(zip(signed, forms, strict=True))
     return True
+
+
+# --------------------------------------------------------------------------------------------------
+# Canonical forms cut from one canonicalisation
+# --------------------------------------------------------------------------------------------------
+
+XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
+
+
+def _plain(element: etree._Element) -> bool:
+    """No comment and no processing instruction in the subtree: in its canonical form every `<` then
+    starts a tag (C14N writes `<` in text and attribute values as `&lt;`), and the form is the same with
+    and without comments."""
+    return next(element.iter(etree.Comment, etree.ProcessingInstruction), None) is None
+
+
+def element_c14n_from_body(element: etree._Element, body_c14n: bytes | None) -> bytes | None:
+    """`etree.tostring(element, method="c14n", exclusive=True)` cut out of `body_c14n`, the exclusive
+    C14N (without comments) of its parent soap:Body that the signature verification made, or None when
+    the cut could differ from it (then canonicalise the element).
+
+    Only for a request element that validated against the XSD (every element in the interface's
+    namespace, no attribute but xsi:*), plain (no comment or PI) and the Body's only content (no text
+    around it). Exclusive C14N renders on an element the namespaces it visibly uses that its nearest
+    rendered ancestor did not render with the same value: the Body renders only its own prefix and its
+    attributes' (it is prefixed: no default namespace). When none of those namespaces is the element's
+    or xsi's, the element's subtree renders the same inside the Body as on its own."""
+    body = element.getparent()
+    if (body_c14n is None or body is None or body.prefix is None or len(body) != 1 or body.text
+            or element.tail):
+        return None
+    rendered = {etree.QName(body).namespace, *(etree.QName(key).namespace for key in body.attrib)}
+    if payload.namespace_of(element) in rendered or XSI_NS in rendered:
+        return None
+    end = f"</{body.prefix}:{etree.QName(body).localname}>".encode()
+    start = body_c14n.find(b"<", 1)  # the Body's start tag has no raw `<` (C14N escapes it in values)
+    if start < 0 or not body_c14n.endswith(end):
+        return None
+    return body_c14n[start:len(body_c14n) - len(end)]
+
+
+def record_c14n_from_element(element_c14n: bytes, element: etree._Element, records: etree._Element,
+                             children: list[etree._Element]) -> list[bytes] | None:
+    """Each child of `records` (`children`, in order) as `etree.tostring(record, method="c14n",
+    exclusive=True)`, cut out of the request element's exclusive C14N `element_c14n`, or None when the
+    cut could differ (then canonicalise each record).
+
+    Only for a request element that validated against the XSD (Records its last child, not inside the
+    BatchHeader) and is plain (no comment or PI: every `<` in the form starts a tag). The cut is made
+    when the element renders only the default namespace (`<SubmitBatchRequest xmlns="...">`), Records
+    nothing (`<Records>`) and each record nothing (`<MeasureRecord>`: unprefixed, no attribute): a
+    record on its own then renders that default namespace on itself and the rest of its subtree as it
+    is inside the element (the same namespace context all the way down). The records must be of one
+    kind (an annulment among them: None); Records' content is split at each record's end tag, each
+    part must be whitespace (C14N writes space, tab and line feed as they are) and the record's start
+    tag, and `<MeasureRecord` must occur once per record (no record holds another of its name, so
+    each end tag split at is a record's own)."""
+    namespace = payload.namespace_of(element)
+    local = etree.QName(element).localname
+    if not element_c14n.startswith(f'<{local} xmlns="{namespace}">'.encode()):
+        return None
+    records_tag = f"<{etree.QName(records).localname}>".encode()
+    pos = element_c14n.find(records_tag)  # the first: the BatchHeader has no Records
+    close = element_c14n.rfind(b"</" + records_tag[1:])  # the last: nothing follows Records but space
+    if pos < 0 or close < pos or element_c14n[close + len(records_tag) + 1:].strip(b" \t\n") != (
+            f"</{local}>".encode()):
+        return None
+    pos += len(records_tag)
+    if not children:
+        return [] if not element_c14n[pos:close].strip(b" \t\n") else None
+    tag = children[0].tag
+    if not isinstance(tag, str) or any(child.tag != tag for child in children):
+        return None
+    name = etree.QName(tag).localname.encode()
+    opening, bare, closing = b"<" + name + b">", b"<" + name, b"</" + name + b">"
+    content = element_c14n[pos:close]
+    pieces = content.split(closing)
+    if (len(pieces) != len(children) + 1 or pieces[-1].strip(b" \t\n")
+            or content.count(bare) != len(children)):
+        return None
+    declaration = f' xmlns="{namespace}"'.encode()
+    forms: list[bytes] = []
+    join, skip = b"".join, len(bare)
+    for piece in pieces[:-1]:
+        at = piece.find(opening)
+        if at < 0 or (at and piece[:at].strip(b" \t\n")):
+            return None
+        forms.append(join((bare, declaration, memoryview(piece)[at + skip:], closing)))
+    return forms
+
+
+def _bad_cpr_numbers(records: etree._Element, cpr_tags: list[str]) -> dict[etree._Element, etree._Element]:
+    """For each child of `records` with a CPR number (an element of `cpr_tags`) whose birth date does not
+    exist, the first such element: what `[el for el in record.iter(*cpr_tags) if bad_birth_date(...)]`
+    gives each record (with no tags, as iter() does: every element, the record's own included), in one
+    pass over the batch."""
+    found: dict[etree._Element, etree._Element] = {}
+    for el in records.iter(*cpr_tags):
+        if el is records or not bad_birth_date((el.text or "").strip()):
+            continue
+        record = el
+        parent = record.getparent()
+        while parent is not None and parent is not records:
+            record, parent = parent, parent.getparent()
+        if parent is records:
+            found.setdefault(record, el)
+    return found
 
 
 def _parse_time(text: str | None) -> datetime | None:
@@ -579,9 +717,13 @@ def build_receipt(tag: str, batch_id: str, outcomes: list[tuple[str, str, int | 
              f"<BatchIdentifier>{payload.xml_text(batch_id)}</BatchIdentifier><BatchStatus>{status}</BatchStatus>"
              + ("<RecordReceipts>" if outcomes else "<RecordReceipts/>")]
     add = parts.append
-    for record_id, record_status, code, text in outcomes:
-        add(f"<RecordReceipt><{RECORD_ID_ELEMENT}>{payload.xml_text(record_id)}</{RECORD_ID_ELEMENT}><Status>"
-            f"{payload.xml_text(record_status)}</Status>")
+    ids = payload.xml_texts([outcome[0] for outcome in outcomes])  # raises as xml_text for what XML cannot carry
+    statuses: dict[str, str] = {}
+    for record_id, (_, record_status, code, text) in zip(ids, outcomes, strict=True):
+        status_text = statuses.get(record_status)
+        if status_text is None:
+            status_text = statuses[record_status] = payload.xml_text(record_status)
+        add(f"<RecordReceipt><{RECORD_ID_ELEMENT}>{record_id}</{RECORD_ID_ELEMENT}><Status>{status_text}</Status>")
         if code is not None:
             add(f"<ErrorCode>{code}</ErrorCode>")
         if text is not None:
@@ -773,7 +915,10 @@ class ReceiverApp:
             if body is None or len(body) == 0:
                 raise ReceiverFault(ERR_SCHEMA, "the SOAP envelope has no Body content")
             element = body[0]
-            if self.verify is not None:
+            canonical: dict[etree._Element, bytes] = {}
+            if isinstance(self.verify, SignatureVerifier):
+                self.verify(envelope, request.headers, canonical=canonical)  # keeps the Body's C14N
+            elif self.verify is not None:
                 self.verify(envelope, request.headers)
             qname = etree.QName(element)
             operation = qname.localname.removesuffix("Request")
@@ -790,7 +935,8 @@ class ReceiverApp:
                     return misbehaved
             self._validate(element)
             if operation == "SubmitBatch":
-                return self._soap_response(self.submit_batch(element, started))
+                return self._soap_response(self.submit_batch(element, started, body_c14n=canonical.get(body),
+                                                             validated=True))
             return self._soap_response(self.get_batch_receipt(element, started))
         except ReceiverFault as fault:
             log.info("%s batch=%s fault=%d (%.0f ms)", operation, _batch_id_of(element), fault.code,
@@ -874,9 +1020,15 @@ class ReceiverApp:
         return None
 
     # ---------------------------------------------------------------------------------------------
-    def submit_batch(self, element: etree._Element, started: float) -> bytes:
+    def submit_batch(self, element: etree._Element, started: float, *, body_c14n: bytes | None = None,
+                     validated: bool = False) -> bytes:
         """Store a validated SubmitBatchRequest; returns the SubmitBatchResponse element's XML (in the
-        request's interface version)."""
+        request's interface version).
+
+        `validated`: the element was validated against the XSD here; then the request's digest and each
+        record's canonical form are cut out of one canonicalisation (the Body's that the signature
+        verification made, `body_c14n`, or the element's) where that gives the same bytes
+        (element_c14n_from_body, record_c14n_from_element); otherwise each is canonicalised on its own."""
         ns = payload.namespace_of(element)
         interface = VERSION_BY_NAMESPACE[ns]
 
@@ -888,7 +1040,11 @@ class ReceiverApp:
         area = interface.area(int(header.findtext(q("DataArea")) or 0))
         records = element.find(q("Records"))
         check_cpr = "cpr-birth-date" not in self.skipped_checks
-        digest = hashlib.sha256(etree.tostring(element, method="c14n", exclusive=True)).hexdigest()
+        plain = validated and _plain(element)
+        element_c14n = element_c14n_from_body(element, body_c14n) if plain else None
+        if element_c14n is None:
+            element_c14n = etree.tostring(element, method="c14n", exclusive=True)
+        digest = hashlib.sha256(element_c14n).hexdigest()
         now = _iso(_now())
         cpr_tags = [q(f.element) for f in area.fields if f.kind in ("cpr", "cpr_list")]
         rid_tag, annul_tag = q(RECORD_ID_ELEMENT), q(ANNULMENT_ELEMENT)
@@ -911,8 +1067,12 @@ class ReceiverApp:
             # areas stored before the batch, and those this batch gives its new records), and an
             # annulment first writes what came before it.
             stored_area = tx.record_areas(rid for rid, rec in items if rec.tag != annul_tag)
+            # Each record's first CPR number with an impossible birth date, in one pass over the batch.
+            bad_cpr = _bad_cpr_numbers(records, cpr_tags) if check_cpr else {}
+            forms = (record_c14n_from_element(element_c14n, element, records, [rec for _, rec in items])
+                     if plain else None)
             pending: list[tuple[str, int, str, bytes, str]] = []
-            for record_id, rec in items:
+            for index, (record_id, rec) in enumerate(items):
                 if rec.tag == annul_tag:
                     if pending:
                         tx.upsert_records(pending)
@@ -923,18 +1083,18 @@ class ReceiverApp:
                         outcomes.append((record_id, payload.RECORD_REJECTED, ERR_UNKNOWN_RECORD,
                                          ERROR_TEXTS[ERR_UNKNOWN_RECORD]))
                     continue
-                bad = [el for el in rec.iter(*cpr_tags)
-                       if check_cpr and bad_birth_date((el.text or "").strip())]
-                if bad:
+                bad = bad_cpr.get(rec)
+                if bad is not None:
                     outcomes.append((record_id, payload.RECORD_REJECTED, ERR_UNKNOWN_CPR,
-                                     f"{ERROR_TEXTS[ERR_UNKNOWN_CPR]} ({etree.QName(bad[0]).localname}: "
+                                     f"{ERROR_TEXTS[ERR_UNKNOWN_CPR]} ({etree.QName(bad).localname}: "
                                      "the birth date does not exist)"))
                     continue
                 if stored_area.setdefault(record_id, area.number) != area.number:
                     outcomes.append((record_id, payload.RECORD_REJECTED, ERR_RECORD_AREA,
                                      ERROR_TEXTS[ERR_RECORD_AREA]))
                     continue
-                record_xml = etree.tostring(rec, method="c14n", exclusive=True)  # without the envelope's ns
+                record_xml = (forms[index] if forms is not None  # without the envelope's ns
+                              else etree.tostring(rec, method="c14n", exclusive=True))
                 pending.append((record_id, area.number, batch_id, record_xml, now))
                 outcomes.append((record_id, payload.RECORD_ACCEPTED, None, None))
             if pending:

@@ -315,7 +315,12 @@ def test_bad_birth_date_is_cpr_status_bad_date(value: str) -> None:
     from receiver.app import bad_birth_date
 
     value = value.strip()  # as the receiver passes it
-    assert bad_birth_date(value) == (cpr_status(value) == CPR_BAD_DATE)
+    expected = cpr_status(value) == CPR_BAD_DATE
+    assert bad_birth_date(value) == expected
+    assert bad_birth_date(value) == expected  # again: the answer kept per birth date
+    if len(value) == 10 and value.isascii() and value.isdigit():  # another number of the same birth date
+        other = value[:7] + ("000" if value[7:] != "000" else "001")
+        assert bad_birth_date(other) == (cpr_status(other) == CPR_BAD_DATE)
 
 
 def test_kept_write_connection_sees_other_writers_and_recovers(tmp_path: Path) -> None:
@@ -342,3 +347,104 @@ def test_kept_write_connection_sees_other_writers_and_recovers(tmp_path: Path) -
     assert [r.record_id for r in two.records()] == ["a", "b", "c"]
     one.close()
     two.close()
+
+
+def _variants(batch: bytes) -> list[tuple[str, bytes, bool]]:
+    """(what, a SOAP Body's content, whether the cuts must be made) — the client's shape and shapes where a
+    cut could differ from canonicalising on its own."""
+    text = batch.decode("utf-8").split("?>", 1)[1].strip()
+    ns = payload.NAMESPACE
+    prefixed = text.replace(f'xmlns="{ns}"', f'xmlns:p="{ns}"').replace("<", "<p:").replace("<p:/", "</p:")
+    return [
+        ("as built", text.encode(), True),
+        ("no whitespace", text.replace("\n", "").encode(), True),
+        ("prefixed", prefixed.encode(), False),
+        ("a comment in a record", text.replace("</RecordIdentifier>", "</RecordIdentifier><!-- x </CvInterview> -->",
+                                               1).encode(), False),
+        ("a PI", text.replace("<Records>", "<Records><?pi <CvInterview>?>", 1).encode(), False),
+        ("a carriage return between records", text.replace("\n<", "&#13;<", 3).encode(), False),
+        ("xsi on a record", text.replace("<CvInterview>", f'<CvInterview xmlns:xsi="{XSI}" xsi:type="x">',
+                                         1).encode(), False),
+        ("Body's prefix in the batch", text.replace(f'xmlns="{ns}"', f'xmlns="{ns}" xmlns:soap-env="urn:other"',
+                                                    1).encode(), True),
+    ]
+
+
+XSI = "http://www.w3.org/2001/XMLSchema-instance"
+
+
+def test_canonical_forms_cut_from_one_canonicalisation_are_lxmls() -> None:
+    """The receiver's digest and stored records cut out of the Body's canonical form are what canonicalising
+    each on its own gives, or are not cut (None): the client's shape, whitespace, prefixes, comments, PIs,
+    a carriage return between records, xsi attributes, a Body with attributes of the batch's namespace or
+    of xsi."""
+    from delivery.security import make_signature
+    from receiver.app import SignatureVerifier, element_c14n_from_body, record_c14n_from_element
+
+    signature = make_signature(_PKI.client_key, _PKI.client_cert)
+    verifier = SignatureVerifier([_PKI.client_cert])
+    batch = _cv_batch([(IDS[0], "CREATE_OR_UPDATE", CPR_OK), (IDS[1], "CREATE_OR_UPDATE", CPR_BAD),
+                       (IDS[3], "CREATE_OR_UPDATE", CPR_OK)], IDS[2])
+    mixed = _cv_batch([(IDS[0], "CREATE_OR_UPDATE", CPR_OK), (IDS[1], "ANNUL", CPR_OK)], IDS[2])
+    cases = _variants(batch) + [("with an annulment", mixed.split(b"?>", 1)[1].strip(), False)]
+    for body_attr in (None, (f"{{{payload.NAMESPACE}}}x", "1"), (f"{{{XSI}}}nil", "false")):
+        for what, content, cut in cases:
+            env, _ = signature.apply(_envelope(content), {})
+            if body_attr is not None:  # after signing: not verified, canonicalised as such below
+                env.find(f"{{{payload.SOAP_ENV_NS}}}Body").set(*body_attr)
+            env = etree.fromstring(etree.tostring(env), payload.xml_parser())  # as the receiver reads it
+            body = env.find(f"{{{payload.SOAP_ENV_NS}}}Body")
+            element = body[0]
+            canonical: dict[etree._Element, bytes] = {}
+            if body_attr is None:
+                verifier(env, None, canonical=canonical)
+                assert body in canonical, what
+                body_c14n = canonical[body]
+            else:
+                body_c14n = etree.tostring(body, method="c14n", exclusive=True, with_comments=False)
+            reference = etree.tostring(element, method="c14n", exclusive=True)
+            plain = next(element.iter(etree.Comment, etree.ProcessingInstruction), None) is None
+            cut_element = element_c14n_from_body(element, body_c14n) if plain else None
+            assert cut_element in (None, reference), (what, body_attr)
+            records = element.find(payload.q("Records"))
+            forms = record_c14n_from_element(reference, element, records, list(records)) if plain else None
+            if forms is not None:
+                assert forms == [etree.tostring(r, method="c14n", exclusive=True) for r in records], what
+            if body_attr is None and cut:
+                assert cut_element is not None and forms is not None, what  # the fast path is taken
+            if body_attr is not None and body_attr[0].startswith(f"{{{payload.NAMESPACE}}}"):
+                assert cut_element is None, what
+
+
+def test_receiver_stores_the_canonical_records_and_digest(tmp_path: Path) -> None:
+    """Through the WSGI application with a signed request: the stored records and the batch's digest are
+    each element's own exclusive C14N (the cut path), and a reused batch id with other content is 1030."""
+    from werkzeug.test import Client
+
+    from delivery.security import make_signature
+    from receiver.app import SignatureVerifier
+
+    signature = make_signature(_PKI.client_key, _PKI.client_cert)
+    app = ReceiverApp(ReceiverStore(tmp_path / "r.sqlite"), verify=SignatureVerifier([_PKI.client_cert]))
+    batch = _cv_batch([(IDS[0], "CREATE_OR_UPDATE", CPR_OK), (IDS[1], "CREATE_OR_UPDATE", CPR_BAD),
+                       (IDS[3], "CREATE_OR_UPDATE", CPR_OK)], IDS[2])
+    env, _ = signature.apply(_envelope(batch), {})
+    request = etree.tostring(env, xml_declaration=True, encoding="utf-8")
+    answer = Client(app).post("/ams", data=request, headers={"Content-Type": "text/xml; charset=utf-8"})
+    assert answer.status_code == 200, answer.data[:300]
+    element = etree.fromstring(batch, payload.xml_parser())
+    records = {(r.findtext(payload.q(RECORD_ID_ELEMENT)) or "").strip(): r
+               for r in element.find(payload.q("Records"))}
+    stored = app.store.records()
+    assert [r.record_id for r in stored] == [IDS[0], IDS[3]]  # IDS[1]: an impossible birth date
+    for row in stored:
+        assert row.payload_xml == etree.tostring(records[row.record_id], method="c14n", exclusive=True)
+    import hashlib
+
+    assert app.store.batch(IDS[2]).request_sha256 == hashlib.sha256(
+        etree.tostring(element, method="c14n", exclusive=True)).hexdigest()
+    other = batch.replace(CPR_OK.encode(), b"0202901234", 1)
+    env, _ = signature.apply(_envelope(other), {})
+    answer = Client(app).post("/ams", data=etree.tostring(env, xml_declaration=True, encoding="utf-8"),
+                              headers={"Content-Type": "text/xml; charset=utf-8"})
+    assert answer.status_code == 500 and b"1030" in answer.data

@@ -796,6 +796,14 @@ def xml_text(value: str) -> str:
     return etree.tostring(element, encoding="UTF-8").decode("utf-8")[3:-4]
 
 
+def xml_texts(values: list[str]) -> list[str]:
+    """`[xml_text(value) for value in values]`, in one scan of their text when every value is plain (the
+    usual case: nothing to escape)."""
+    if _PLAIN_TEXT.fullmatch("".join(values)):
+        return values
+    return [xml_text(value) for value in values]
+
+
 def _element_texts(tag: str, inner: str | None, column: list[Any], skip: list[bool]) -> tuple[list[str], int | None]:
     """Each row's element of one column as text ("" when the value is missing; cpr_list: the wrapper with
     an `inner` element per person), and the first row (not skipped: annulments carry no fields) whose
