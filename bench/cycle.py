@@ -86,11 +86,12 @@ def _one_step(args: argparse.Namespace) -> None:
     from reports.summary import write_run_report
 
     home = Path(args.home)
-    # prepare's second core as the environment sets it, as a deployment's would (Settings.from_env)
+    # prepare's second core and the delivery's lanes as the environment sets them, as a deployment's would
     settings = Settings(home=home / "var", source_url=args.source_url, state_url=args.state_url,
                         chunksize=args.chunk, data_docs=False, batch_size=args.batch_size,
                         prepare_threads=os.environ.get("AMS_PREPARE_THREADS", "auto"),
-                        prepare_process=os.environ.get("AMS_PREPARE_PROCESS", "auto"))
+                        prepare_process=os.environ.get("AMS_PREPARE_PROCESS", "auto"),
+                        deliver_lanes=int(os.environ.get("AMS_DELIVER_LANES", 2)))
     extra = json.loads(args.client_extra)
     timer = PhaseTimer()
     counts: dict = {}
