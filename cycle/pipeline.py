@@ -410,7 +410,8 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
         process = process_pays(settings.prepare_process)
         # With a child checking a full read's chunks, the stage thread would take its time from this process's
         # own core (the child has the other): the batches are sealed here (docs/performance.md).
-        threads = threads_pay(settings.prepare_threads) and not (process and plan.full)
+        threads = threads_pay(settings.prepare_threads) and not (
+            process and plan.full and settings.prepare_threads == "auto")
         log.info("area %s: prepare's threads %s (AMS_PREPARE_THREADS=%s, AMS_PREPARE_PROCESS=%s)", area.number,
                  "on" if threads else "off", settings.prepare_threads, settings.prepare_process)
         if threads:
