@@ -365,7 +365,7 @@ def format_targets(floor: dict, results: dict[str, dict]) -> str:
          quiet["disk_added"][1] <= TARGET_QUIET_KB * 1024),
     ]
     width = max(len(c[0]) for c in checks) + 2
-    return "\n".join(["targets (issue 9)"] + [f"  {name:<{width}}{figure:<44}{'met' if ok else 'NOT met'}"
+    return "\n".join(["targets (issue 9)"] + [f"  {name:<{width}}{figure:<50} {'met' if ok else 'NOT met'}"
                                                for name, figure, ok in checks])
 
 

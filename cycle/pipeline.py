@@ -514,10 +514,11 @@ class _Receiver:
     """The delivery client, built on first use inside the delivery's error handling: loading the WSDL
     is retried like any call, and a configuration error stops the area with its message."""
 
-    def __init__(self, client: Any):
+    def __init__(self, client: Any, on_ready: Callable[[], Any] | None = None):
         is_factory = callable(client) and not hasattr(client, "submit")
         self._client = None if is_factory else client
         self._factory: Callable[[], Any] | None = client if is_factory else None
+        self._on_ready = on_ready  # called once the client is built (delivery lanes: the others may start)
 
     def get(self) -> Any:
         from delivery.client import DeliveryError
@@ -530,6 +531,8 @@ class _Receiver:
                 raise
             except Exception as exc:  # a configuration problem: say what it is, once
                 raise DeliveryError(f"the delivery client could not be set up: {exc}") from None
+            if self._on_ready is not None:
+                self._on_ready()
         return self._client
 
 
@@ -612,12 +615,28 @@ class _Lanes:
         # SQLite never sees two writers of this task (a read transaction upgraded to a write fails at once).
         serial = _Serialized(state, threading.Lock())
 
+        first_ready = threading.Event()  # the first lane has built its client, or has ended
+        first = _Receiver(self.client, on_ready=first_ready.set)
+
         def lane(number: int, lane_timer: PhaseTimer) -> None:
-            receiver = _Receiver(self.client)
-            if number:
-                client = _quietly(receiver)
-                if client is None or not getattr(client, "parallel_safe", True):
-                    return  # one lane only (the first lane meets any error of the client's set-up itself)
+            if number == 0:
+                receiver = first
+            else:
+                # Another client only once the first lane's is built: a receiver that is down is tried as
+                # often as AMS_DELIVERY_ATTEMPTS says, by the first lane, and reported once.
+                first_ready.wait()
+                if stop.is_set() or first._client is None or not getattr(first._client, "parallel_safe", True):
+                    return
+                receiver = _Receiver(self.client)
+                if _quietly(receiver) is None:
+                    return
+            try:
+                lane_batches(receiver, lane_timer)
+            finally:
+                if number == 0:
+                    first_ready.set()
+
+        def lane_batches(receiver: _Receiver, lane_timer: PhaseTimer) -> None:
             while not stop.is_set():
                 with lock:
                     if not queue:
