@@ -39,10 +39,6 @@ from transforms.registry import Area, get_area
 
 log = logging.getLogger(__name__)
 
-# The checks the child did, as the task's timer names them (added to the task's phases).
-CHECK_PHASES = ("map", "contract", "quality", "hash")
-
-
 @dataclass
 class CheckedChunk:
     """One chunk after its checks: what the task records and stages."""
