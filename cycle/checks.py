@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -38,6 +39,7 @@ from transforms.identifiers import mask_cpr
 from transforms.registry import Area, get_area
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class CheckedChunk:
@@ -172,10 +174,11 @@ class _Child:
             raise value
         return value
 
-    def stop(self) -> None:
-        """End the child: at once after a failure (what it holds is dropped), else once it has answered all."""
+    def stop(self, *, at_once: bool) -> None:
+        """End the child: `at_once` (a failure, chunks still unanswered: what it holds is dropped), else once it
+        has taken the end of its work."""
         self.tasks.cancel_join_thread()  # never wait at exit for a chunk the child will not read
-        if self.process.is_alive():
+        if self.process.is_alive() and not at_once:
             try:
                 self.tasks.put(None)
             except (OSError, ValueError):
@@ -216,16 +219,17 @@ class Checker:
     def __init__(self, area: Area, *, tenant: str | None, period_end: date, run_id: str,
                  docs_dir: Path | None, process: bool, chunksize: int):
         self.area = area
-        self.kwargs = {"tenant": tenant, "period_end": period_end, "docs_dir": docs_dir}
+        self.kwargs: dict[str, Any] = {"tenant": tenant, "period_end": period_end, "docs_dir": docs_dir}
         self.run_id = run_id
         self.process, self.chunksize = process, chunksize
         self.in_child = False  # whether this read's chunks went to a child
         self.child_peak_rss_mib = 0.0
         self._child: _Child | None = None
+        self._sent = self._answered = 0  # chunks handed to the child, and answers taken
 
     def checked(self, chunks: Iterator[pd.DataFrame], timer: PhaseTimer) -> Iterator[CheckedChunk]:
         """The checked chunks in order; with a child, the time this process waited for one is `check_wait`."""
-        sent = answered = 0
+        self._sent = self._answered = 0
         for index, chunk in enumerate(chunks):
             run_id = f"{self.run_id}-{index}"
             if index == 0 and self.process and len(chunk) >= self.chunksize:
@@ -238,23 +242,23 @@ class Checker:
                 continue
             self._child.send(run_id, chunk)
             del chunk
-            sent += 1
-            while sent - answered >= self.AHEAD:
-                answered += 1
+            self._sent += 1
+            while self._sent - self._answered >= self.AHEAD:
                 yield self._answer(timer)
-        while sent > answered:
-            answered += 1
+        while self._sent > self._answered:
             yield self._answer(timer)
 
     def _answer(self, timer: PhaseTimer) -> CheckedChunk:
+        assert self._child is not None  # only asked for where chunks went to the child
         with timer.phase("check_wait"):
             checked = self._child.answer()
+        self._answered += 1
         self.child_peak_rss_mib = max(self.child_peak_rss_mib, checked.peak_rss_mib)
         return checked
 
     def shutdown(self) -> None:
         if self._child is not None:
-            self._child.stop()
+            self._child.stop(at_once=self._sent != self._answered)
             self._child = None
 
 

@@ -31,7 +31,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -515,10 +515,20 @@ class _Receiver:
     is retried like any call, and a configuration error stops the area with its message."""
 
     def __init__(self, client: Any, on_ready: Callable[[], Any] | None = None):
-        is_factory = callable(client) and not hasattr(client, "submit")
+        is_factory = self.is_factory(client)
         self._client = None if is_factory else client
         self._factory: Callable[[], Any] | None = client if is_factory else None
         self._on_ready = on_ready  # called once the client is built (delivery lanes: the others may start)
+
+    @staticmethod
+    def is_factory(client: Any) -> bool:
+        """A function that builds a client (each call a new one), not a client."""
+        return callable(client) and not hasattr(client, "submit")
+
+    @property
+    def built(self) -> Any:
+        """The client if it has been built, else None."""
+        return self._client
 
     def get(self) -> Any:
         from delivery.client import DeliveryError
@@ -597,7 +607,7 @@ class _Lanes:
 
     def __init__(self, client: Any, lanes: int):
         self.client = client
-        self.lanes = max(1, lanes) if callable(client) and not hasattr(client, "submit") else 1
+        self.lanes = max(1, lanes) if _Receiver.is_factory(client) else 1
 
     def deliver(self, batches: list[dict], state: StateStore, vault: Vault, settings: Settings, run_id: str,
                 area: Area, timer: PhaseTimer) -> list[dict | None]:
@@ -613,7 +623,7 @@ class _Lanes:
 
         # The lanes' state DB calls one at a time: each is a transaction of its own, as with one lane, and
         # SQLite never sees two writers of this task (a read transaction upgraded to a write fails at once).
-        serial = _Serialized(state, threading.Lock())
+        serial = cast(StateStore, _Serialized(state, threading.Lock()))  # the same methods, taken in turn
 
         first_ready = threading.Event()  # the first lane has built its client, or has ended
         first = _Receiver(self.client, on_ready=first_ready.set)
@@ -625,7 +635,7 @@ class _Lanes:
                 # Another client only once the first lane's is built: a receiver that is down is tried as
                 # often as AMS_DELIVERY_ATTEMPTS says, by the first lane, and reported once.
                 first_ready.wait()
-                if stop.is_set() or first._client is None or not getattr(first._client, "parallel_safe", True):
+                if stop.is_set() or first.built is None or not getattr(first.built, "parallel_safe", True):
                     return
                 receiver = _Receiver(self.client)
                 if _quietly(receiver) is None:
