@@ -156,7 +156,8 @@ def _memoised(convert: Callable[[Any], object], values: list) -> list:
     if len(kinds) == 1 and kinds <= _FACTORISABLE:
         codes, uniques = pd.factorize(np.asarray(values, dtype=object))
         lookup = [convert(u) for u in uniques.tolist()]
-        out = [lookup[c] for c in codes.tolist()]
+        # -1 (None, NaN) has no entry: a column of NaN alone has no uniques at all
+        out = [lookup[c] if c >= 0 else None for c in codes.tolist()]
         for i in np.flatnonzero(codes < 0).tolist():  # None, NaN: converted as they are
             out[i] = convert(values[i])
         return out
