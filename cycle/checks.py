@@ -22,9 +22,12 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import pickle
 import queue
 import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -119,23 +122,47 @@ def check_chunk(area: Area | int, chunk: pd.DataFrame, *, tenant: str | None, pe
                         peak_rss_mib=peak_rss_mib())
 
 
+def _validated(payload: bytes) -> float:
+    """The XSD check of one staged batch's payload (what `cycle.pipeline._BatchWriter` would do itself); its
+    seconds."""
+    from transforms.payload import validate_payload
+
+    start = time.perf_counter()
+    validate_payload(payload)  # nothing leaves that the XSD does not accept
+    return time.perf_counter() - start
+
+
+def _pickled(answer: tuple) -> bytes:
+    """The answer, pickled here: a queue pickles in a thread of its own and only prints what it cannot pickle,
+    and the task would wait for an answer that never comes. An exception that cannot make the trip becomes a
+    RuntimeError with its type and message."""
+    try:
+        data = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
+        if answer[0] == "failed":
+            pickle.loads(data)  # an exception whose class cannot be rebuilt from its arguments fails here
+        return data
+    except Exception:
+        failed = answer[1]
+        return pickle.dumps(("failed", RuntimeError(f"{type(failed).__name__}: {failed}")))
+
+
 def serve(tasks, results, area: int, kwargs: dict) -> None:
-    """The child's loop: check each chunk the task sends, answer in the same order; None ends it."""
+    """The child's loop: answer each request of the task in the order it came; None ends it. A request is
+    ("check", run_id, chunk): check_chunk; or ("xsd", payload): the XSD check of one batch."""
     while (task := tasks.get()) is not None:
-        run_id, chunk = task
-        del task
+        kind = task[0]
         try:
-            answer: tuple = ("checked", check_chunk(area, chunk, run_id=run_id, **kwargs))
-        except Exception as exc:  # the task raises it as if the check had run there
+            if kind == "xsd":
+                answer: tuple = ("valid", _validated(task[1]))
+            else:
+                answer = ("checked", check_chunk(area, task[2], run_id=task[1], **kwargs))
+        except Exception as exc:  # the task raises it as if the work had run there
             answer = ("failed", exc)
-        del chunk
-        try:
-            results.put(answer)
-        except Exception:  # an exception that cannot be pickled: its type and message
-            failed = answer[1]
-            results.put(("failed", RuntimeError(f"{type(failed).__name__}: {failed}")))
+        del task
+        results.put(_pickled(answer))
         del answer
-        release_free_memory()  # the child lives for the whole read: its freed frames go back every chunk
+        if kind != "xsd":
+            release_free_memory()  # the child lives for the whole read: its freed frames go back every chunk
 
 
 class CheckerStopped(RuntimeError):
@@ -155,13 +182,18 @@ class _Child:
                                        name="ams-checks", daemon=True)
         self.process.start()
 
-    def send(self, run_id: str, chunk: pd.DataFrame) -> None:
-        self.tasks.put((run_id, chunk))
+    def send(self, request: tuple) -> None:
+        self.tasks.put(request)
 
-    def answer(self) -> CheckedChunk:
+    def ready(self) -> bool:
+        """Whether an answer is waiting (a hint: `answer` may still wait a moment)."""
+        return not self.results.empty()
+
+    def answer(self) -> tuple[str, Any]:
+        """The next answer: ("checked", CheckedChunk), ("valid", seconds) or ("failed", exception)."""
         while True:
             try:
-                kind, value = self.results.get(timeout=1.0)
+                data = self.results.get(timeout=1.0)
                 break
             except queue.Empty:
                 if not self.process.is_alive():
@@ -170,9 +202,7 @@ class _Child:
                         f"{self.process.exitcode}: out of memory, or killed). Nothing of the unchecked chunks was "
                         "staged; clear the prepare task to run it again, or set AMS_PREPARE_PROCESS=off to check "
                         "the chunks in the task's own process.") from None
-        if kind == "failed":
-            raise value
-        return value
+        return pickle.loads(data)
 
     def stop(self, *, at_once: bool) -> None:
         """End the child: `at_once` (a failure, chunks still unanswered: what it holds is dropped), else once it
@@ -206,11 +236,17 @@ def _start_child(area: int, kwargs: dict) -> _Child | None:
 
 
 class Checker:
-    """Checked chunks in the order the chunks came, checked here or in a child process.
+    """Checked chunks in the order the chunks came, checked here or in a child process; with a child, the staged
+    batches' XSD checks go there too (`validate_later`).
 
     With `process` the child starts when the first chunk is full (`chunksize` rows: more may follow): a read
     of one chunk (a small municipality, a day's changes) has nothing to overlap, and starting a child and
-    importing the checks there (~5 s) would cost more than it saves."""
+    importing the checks there (~5 s) would cost more than it saves.
+
+    The child answers in the order it was asked. Of prepare's work at 1M the task's own (extract, the state DB,
+    building, encrypting and recording the batches) took ~84 s and the child's checks ~59 s: the XSD check of
+    each batch (~16 s) is the piece that moves without another round trip, so it goes to the child, which takes
+    it after the chunk it is checking."""
 
     # Chunks handed to the child and not yet answered, at most: the one it checks and the next, which waits
     # pickled in this process's queue until the child takes it.
@@ -225,11 +261,13 @@ class Checker:
         self.in_child = False  # whether this read's chunks went to a child
         self.child_peak_rss_mib = 0.0
         self._child: _Child | None = None
-        self._sent = self._answered = 0  # chunks handed to the child, and answers taken
+        # The child's requests not yet answered, in order: None for a chunk, the Future of a batch's XSD check.
+        self._asked: deque[Future | None] = deque()
+        self._chunks_ahead = 0  # chunks handed to the child and not yet given back by `checked`
+        self._answered: deque[CheckedChunk] = deque()  # checked chunks taken while waiting for an XSD check
 
     def checked(self, chunks: Iterator[pd.DataFrame], timer: PhaseTimer) -> Iterator[CheckedChunk]:
         """The checked chunks in order; with a child, the time this process waited for one is `check_wait`."""
-        self._sent = self._answered = 0
         for index, chunk in enumerate(chunks):
             run_id = f"{self.run_id}-{index}"
             if index == 0 and self.process and len(chunk) >= self.chunksize:
@@ -240,26 +278,64 @@ class Checker:
             if self._child is None:
                 yield check_chunk(self.area, chunk, run_id=run_id, **self.kwargs)
                 continue
-            self._child.send(run_id, chunk)
+            self._child.send(("check", run_id, chunk))
             del chunk
-            self._sent += 1
-            while self._sent - self._answered >= self.AHEAD:
-                yield self._answer(timer)
-        while self._sent > self._answered:
-            yield self._answer(timer)
+            self._asked.append(None)
+            self._chunks_ahead += 1
+            while self._chunks_ahead >= self.AHEAD:
+                yield self._next_chunk(timer)
+        while self._chunks_ahead:
+            yield self._next_chunk(timer)
 
-    def _answer(self, timer: PhaseTimer) -> CheckedChunk:
-        assert self._child is not None  # only asked for where chunks went to the child
+    def validate_later(self, payload: bytes) -> Future | None:
+        """Hand a staged batch's XSD check to the child: its Future (the check's seconds, or the PayloadError),
+        or None where there is no child (the caller checks it itself)."""
+        if self._child is None:
+            return None
+        done: Future = Future()
+        self._child.send(("xsd", payload))
+        self._asked.append(done)
+        return done
+
+    def poll(self) -> None:
+        """Take the answers the child has ready, without waiting."""
+        while self._asked and self._child is not None and self._child.ready():
+            self._take()
+
+    def wait(self, done: Future, timer: PhaseTimer) -> None:
+        """Take answers until `done` has its outcome (time waited: `check_wait`)."""
+        if not done.done():
+            with timer.phase("check_wait"):
+                while not done.done():
+                    self._take()
+
+    def _next_chunk(self, timer: PhaseTimer) -> CheckedChunk:
         with timer.phase("check_wait"):
-            checked = self._child.answer()
-        self._answered += 1
-        self.child_peak_rss_mib = max(self.child_peak_rss_mib, checked.peak_rss_mib)
-        return checked
+            while not self._answered:
+                self._take()
+        self._chunks_ahead -= 1
+        return self._answered.popleft()
+
+    def _take(self) -> None:
+        """The child's next answer, given to what asked for it: a chunk's is kept for `checked` (a chunk the
+        child could not check raises here), an XSD check's settles its Future."""
+        assert self._child is not None and self._asked  # only asked for where requests went to the child
+        kind, value = self._child.answer()
+        asked = self._asked.popleft()
+        if asked is not None:
+            asked.set_exception(value) if kind == "failed" else asked.set_result(value)
+            return
+        if kind == "failed":
+            raise value
+        self.child_peak_rss_mib = max(self.child_peak_rss_mib, value.peak_rss_mib)
+        self._answered.append(value)
 
     def shutdown(self) -> None:
         if self._child is not None:
-            self._child.stop(at_once=self._sent != self._answered)
+            self._child.stop(at_once=bool(self._asked))
             self._child = None
+        self._asked.clear()
+        self._answered.clear()
 
 
 def switch(setting: str, variable: str) -> bool | None:

@@ -90,6 +90,7 @@ class _Staging:
     created: datetime
     members: pd.DataFrame
     sealed: Future  # -> (sealed payload, its plaintext's SHA-256, xsd seconds, encrypt seconds)
+    valid: Future | None = None  # the XSD check in the checking child (Checker.validate_later): -> its seconds
 
 
 class _BatchWriter:
@@ -100,11 +101,15 @@ class _BatchWriter:
     thread while this thread builds the next batch's payload or checks the next chunk: libxml2, zlib,
     OpenSSL and hashlib release the GIL, so that work takes the second core. The batch is recorded
     (add_batch, the state DB's connection) on this thread, in build order, one batch behind: an XSD
-    failure stops the run with the same error, the batches before it staged and none after it."""
+    failure stops the run with the same error, the batches before it staged and none after it.
+
+    With a `checker` whose child process checks the chunks, each batch's XSD check goes to that child
+    (Checker.validate_later) while this thread encrypts it; a batch is recorded once the child has answered,
+    in build order, so that this thread never waits for the chunk the child checks meanwhile."""
 
     def __init__(self, area: Area, run_id: str, settings: Settings, state: StateStore, vault: Vault,
                  created: dict[str, str], version: InterfaceVersion, timer: PhaseTimer | None = None,
-                 threads: bool = False):
+                 threads: bool = False, checker: Checker | None = None):
         self.area, self.run_id, self.settings, self.state, self.vault = area, run_id, settings, state, vault
         self.timer = timer or PhaseTimer()
         self.created = created  # batch id -> CreatedDateTime of a discarded, never-sent build
@@ -114,6 +119,7 @@ class _BatchWriter:
         self.batch_ids: list[str] = []
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="ams-stage") if threads else None
         self._staging: deque[_Staging] = deque()  # built, not yet recorded: the one the stage thread seals
+        self._checker = checker
 
     def add(self, records: pd.DataFrame) -> None:
         """Stage every full batch of what is pending plus `records`; keep the remainder (a copy, less than a
@@ -139,7 +145,7 @@ class _BatchWriter:
             self.pending, self.pending_rows = [], 0
             self._flush(rest)
         while self._staging:
-            self._record(self._staging.popleft())
+            self._record(self._staging.popleft(), wait=True)
         self.shutdown()
         return self.batch_ids
 
@@ -165,28 +171,41 @@ class _BatchWriter:
         with self.timer.phase("add_batch"):
             members = batch[["record_key", "record_id", "content_hash", "action"]].assign(
                 masked_person=masked_persons(self.area, batch).to_numpy())
+        valid = self._checker.validate_later(payload) if self._checker is not None else None
         if self._pool is None:
             sealed: Future = Future()
-            sealed.set_result(self._seal(payload))
+            sealed.set_result(self._seal(payload, validate=valid is None))
         else:
-            sealed = self._pool.submit(self._seal, payload)
-        self._staging.append(_Staging(batch_id, created, members, sealed))
+            sealed = self._pool.submit(self._seal, payload, validate=valid is None)
+        del payload
+        self._staging.append(_Staging(batch_id, created, members, sealed, valid))
+        if valid is not None:  # the batches whose XSD check the child has answered
+            self._checker.poll()  # type: ignore[union-attr]
+            while self._staging and (self._staging[0].valid is None or self._staging[0].valid.done()):
+                self._record(self._staging.popleft())
+            return
         # One batch sealing while the next is built: the one before it is recorded now.
         while len(self._staging) > 1 or (self._staging and self._pool is None):
             self._record(self._staging.popleft())
 
-    def _seal(self, payload: bytes) -> tuple[bytes, str, float, float]:
-        """XSD check and seal of one payload (in the stage thread when there is one); its timings."""
+    def _seal(self, payload: bytes, validate: bool) -> tuple[bytes, str, float, float]:
+        """XSD check (unless the checking child does it) and seal of one payload (in the stage thread when there
+        is one); its timings."""
         from transforms.payload import validate_payload
 
         start = time.perf_counter()
-        validate_payload(payload)  # nothing leaves that the XSD does not accept
+        if validate:
+            validate_payload(payload)  # nothing leaves that the XSD does not accept
         checked = time.perf_counter()
         sealed = self.vault.seal(payload)
         return sealed, sha256(payload), checked - start, time.perf_counter() - checked
 
-    def _record(self, staging: _Staging) -> None:
+    def _record(self, staging: _Staging, wait: bool = False) -> None:
         # The XSD's error, if any, is raised here: the batches before it are recorded, this one is not.
+        if staging.valid is not None:
+            if wait:
+                self._checker.wait(staging.valid, self.timer)  # type: ignore[union-attr]
+            self.timer.add("xsd", staging.valid.result())  # the child's time, as map/contract/quality's
         if self._pool is None:
             sealed, digest, xsd_seconds, encrypt_seconds = staging.sealed.result()
         else:
@@ -416,9 +435,9 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
                  "on" if threads else "off", settings.prepare_threads, settings.prepare_process)
         if threads:
             one_malloc_arena()
-        writer = _BatchWriter(area, run_id, settings, state, vault, created, version, timer, threads)
         checker = Checker(area, tenant=settings.tenant, period_end=period_end, run_id=run_id, docs_dir=docs_dir,
                           process=process, chunksize=settings.chunksize)
+        writer = _BatchWriter(area, run_id, settings, state, vault, created, version, timer, threads, checker)
         # The first chunk is read in a thread while Great Expectations imports here (not where a child may check
         # the chunks: it imports it there, and the task's memory is spared it).
         reader = _FirstChunk(chunks, timer, threads)

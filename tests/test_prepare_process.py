@@ -1,10 +1,12 @@
 """Prepare's checks in a child process (AMS_PREPARE_PROCESS, cycle.checks): the same batches, findings and
-quarantine as in the task's process; a read of one chunk starts no child; a daemonic task checks in its own
-process; a child that dies stops the run with a message, nothing of its chunks staged."""
+quarantine as in the task's process; the batches' XSD checks there too, a failing one stopping the run with the
+batches before it staged; a read of one chunk starts no child; a daemonic task checks in its own process; a
+child that dies stops the run with a message, nothing of its chunks staged."""
 
 from __future__ import annotations
 
 import multiprocessing
+import pickle
 import os
 
 import pytest
@@ -12,6 +14,7 @@ import pytest
 from cycle import checks
 from cycle.checks import CheckerStopped, process_pays
 from cycle.pipeline import Settings, prepare_area
+from transforms.payload import PayloadError
 from tests.test_prepare_threads import AREA, BUILT, PERIOD_END, make_source, settings_for, staged
 
 
@@ -100,3 +103,42 @@ def test_a_child_that_dies_stops_the_run_and_stages_nothing_of_its_chunks(source
     # and the run can be repeated as it is, in the task's process
     settings.prepare_process = "off"
     assert prepare_area(AREA, run_id="run-1", period_end=PERIOD_END, settings=settings)["batches"]
+
+
+def serve_failing_third_xsd(tasks, results, area, kwargs):
+    """The child's work, with its third XSD check failing (a payload the XSD refuses)."""
+    from transforms import payload
+
+    real, calls = payload.validate_payload, []
+
+    def third_fails(xml: bytes) -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            raise PayloadError("payload does not validate against ams-reporting-v1.xsd (1 problem(s)):\n  line 9: x",
+                               ["line 9: x"])
+        real(xml)
+
+    payload.validate_payload = third_fails
+    checks.serve(tasks, results, area, kwargs)
+
+
+def test_the_child_checks_the_batches_xsd_and_a_failure_stops_the_run_with_those_before_it(source, tmp_path,
+                                                                                            monkeypatch):
+    settings = with_process(settings_for(source, tmp_path, monkeypatch, "off", "xsd"), "on")
+    monkeypatch.setattr(checks, "serve", serve_failing_third_xsd)  # a spawned child runs the original
+    with pytest.raises(PayloadError, match=r"line 9: x") as failed:
+        prepare_area(AREA, run_id="run-1", period_end=PERIOD_END, settings=settings)
+    assert failed.value.problems == ["line 9: x"]  # the exception made the trip whole
+    assert len(settings.state().batches_in(AREA, BUILT)) == 2
+
+
+class NeedsTwo(Exception):
+    def __init__(self, first, second):
+        super().__init__(f"{first} {second}")
+
+
+def test_an_answer_that_cannot_make_the_trip_becomes_a_runtime_error_with_its_message():
+    """A queue pickles in its own thread and only prints what it cannot pickle: the task would wait forever."""
+    answer = pickle.loads(checks._pickled(("failed", NeedsTwo("a", "b"))))
+    assert answer[0] == "failed" and isinstance(answer[1], RuntimeError) and str(answer[1]) == "NeedsTwo: a b"
+    assert pickle.loads(checks._pickled(("valid", 0.5))) == ("valid", 0.5)
