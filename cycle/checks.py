@@ -19,6 +19,7 @@ No Airflow import here.
 
 from __future__ import annotations
 
+import io
 import logging
 import multiprocessing
 import os
@@ -132,12 +133,27 @@ def _validated(payload: bytes) -> float:
     return time.perf_counter() - start
 
 
-def _pickled(answer: tuple) -> bytes:
-    """The answer, pickled here: a queue pickles in a thread of its own and only prints what it cannot pickle,
-    and the task would wait for an answer that never comes. An exception that cannot make the trip becomes a
-    RuntimeError with its type and message."""
+def dumps(message: Any) -> bytes:
+    """A message between the task and its checking child, pickled without pickle's memo ("fast" mode): the
+    frames' object columns are written value by value, and the memo of every value took more than half the
+    time (a raw chunk of 50,000 rows: 0.32 s, 0.13 s without; loading it 0.13 s, 0.09 s). What refers to itself
+    cannot be pickled so: it is pickled the usual way."""
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler.fast = True  # no memo: nothing in a chunk, a payload or a checked chunk refers to itself
     try:
-        data = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
+        pickler.dump(message)
+    except (ValueError, RecursionError):  # a cycle after all
+        return pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return buffer.getvalue()
+
+
+def _pickled(answer: tuple) -> bytes:
+    """The answer, pickled here (`dumps`): a queue pickles in a thread of its own and only prints what it cannot
+    pickle, and the task would wait for an answer that never comes. An exception that cannot make the trip
+    becomes a RuntimeError with its type and message."""
+    try:
+        data = dumps(answer)
         if answer[0] == "failed":
             pickle.loads(data)  # an exception whose class cannot be rebuilt from its arguments fails here
         return data
@@ -149,7 +165,9 @@ def _pickled(answer: tuple) -> bytes:
 def serve(tasks, results, area: int, kwargs: dict) -> None:
     """The child's loop: answer each request of the task in the order it came; None ends it. A request is
     ("check", run_id, chunk): check_chunk; or ("xsd", payload): the XSD check of one batch."""
-    while (task := tasks.get()) is not None:
+    while (message := tasks.get()) is not None:
+        task = pickle.loads(message)
+        del message
         kind = task[0]
         try:
             if kind == "xsd":
@@ -183,7 +201,7 @@ class _Child:
         self.process.start()
 
     def send(self, request: tuple) -> None:
-        self.tasks.put(request)
+        self.tasks.put(dumps(request))
 
     def ready(self) -> bool:
         """Whether an answer is waiting (a hint: `answer` may still wait a moment)."""

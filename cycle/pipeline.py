@@ -768,7 +768,7 @@ def _deliver_batch(receiver: _Receiver, state: StateStore, vault: Vault, batch: 
                     return _store(state, settings, vault, batch, receipt, run_id,
                                   lookup_request=receipt.request_bytes, timer=timer)
                 log.info("%s: not received by the receiver; sending it", label)
-            payload = _read_staged(vault, state, batch, PAYLOAD_FILE)
+            payload, payload_blob = _read_staged_keeping(vault, state, batch, PAYLOAD_FILE)
             if payload is None or sha256(payload) != batch["payload_sha256"]:
                 # Never received (the receiver said so, or it was never sent) and its bytes are gone:
                 # free its records; the next preparation stages them again.
@@ -788,7 +788,7 @@ def _deliver_batch(receiver: _Receiver, state: StateStore, vault: Vault, batch: 
             with timer.phase("send"):
                 receipt = client.submit(payload)
             failpoints.point("deliver.after_reply")
-            return _store(state, settings, vault, batch, receipt, run_id, timer=timer)
+            return _store(state, settings, vault, batch, receipt, run_id, timer=timer, sent=(payload, payload_blob))
         except TransientDeliveryError as exc:
             if in_doubt:
                 state.mark_in_doubt(batch_id, str(exc))
@@ -837,15 +837,10 @@ def _staged_blob(state: StateStore, batch: dict, name: str) -> bytes | None:
     return blob
 
 
-def _read_staged(vault: Vault, state: StateStore, batch: dict, name: str) -> bytes | None:
-    """A staged blob decrypted, b"" when it cannot be decrypted (damaged, or no configured key opens
-    it), None when it is missing."""
-    return _read_staged_keeping(vault, state, batch, name)[0]
-
-
 def _read_staged_keeping(vault: Vault, state: StateStore, batch: dict, name: str,
                          ) -> tuple[bytes | None, bytes | None]:
-    """As `_read_staged`, with the staged blob itself when it is sealed with the newest key (the archive
+    """A staged blob decrypted (b"" when it cannot be decrypted: damaged, or no configured key opens it; None when
+    it is missing), with the staged blob itself when it is sealed with the newest key (the archive
     stores it as it is: `Vault.open_keeping`), else None."""
     from cryptography.fernet import InvalidToken
 
@@ -860,9 +855,12 @@ def _read_staged_keeping(vault: Vault, state: StateStore, batch: dict, name: str
 
 
 def _store(state: StateStore, settings: Settings, vault: Vault, batch: dict, receipt, run_id: str,
-           lookup_request: bytes | None = None, timer: PhaseTimer | None = None) -> dict:
+           lookup_request: bytes | None = None, timer: PhaseTimer | None = None,
+           sent: tuple[bytes, bytes | None] | None = None) -> dict:
     """Stage the receipt's bytes, store it in the ledger (acknowledged), then archive. The staged
-    receipt lets a later task finish the archive when this one cannot (disk full, crash)."""
+    receipt lets a later task finish the archive when this one cannot (disk full, crash). `sent`: the payload
+    this task just sent and its staged blob (as `_read_staged_keeping` gave them), archived without reading and
+    decrypting them again."""
     state.stage(batch["batch_id"], RECEIPT_FILE, vault.seal(receipt.response_bytes or b""))
     if lookup_request is not None:
         state.stage(batch["batch_id"], LOOKUP_REQUEST_FILE, vault.seal(lookup_request))
@@ -883,7 +881,7 @@ def _store(state: StateStore, settings: Settings, vault: Vault, batch: dict, rec
     stored_batch = state.batch(batch["batch_id"]) or batch
     annulled = int(stored_batch.get("annulled_count") or 0)
     with timer.phase("archive"):
-        archived = _archive(settings, state, vault, stored_batch)
+        archived = _archive(settings, state, vault, stored_batch, sent)
     counts = {"accepted": accepted, "rejected": rejected, "annulled": annulled,
               "recovered" if lookup_request is not None else "batches_sent": 1, "unarchived": int(not archived)}
     if not str(receipt.message_id).startswith("fault-"):
@@ -896,7 +894,8 @@ def _store(state: StateStore, settings: Settings, vault: Vault, batch: dict, rec
 PAYLOAD_LOST = "payload lost before archiving"
 
 
-def _archive(settings: Settings, state: StateStore, vault: Vault, batch: dict) -> bool:
+def _archive(settings: Settings, state: StateStore, vault: Vault, batch: dict,
+             sent: tuple[bytes, bytes | None] | None = None) -> bool:
     """Archive an acknowledged batch from its staging folder and remove the folder. False on a failure
     worth retrying (disk full, folder not writable): the batch stays acknowledged and the next deliver
     or report task tries again. A staged payload that is gone or damaged cannot be archived as the
@@ -906,8 +905,9 @@ def _archive(settings: Settings, state: StateStore, vault: Vault, batch: dict) -
 
     area = get_area(batch["area"])
     label = f"area {area.number} batch {batch['batch_id']}"
-    payload, payload_blob = _read_staged_keeping(vault, state, batch, PAYLOAD_FILE)
-    if payload is None or sha256(payload) != batch["payload_sha256"]:
+    # The payload this task sent (its checksum checked before it left), else the staged one.
+    payload, payload_blob = sent if sent is not None else _read_staged_keeping(vault, state, batch, PAYLOAD_FILE)
+    if payload is None or (sent is None and sha256(payload) != batch["payload_sha256"]):
         if PAYLOAD_LOST not in (batch.get("last_error") or ""):
             state.note_error(batch["batch_id"], f"{PAYLOAD_LOST}: the staged payload is "
                              f"{'missing' if payload is None else 'damaged'}; the receiver holds the batch and the "

@@ -142,3 +142,17 @@ def test_an_answer_that_cannot_make_the_trip_becomes_a_runtime_error_with_its_me
     answer = pickle.loads(checks._pickled(("failed", NeedsTwo("a", "b"))))
     assert answer[0] == "failed" and isinstance(answer[1], RuntimeError) and str(answer[1]) == "NeedsTwo: a b"
     assert pickle.loads(checks._pickled(("valid", 0.5))) == ("valid", 0.5)
+
+
+def test_messages_to_and_from_the_child_make_the_trip_whole():
+    """`dumps` pickles without the memo; a frame comes back equal (values, dtypes, index), a cycle the usual way."""
+    import pandas as pd
+
+    frame = pd.DataFrame({"text": ["a", None, "a", ""], "hours": [1.5, None, 2.0, 0.0], "n": [1, 2, 3, 4]},
+                         index=[7, 3, 9, 1]).astype({"text": object})
+    frame["same"] = frame["text"]  # the same objects twice
+    pd.testing.assert_frame_equal(pickle.loads(checks.dumps(("check", "run-0", frame)))[2], frame)
+    looped: list = [1]
+    looped.append(looped)
+    back = pickle.loads(checks.dumps(looped))
+    assert back[0] == 1 and back[1] is back
