@@ -259,7 +259,9 @@ class Checker:
 
     With `process` the child starts when the first chunk is full (`chunksize` rows: more may follow): a read
     of one chunk (a small municipality, a day's changes) has nothing to overlap, and starting a child and
-    importing the checks there (~5 s) would cost more than it saves.
+    importing the checks there (~5 s) would cost more than it saves. Where the first chunk is slow to come
+    (`start_early`: SQLite builds the query's CTEs before the first row, 16 s at 1M records) the child starts
+    while it is read, and is stopped again if the read is one chunk after all.
 
     The child answers in the order it was asked. Of prepare's work at 1M the task's own (extract, the state DB,
     building, encrypting and recording the batches) took ~84 s and the child's checks ~59 s: the XSD check of
@@ -269,6 +271,10 @@ class Checker:
     # Chunks handed to the child and not yet answered, at most: the one it checks and the next, which waits
     # pickled in this process's queue until the child takes it.
     AHEAD = 2
+    # Batches whose XSD check waits in the child, at most. A batch's check waits behind the chunk the child is
+    # checking, its payload (~8 MB at 5,000 records) held in this process's queue meanwhile: beyond these the
+    # task checks the batch itself, which also keeps the two processes' work even (docs/performance.md).
+    XSD_AHEAD = 3
 
     def __init__(self, area: Area, *, tenant: str | None, period_end: date, run_id: str,
                  docs_dir: Path | None, process: bool, chunksize: int):
@@ -283,13 +289,19 @@ class Checker:
         self._asked: deque[Future | None] = deque()
         self._chunks_ahead = 0  # chunks handed to the child and not yet given back by `checked`
         self._answered: deque[CheckedChunk] = deque()  # checked chunks taken while waiting for an XSD check
+        self._xsd_waiting = 0  # XSD checks handed to the child and not yet answered
 
     def checked(self, chunks: Iterator[pd.DataFrame], timer: PhaseTimer) -> Iterator[CheckedChunk]:
         """The checked chunks in order; with a child, the time this process waited for one is `check_wait`."""
         for index, chunk in enumerate(chunks):
             run_id = f"{self.run_id}-{index}"
-            if index == 0 and self.process and len(chunk) >= self.chunksize:
-                self._child = _start_child(self.area.number, self.kwargs)
+            if index == 0:
+                full = self.process and len(chunk) >= self.chunksize
+                if full and self._child is None:
+                    self._child = _start_child(self.area.number, self.kwargs)
+                elif not full and self._child is not None:  # started early, and the read is one chunk after all
+                    self._child.stop(at_once=True)
+                    self._child = None
                 self.in_child = self._child is not None
                 log.info("area %s: the chunks are checked in %s", self.area.number,
                          "a child process" if self.in_child else "the task's process")
@@ -305,11 +317,23 @@ class Checker:
         while self._chunks_ahead:
             yield self._next_chunk(timer)
 
+    def start_early(self) -> None:
+        """Start the child before the first chunk is read (its imports take ~5 s; a slow first chunk, a large
+        source, is read meanwhile). `checked` stops it again when the read is one chunk after all."""
+        if self.process and self._child is None:
+            self._child = _start_child(self.area.number, self.kwargs)
+            log.info("area %s: the first chunk is slow to come; the checking child starts meanwhile",
+                     self.area.number)
+
     def validate_later(self, payload: bytes) -> Future | None:
         """Hand a staged batch's XSD check to the child: its Future (the check's seconds, or the PayloadError),
-        or None where there is no child (the caller checks it itself)."""
+        or None where there is no child, or `XSD_AHEAD` checks wait there already (the caller checks it itself)."""
         if self._child is None:
             return None
+        self.poll()
+        if self._xsd_waiting >= self.XSD_AHEAD:
+            return None
+        self._xsd_waiting += 1
         done: Future = Future()
         self._child.send(("xsd", payload))
         self._asked.append(done)
@@ -341,6 +365,7 @@ class Checker:
         kind, value = self._child.answer()
         asked = self._asked.popleft()
         if asked is not None:
+            self._xsd_waiting -= 1
             asked.set_exception(value) if kind == "failed" else asked.set_result(value)
             return
         if kind == "failed":
@@ -354,6 +379,7 @@ class Checker:
             self._child = None
         self._asked.clear()
         self._answered.clear()
+        self._xsd_waiting = 0
 
 
 def switch(setting: str, variable: str) -> bool | None:

@@ -28,6 +28,7 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -57,6 +58,9 @@ from transforms.registry import Area, InterfaceVersion, get_area, version_in_for
 log = logging.getLogger(__name__)
 
 BATCH_NAMESPACE = uuid.UUID("1f6b0c2e-8d7a-5e0b-a2a1-0b4610f02010")
+# A first chunk not read after this long comes from a large source: the checking child starts while it is read
+# (a small source's query answers in well under a second; 100,000 records' first chunk took ~1.3 s).
+FIRST_CHUNK_SLOW_SECONDS = 1.0
 
 
 class AreaDeliveryStopped(RuntimeError):
@@ -145,7 +149,7 @@ class _BatchWriter:
             self.pending, self.pending_rows = [], 0
             self._flush(rest)
         while self._staging:
-            self._record(self._staging.popleft(), wait=True)
+            self._record(self._staging.popleft())
         self.shutdown()
         return self.batch_ids
 
@@ -179,8 +183,8 @@ class _BatchWriter:
             sealed = self._pool.submit(self._seal, payload, validate=valid is None)
         del payload
         self._staging.append(_Staging(batch_id, created, members, sealed, valid))
-        if valid is not None:  # the batches whose XSD check the child has answered
-            self._checker.poll()  # type: ignore[union-attr]
+        if self._checker is not None and self._checker.in_child:  # the batches whose XSD check is answered
+            self._checker.poll()
             while self._staging and (self._staging[0].valid is None or self._staging[0].valid.done()):
                 self._record(self._staging.popleft())
             return
@@ -200,11 +204,10 @@ class _BatchWriter:
         sealed = self.vault.seal(payload)
         return sealed, sha256(payload), checked - start, time.perf_counter() - checked
 
-    def _record(self, staging: _Staging, wait: bool = False) -> None:
+    def _record(self, staging: _Staging) -> None:
         # The XSD's error, if any, is raised here: the batches before it are recorded, this one is not.
         if staging.valid is not None:
-            if wait:
-                self._checker.wait(staging.valid, self.timer)  # type: ignore[union-attr]
+            self._checker.wait(staging.valid, self.timer)  # type: ignore[union-attr]
             self.timer.add("xsd", staging.valid.result())  # the child's time, as map/contract/quality's
         if self._pool is None:
             sealed, digest, xsd_seconds, encrypt_seconds = staging.sealed.result()
@@ -237,6 +240,16 @@ class _FirstChunk:
         self._chunks, self._timer = chunks, timer
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="ams-extract") if threads else None
         self._first: Future | None = self._pool.submit(self._read) if self._pool is not None else None
+
+    def slow(self, seconds: float) -> bool:
+        """Whether the first chunk, read in the thread, is not there after `seconds`."""
+        if self._first is None:
+            return False
+        try:
+            self._first.exception(timeout=seconds)
+        except FuturesTimeout:
+            return True
+        return False
 
     def _read(self) -> tuple[pd.DataFrame | None, float]:
         start = time.perf_counter()
@@ -440,7 +453,12 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
         writer = _BatchWriter(area, run_id, settings, state, vault, created, version, timer, threads, checker)
         # The first chunk is read in a thread while Great Expectations imports here (not where a child may check
         # the chunks: it imports it there, and the task's memory is spared it).
-        reader = _FirstChunk(chunks, timer, threads)
+        # With a child possible the first chunk is read in a thread too: a query whose first chunk takes a while
+        # (SQLite builds the query's CTEs first: 16 s at 1M records) reads a large source, so the child starts
+        # meanwhile and imports the checks while the query runs (Checker.start_early).
+        reader = _FirstChunk(chunks, timer, threads or process)
+        if process and reader.slow(FIRST_CHUNK_SLOW_SECONDS):
+            checker.start_early()
         if plan.full and threads:
             with timer.phase("quality"):  # while the source runs the query; a full read checks records
                 import expectations.runner  # noqa: F401
@@ -940,7 +958,9 @@ def _archive(settings: Settings, state: StateStore, vault: Vault, batch: dict,
             request=payload, response=response, record_count=batch["record_count"],
             accepted=batch.get("accepted_count") or 0, rejected=batch.get("rejected_count") or 0,
             receipt_id=batch.get("receipt_message_id") or "", day=acknowledged.date(),
-            lookup_request=lookup, sealed=sealed)
+            lookup_request=lookup, sealed=sealed,
+            # the payload's checksum, checked against the staged plaintext above (or before it was sent)
+            digests={PAYLOAD_FILE: batch["payload_sha256"]})
         failpoints.point("archive.written")
     except (OSError, ValueError, InvalidToken) as exc:
         detail = (f"{type(exc).__name__}: {exc.strerror or exc}" if isinstance(exc, OSError)

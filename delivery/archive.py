@@ -150,20 +150,21 @@ def archive_folder(archive_dir: StorePath, archive_path: str) -> StorePath:
 def archive_batch(vault: Vault, archive_dir: StorePath, *, area: int, batch_id: str, run_id: str, request: bytes,
                   response: bytes, record_count: int, accepted: int, rejected: int, receipt_id: str,
                   lookup_request: bytes | None = None, day: date | None = None,
-                  sealed: dict[str, bytes] | None = None) -> StorePath:
+                  sealed: dict[str, bytes] | None = None, digests: dict[str, str] | None = None) -> StorePath:
     """Archive the exact bytes sent (`request`: the SubmitBatchRequest) and received for one batch, and
     the GetBatchReceipt exchange when the receipt was recovered, with a checksum manifest written last.
     Writing the same batch again replaces its folder's files (idempotent).
 
     `sealed` (file name -> blob): a file's plaintext already sealed with the vault's newest key (the staged
-    blob, `Vault.open_keeping`); it is stored as it is instead of being compressed and encrypted again."""
+    blob, `Vault.open_keeping`); it is stored as it is instead of being compressed and encrypted again.
+    `digests` (file name -> SHA-256 of its plaintext): checksums the caller has checked already."""
     folder = archive_dir / f"area{area}" / (day or date.today()).isoformat() / batch_id
     contents = {PAYLOAD_FILE: request, RECEIPT_FILE: response}
     if lookup_request is not None:
         contents[LOOKUP_REQUEST_FILE] = lookup_request
     failpoints.point("archive.write")
-    sealed = sealed or {}
-    files = {name: {"plaintext_sha256": sha256(data),
+    sealed, digests = sealed or {}, digests or {}
+    files = {name: {"plaintext_sha256": digests.get(name) or sha256(data),
                     "stored_sha256": _write_atomic(folder / name, sealed[name]) if name in sealed
                     else vault.write(folder / name, data)}
              for name, data in contents.items()}

@@ -156,3 +156,43 @@ def test_messages_to_and_from_the_child_make_the_trip_whole():
     looped.append(looped)
     back = pickle.loads(checks.dumps(looped))
     assert back[0] == 1 and back[1] is back
+
+
+@pytest.mark.parametrize("chunksize", [30, 1_000_000])
+def test_a_child_started_while_a_slow_first_chunk_is_read(source, tmp_path, monkeypatch, chunksize):
+    """A first chunk slow to come starts the child meanwhile (here: any); a read of one chunk after all stops it
+    and checks in the task's process, a read of several uses it. Either way the outcome is the task's own."""
+    from cycle import pipeline
+
+    monkeypatch.setattr(pipeline._FirstChunk, "slow", lambda self, seconds: True)
+    started = []
+    real_start = checks._start_child
+    monkeypatch.setattr(checks, "_start_child", lambda *a: started.append(1) or real_start(*a))
+    results = {}
+    for process in ("off", "on"):
+        settings = with_process(settings_for(source, tmp_path, monkeypatch, "off", f"early-{process}"), process)
+        settings.chunksize = chunksize
+        prepared = prepare_area(AREA, run_id="run-1", period_end=PERIOD_END, settings=settings)
+        phases = settings.state().run_rows("run-1")[0]["counts"]["phases"]
+        assert ("check_wait" in phases) == (process == "on" and chunksize == 30)
+        results[process] = outcome(settings, prepared)
+    assert started == [1]  # once, before the first chunk came, and not again
+    assert results["on"] == results["off"]
+
+
+def test_a_first_chunk_is_slow_when_it_is_not_there_in_time():
+    import time
+
+    from cycle import pipeline
+    from cycle.timing import PhaseTimer
+
+    def chunks(pause: float):
+        time.sleep(pause)
+        yield "the first chunk"
+
+    slow = pipeline._FirstChunk(chunks(2.0), PhaseTimer(), threads=True)
+    assert slow.slow(0.05)
+    assert slow.next() == "the first chunk"
+    quick = pipeline._FirstChunk(chunks(0.0), PhaseTimer(), threads=True)
+    assert not quick.slow(5.0)
+    assert not pipeline._FirstChunk(chunks(0.0), PhaseTimer(), threads=False).slow(5.0)  # no thread: read later
