@@ -147,13 +147,16 @@ def _disk(path: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cycle.settings import Settings
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=100_000, help="the area's records in the source (about)")
     parser.add_argument("--area", type=int, default=1, choices=(1, 3, 4, 5, 6, 7, 8),
                         help="the area to bench (default 1); areas 3-8: the demo source with enough persons for "
                              "--rows (slower to make), floor = the area's table read plainly, and the changed "
                              "day stamps updated_at on --changed of its rows without changing their content")
-    parser.add_argument("--chunk", type=int, default=100_000, help="AMS_CHUNK_SIZE of the cycle and the floor")
+    parser.add_argument("--chunk", type=int, default=Settings.chunksize,
+                        help="AMS_CHUNK_SIZE of the cycle and the floor (default: AMS_CHUNK_SIZE's)")
     parser.add_argument("--batch-size", type=int, default=5000)
     parser.add_argument("--changed", type=float, default=0.01, help="share of measures changed before day 3")
     parser.add_argument("--source-url", default="",

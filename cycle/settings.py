@@ -24,7 +24,7 @@ class Settings:
     source_url: str = ""
     state_url: str = ""
     batch_size: int = 5000
-    chunksize: int = 50_000
+    chunksize: int = 25_000
     sender_municipality: str = "101"
     data_docs: bool = True
     archive_retention_days: int | None = None  # None: keep everything
@@ -63,7 +63,7 @@ class Settings:
             source_url=os.environ.get("AMS_SOURCE_URL", f"sqlite:///{home / 'source' / 'demo.sqlite'}"),
             state_url=os.environ.get("AMS_STATE_URL", f"sqlite:///{home / 'state' / 'state.sqlite'}"),
             batch_size=int(os.environ.get("AMS_BATCH_SIZE", 5000)),
-            chunksize=int(os.environ.get("AMS_CHUNK_SIZE", 50_000)),
+            chunksize=int(os.environ.get("AMS_CHUNK_SIZE", 25_000)),
             sender_municipality=os.environ.get("AMS_SENDER_MUNICIPALITY", "101"),
             data_docs=os.environ.get("AMS_DATA_DOCS", "1") not in ("0", "false", "no"),
             archive_retention_days=int(os.environ["AMS_ARCHIVE_RETENTION_DAYS"])
