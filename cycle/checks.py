@@ -12,7 +12,8 @@ state DB and stage its batches; it reads and writes no state, so it can run in a
   (map, contract, quality, hash: ~90 of ~190 s at 1M), and the task's own half (extract, the state DB, the
   batches) does not need them until they are done: two processes take both cores, where threads could not
   (the GIL, docs/performance.md). At most two chunks are with the child (one checked, one waiting), and the
-  child's peak memory is reported beside the task's.
+  child's peak memory is reported beside the task's. The child also takes up to three staged batches' XSD
+  checks (`Checker.validate_later`), and starts while a slow first chunk is read (`Checker.start_early`).
 
 No Airflow import here.
 """

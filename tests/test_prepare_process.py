@@ -6,16 +6,16 @@ child that dies stops the run with a message, nothing of its chunks staged."""
 from __future__ import annotations
 
 import multiprocessing
-import pickle
 import os
+import pickle
 
 import pytest
 
 from cycle import checks
 from cycle.checks import CheckerStopped, process_pays
 from cycle.pipeline import Settings, prepare_area
-from transforms.payload import PayloadError
 from tests.test_prepare_threads import AREA, BUILT, PERIOD_END, make_source, settings_for, staged
+from transforms.payload import PayloadError
 
 
 @pytest.fixture(scope="module")
