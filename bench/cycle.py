@@ -160,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=5000)
     parser.add_argument("--changed", type=float, default=0.01, help="share of measures changed before day 3")
     parser.add_argument("--source-url", default="",
-                        help="a PostgreSQL URL for the source (default: SQLite), its search_path an empty schema "
-                             "(or the one a previous run filled, with --reuse-source)")
+                        help="a PostgreSQL URL for the source (default: SQLite), its search_path an empty or "
+                             "missing schema (or the one a previous run filled, with --reuse-source)")
     parser.add_argument("--state-url", default="", help="the state DB (default: SQLite in the work folder)")
     parser.add_argument("--home", default="", help="work folder (default: a temporary one, removed after)")
     parser.add_argument("--no-validation", action="store_true", help="skip the validation-only benchmark")
@@ -255,6 +255,26 @@ def _own_schema(url: str, suffix: str) -> str:
     return parsed.set(query={**parsed.query, "options": options}).render_as_string(hide_password=False)
 
 
+def _ensure_schema(url: str) -> None:
+    """A PostgreSQL source's search_path schema, created when it is missing (PostgreSQL would refuse the
+    source's tables: "no schema has been selected to create in")."""
+    import re
+
+    import sqlalchemy as sa
+
+    parsed = sa.engine.make_url(url)
+    if not parsed.drivername.startswith("postgresql"):
+        return
+    options = parsed.query.get("options", "")
+    found = re.search(r"-csearch_path=(\w+)", options if isinstance(options, str) else " ".join(options))
+    if found is None:
+        return
+    admin = sa.create_engine(parsed.set(query={k: v for k, v in parsed.query.items() if k != "options"}))
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{found.group(1)}"'))
+    admin.dispose()
+
+
 def _measure(args: argparse.Namespace, home: Path) -> tuple[dict, dict[str, dict]]:
     """Source, floor, and the three days at one size; returns the floor and each day's results."""
     # a fresh state, receiver and reports every time (a folder a run left would find everything delivered);
@@ -274,6 +294,7 @@ def _measure(args: argparse.Namespace, home: Path) -> tuple[dict, dict[str, dict
     if args.reuse_source:
         print(f"source: {args.source_url.split(':', 1)[0]}, as a previous run left it (--reuse-source)", flush=True)
     elif args.area == 1:
+        _ensure_schema(args.source_url)
         made = scale_source(args.source_url, args.rows)
         print(f"source: {made['measures']:,} measures ({made['copies']} copies of the demo source), "
               f"{args.source_url.split(':', 1)[0]}, made in {time.perf_counter() - t:.0f} s", flush=True)

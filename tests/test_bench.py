@@ -180,3 +180,27 @@ def test_the_quality_suite_keeps_nothing_of_a_chunk_after_validating_it(scaled) 
     gx_engine = _project(None).context.data_sources.get(DATASOURCE).get_execution_engine()
     assert not gx_engine._metric_cache
     assert not gx_engine.batch_manager.active_batch_data
+
+
+def test_a_postgresql_source_schema_that_is_missing_is_created(pg_url):
+    """`--source-url` may name a schema that does not exist yet (PostgreSQL would refuse the tables)."""
+    import sqlalchemy as sa
+
+    from transforms.source import create_engine_from_url, create_source_schema
+
+    missing = pg_url.replace("-csearch_path%3D", "-csearch_path%3Dmissing_")
+    schema = missing.rsplit("%3D", 1)[1]
+    try:
+        bench._ensure_schema(missing)
+        bench._ensure_schema(missing)  # and left alone when it is there
+        engine = create_engine_from_url(missing)
+        create_source_schema(engine)
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM persons")).scalar() == 0
+        engine.dispose()
+    finally:
+        admin = sa.create_engine(pg_url.split("?", 1)[0])
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+    bench._ensure_schema("sqlite:///unused.sqlite")  # not PostgreSQL: nothing to do
