@@ -290,7 +290,6 @@ class Checker:
         self._asked: deque[Future | None] = deque()
         self._chunks_ahead = 0  # chunks handed to the child and not yet given back by `checked`
         self._answered: deque[CheckedChunk] = deque()  # checked chunks taken while waiting for an XSD check
-        self._xsd_waiting = 0  # XSD checks handed to the child and not yet answered
 
     def checked(self, chunks: Iterator[pd.DataFrame], timer: PhaseTimer) -> Iterator[CheckedChunk]:
         """The checked chunks in order; with a child, the time this process waited for one is `check_wait`."""
@@ -332,9 +331,8 @@ class Checker:
         if self._child is None:
             return None
         self.poll()
-        if self._xsd_waiting >= self.XSD_AHEAD:
+        if sum(asked is not None for asked in self._asked) >= self.XSD_AHEAD:  # XSD checks not yet answered
             return None
-        self._xsd_waiting += 1
         done: Future = Future()
         self._child.send(("xsd", payload))
         self._asked.append(done)
@@ -366,7 +364,6 @@ class Checker:
         kind, value = self._child.answer()
         asked = self._asked.popleft()
         if asked is not None:
-            self._xsd_waiting -= 1
             asked.set_exception(value) if kind == "failed" else asked.set_result(value)
             return
         if kind == "failed":
@@ -380,7 +377,6 @@ class Checker:
             self._child = None
         self._asked.clear()
         self._answered.clear()
-        self._xsd_waiting = 0
 
 
 def switch(setting: str, variable: str) -> bool | None:

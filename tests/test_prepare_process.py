@@ -196,3 +196,19 @@ def test_a_first_chunk_is_slow_when_it_is_not_there_in_time():
     quick = pipeline._FirstChunk(chunks(0.0), PhaseTimer(), threads=True)
     assert not quick.slow(5.0)
     assert not pipeline._FirstChunk(chunks(0.0), PhaseTimer(), threads=False).slow(5.0)  # no thread: read later
+
+
+@pytest.mark.parametrize("xsd_ahead", [0, 1])
+def test_batches_checked_by_the_task_when_the_child_has_enough_give_the_same_result(source, tmp_path, monkeypatch,
+                                                                                     xsd_ahead):
+    """Beyond `Checker.XSD_AHEAD` checks waiting in the child the task checks a batch itself: 0, every batch; 1,
+    the two mixed. The batches are recorded in build order and are the task's own either way."""
+    results = {}
+    for process in ("off", "on"):
+        settings = with_process(settings_for(source, tmp_path, monkeypatch, "off", f"ahead-{process}"), process)
+        settings.batch_size = 10  # several batches a chunk: some wait in the child while the next are built
+        monkeypatch.setattr(checks.Checker, "XSD_AHEAD", xsd_ahead)
+        prepared = prepare_area(AREA, run_id="run-1", period_end=PERIOD_END, settings=settings)
+        assert len(prepared["batches"]) >= 10
+        results[process] = outcome(settings, prepared)
+    assert results["on"] == results["off"]
