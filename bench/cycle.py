@@ -34,6 +34,7 @@ import tempfile
 import time
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -233,8 +234,9 @@ def _bench(args: argparse.Namespace, home: Path) -> int:
     return 0
 
 
-def _own_schema(url: str, suffix: str) -> str:
-    """The PostgreSQL URL with a fresh, empty schema of its own: its search_path schema + `_suffix`."""
+def _search_path(url: str) -> tuple[Any, str, str | None]:
+    """A PostgreSQL URL's parts: the parsed URL, its connection options, and its search_path schema (None: not
+    set)."""
     import re
 
     import sqlalchemy as sa
@@ -243,36 +245,40 @@ def _own_schema(url: str, suffix: str) -> str:
     options = parsed.query.get("options", "")
     options = options if isinstance(options, str) else " ".join(options)
     found = re.search(r"-csearch_path=(\w+)", options)
-    base = found.group(1) if found else "public"
-    schema = f"{base}_{suffix}"
-    options = (re.sub(r"-csearch_path=\w+", f"-csearch_path={schema}", options) if found
-               else f"{options} -csearch_path={schema}".strip())
+    return parsed, options, found.group(1) if found else None
+
+
+def _in_admin(parsed: Any, *statements: str) -> None:
+    """Run statements on the URL's database without its options (outside any search_path)."""
+    import sqlalchemy as sa
+
     admin = sa.create_engine(parsed.set(query={k: v for k, v in parsed.query.items() if k != "options"}))
     with admin.begin() as conn:
-        conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+        for statement in statements:
+            conn.execute(sa.text(statement))
     admin.dispose()
+
+
+def _own_schema(url: str, suffix: str) -> str:
+    """The PostgreSQL URL with a fresh, empty schema of its own: its search_path schema + `_suffix`."""
+    import re
+
+    parsed, options, base = _search_path(url)
+    schema = f"{base or 'public'}_{suffix}"
+    options = (re.sub(r"-csearch_path=\w+", f"-csearch_path={schema}", options) if base
+               else f"{options} -csearch_path={schema}".strip())
+    _in_admin(parsed, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE', f'CREATE SCHEMA "{schema}"')
     return parsed.set(query={**parsed.query, "options": options}).render_as_string(hide_password=False)
 
 
 def _ensure_schema(url: str) -> None:
     """A PostgreSQL source's search_path schema, created when it is missing (PostgreSQL would refuse the
     source's tables: "no schema has been selected to create in")."""
-    import re
-
-    import sqlalchemy as sa
-
-    parsed = sa.engine.make_url(url)
-    if not parsed.drivername.startswith("postgresql"):
+    if not url.startswith("postgresql"):
         return
-    options = parsed.query.get("options", "")
-    found = re.search(r"-csearch_path=(\w+)", options if isinstance(options, str) else " ".join(options))
-    if found is None:
-        return
-    admin = sa.create_engine(parsed.set(query={k: v for k, v in parsed.query.items() if k != "options"}))
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{found.group(1)}"'))
-    admin.dispose()
+    parsed, _, schema = _search_path(url)
+    if schema is not None:
+        _in_admin(parsed, f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
 
 
 def _measure(args: argparse.Namespace, home: Path) -> tuple[dict, dict[str, dict]]:

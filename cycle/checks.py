@@ -288,7 +288,6 @@ class Checker:
         self._child: _Child | None = None
         # The child's requests not yet answered, in order: None for a chunk, the Future of a batch's XSD check.
         self._asked: deque[Future | None] = deque()
-        self._chunks_ahead = 0  # chunks handed to the child and not yet given back by `checked`
         self._answered: deque[CheckedChunk] = deque()  # checked chunks taken while waiting for an XSD check
 
     def checked(self, chunks: Iterator[pd.DataFrame], timer: PhaseTimer) -> Iterator[CheckedChunk]:
@@ -311,10 +310,9 @@ class Checker:
             self._child.send(("check", run_id, chunk))
             del chunk
             self._asked.append(None)
-            self._chunks_ahead += 1
-            while self._chunks_ahead >= self.AHEAD:
+            while self._chunks_out() >= self.AHEAD:
                 yield self._next_chunk(timer)
-        while self._chunks_ahead:
+        while self._chunks_out():
             yield self._next_chunk(timer)
 
     def start_early(self) -> None:
@@ -354,8 +352,11 @@ class Checker:
         with timer.phase("check_wait"):
             while not self._answered:
                 self._take()
-        self._chunks_ahead -= 1
         return self._answered.popleft()
+
+    def _chunks_out(self) -> int:
+        """Chunks handed to the child and not yet given back by `checked`: unanswered, or answered and kept."""
+        return sum(asked is None for asked in self._asked) + len(self._answered)
 
     def _take(self) -> None:
         """The child's next answer, given to what asked for it: a chunk's is kept for `checked` (a chunk the
