@@ -15,6 +15,7 @@ from __future__ import annotations
 from datetime import date
 from functools import lru_cache
 
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
@@ -184,13 +185,17 @@ def check_contract(area: Area, records: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=FINDING_COLUMNS)
     except pa.errors.SchemaErrors as exc:
         cases = exc.failure_cases
-    cases = cases[cases["index"].notna() & cases["check"].astype(str).str.contains("|", regex=False)]
     # Column operations over the failure cases; a message is worded once per rule, field and person
-    # (and value, for the ranges), not once per case.
-    checks = cases["check"].astype(str).str.split("|", n=1, expand=True)
-    index = cases["index"].to_numpy()
+    # (and value, for the ranges), not once per case. A chunk has many cases (one per record and failed
+    # check) of few checks: each distinct check name is split once (a split per case took ~5 s at 1M).
+    codes, names = pd.factorize(cases["check"].astype(str))
+    ours = np.array(["|" in name for name in names], dtype=bool)
+    rule = np.array([name.split("|", 1)[0] for name in names], dtype=object)
+    field = np.array([name.split("|", 1)[-1] for name in names], dtype=object)
+    keep = cases["index"].notna().to_numpy() & (codes >= 0) & ours[codes]
+    codes, index = codes[keep], cases["index"].to_numpy()[keep]
     found = pd.DataFrame({"record_key": records["record_key"].reindex(index).to_numpy(),
-                          "rule": checks[0].to_numpy(), "field": checks[1].to_numpy(), "index": index})
+                          "rule": rule[codes], "field": field[codes], "index": index})
     found = found.drop_duplicates(["record_key", "rule", "field"], ignore_index=True)
     masked: dict[object, str] = {}
     if area.person_field:
