@@ -158,6 +158,35 @@ def test_messages_to_and_from_the_child_make_the_trip_whole():
     assert back[0] == 1 and back[1] is back
 
 
+def test_a_checked_chunk_makes_the_trip_with_its_dates_as_they_were():
+    """`good`'s columns of dates travel as datetime64 and come back as `datetime.date` and None, in their order;
+    a column with anything else beside dates (a datetime, a text, NaN) travels as it is."""
+    from datetime import date, datetime
+
+    import pandas as pd
+
+    good = pd.DataFrame({
+        "record_key": ["k1", "k2", "k3"],
+        "start_date": [date(2025, 1, 31), date(1, 1, 1), date(9999, 12, 31)],
+        "end_date": [None, date(2025, 2, 1), None],
+        "stamped": [datetime(2025, 1, 1, 12, 0), None, datetime(2025, 1, 2)],  # datetime is a date subclass
+        "odd": [date(2025, 1, 1), "2025-01-02", None],
+        "nan": [date(2025, 1, 1), float("nan"), None],
+        "none": [None, None, None],
+    }, index=[4, 8, 15]).astype(object)
+    checked = checks.CheckedChunk(extracted=3, out_of_scope=0, read_keys=["k1", "k2", "k3"], found=pd.DataFrame(),
+                                  persons={}, good=good)
+    packed = checks._DatesPacked(good)
+    assert sorted(packed.dates) == ["end_date", "start_date"]
+    back = pickle.loads(checks.dumps(("checked", checked)))[1]
+    pd.testing.assert_frame_equal(back.good, good, check_exact=True)
+    for column in good.columns:
+        assert [type(v) for v in back.good[column]] == [type(v) for v in good[column]], column
+    assert back.read_keys == checked.read_keys and back.extracted == 3
+    empty = good.iloc[:0]
+    pd.testing.assert_frame_equal(checks._DatesPacked(empty).frame(), empty)
+
+
 @pytest.mark.parametrize("chunksize", [30, 1_000_000])
 def test_a_child_started_while_a_slow_first_chunk_is_read(source, tmp_path, monkeypatch, chunksize):
     """A first chunk slow to come starts the child meanwhile (here: any); a read of one chunk after all stops it
