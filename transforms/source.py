@@ -510,7 +510,9 @@ def extract_chunks(
         if dialect_name(conn) == "sqlite":
             # sqlite3 reads the statement's :name parameters itself; its tuples go to the frame as they are
             # (SQLAlchemy's rows cost ~3 s of the task's time at 1M records, outside the query).
-            cursor = conn.connection.driver_connection.execute(text, _with_defaults(text, params))
+            sqlite = conn.connection.driver_connection
+            assert sqlite is not None  # an open connection has its DBAPI connection
+            cursor = sqlite.execute(text, _with_defaults(text, params))
             columns = [d[0] for d in cursor.description]
             partitions = iter(lambda: cursor.fetchmany(chunksize), [])
         else:
