@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -505,22 +506,7 @@ def extract_chunks(
         raise ValueError("chunksize must be at least 1")
     a = _area(area)
     text = load_query(a, engine)
-    statement = sa.text(text)
-    with engine.connect() as conn:
-        if dialect_name(conn) == "sqlite":
-            # sqlite3 reads the statement's :name parameters itself; its tuples go to the frame as they are
-            # (SQLAlchemy's rows cost ~3 s of the task's time at 1M records, outside the query).
-            sqlite = conn.connection.driver_connection
-            assert sqlite is not None  # an open connection has its DBAPI connection
-            cursor = sqlite.execute(text, _with_defaults(text, params))
-            columns = [d[0] for d in cursor.description]
-            partitions = iter(lambda: cursor.fetchmany(chunksize), [])
-        else:
-            result = conn.execution_options(stream_results=True, yield_per=chunksize).execute(
-                statement, _with_defaults(text, params)
-            )
-            columns = list(result.keys())
-            partitions = result.partitions(chunksize)
+    with engine.connect() as conn, _rows(conn, text, _with_defaults(text, params), chunksize) as (columns, partitions):
         converters = [_converter(column_kind(a, c) or "") for c in columns]
         empty = True
         for rows in partitions:
@@ -528,6 +514,28 @@ def extract_chunks(
             yield _frame(rows, columns, converters)
         if empty:
             yield _frame([], columns, converters)
+
+
+@contextmanager
+def _rows(conn: sa.Connection, text: str, params: dict[str, Any], chunksize: int
+          ) -> Iterator[tuple[list[str], Iterator[Sequence[Sequence[Any]]]]]:
+    """A statement's column names and its rows in lists of at most `chunksize` tuples; the read ends on leaving."""
+    if dialect_name(conn) == "sqlite":
+        # sqlite3 binds the statement's :name parameters itself, and its tuples go to the frame as they are:
+        # SQLAlchemy's Row objects cost ~3 s of the task's time at 1M records, outside the query.
+        sqlite = conn.connection.driver_connection
+        assert sqlite is not None  # an open connection has its DBAPI connection
+        cursor = sqlite.execute(text, params)
+        try:
+            yield [d[0] for d in cursor.description], iter(lambda: cursor.fetchmany(chunksize), [])
+        finally:
+            cursor.close()
+    else:  # PostgreSQL: a server-side cursor (stream_results), memory bounded by the chunk
+        result = conn.execution_options(stream_results=True, yield_per=chunksize).execute(sa.text(text), params)
+        try:
+            yield list(result.keys()), result.partitions(chunksize)
+        finally:
+            result.close()
 
 
 def extract_frame(engine: Engine, area: Area | int | str, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
