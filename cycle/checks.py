@@ -62,7 +62,8 @@ class CheckedChunk:
     peak_rss_mib: float = 0.0  # of the process that checked it
 
     # From the child to the task, `good` travels with its date columns as datetime64 (one buffer each), not a
-    # `datetime.date` object per value to pickle and build again: ~0.1 of the ~0.18 s a chunk of 25,000 took.
+    # `datetime.date` object per value to pickle and build again: a chunk of 25,000 there and back in half the
+    # time (0.15 -> 0.08 s).
     def __getstate__(self) -> dict:
         return {**self.__dict__, "good": _DatesPacked(self.good)}
 

@@ -57,25 +57,26 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
-        home = Path(os.environ.get("AMS_HOME", REPO_ROOT / "var"))
+        """The AMS_* variables; one that is not set keeps the field's default above (stated once, there)."""
+        home = Path(os.environ.get("AMS_HOME", cls.home))
         return cls(
             home=home,
             source_url=os.environ.get("AMS_SOURCE_URL", f"sqlite:///{home / 'source' / 'demo.sqlite'}"),
             state_url=os.environ.get("AMS_STATE_URL", f"sqlite:///{home / 'state' / 'state.sqlite'}"),
-            batch_size=int(os.environ.get("AMS_BATCH_SIZE", 5000)),
-            chunksize=int(os.environ.get("AMS_CHUNK_SIZE", 25_000)),
-            sender_municipality=os.environ.get("AMS_SENDER_MUNICIPALITY", "101"),
+            batch_size=int(os.environ.get("AMS_BATCH_SIZE", cls.batch_size)),
+            chunksize=int(os.environ.get("AMS_CHUNK_SIZE", cls.chunksize)),
+            sender_municipality=os.environ.get("AMS_SENDER_MUNICIPALITY", cls.sender_municipality),
             data_docs=os.environ.get("AMS_DATA_DOCS", "1") not in ("0", "false", "no"),
             archive_retention_days=int(os.environ["AMS_ARCHIVE_RETENTION_DAYS"])
             if os.environ.get("AMS_ARCHIVE_RETENTION_DAYS") else None,
-            delivery_attempts=int(os.environ.get("AMS_DELIVERY_ATTEMPTS", 4)),
-            backoff_seconds=float(os.environ.get("AMS_BACKOFF_SECONDS", 1.0)),
-            lock_wait_seconds=float(os.environ.get("AMS_LOCK_WAIT_SECONDS", 60)),
+            delivery_attempts=int(os.environ.get("AMS_DELIVERY_ATTEMPTS", cls.delivery_attempts)),
+            backoff_seconds=float(os.environ.get("AMS_BACKOFF_SECONDS", cls.backoff_seconds)),
+            lock_wait_seconds=float(os.environ.get("AMS_LOCK_WAIT_SECONDS", cls.lock_wait_seconds)),
             full_read=os.environ.get("AMS_FULL_READ", "0").lower() in ("1", "true", "yes"),
-            full_read_every_days=int(os.environ.get("AMS_FULL_READ_EVERY_DAYS", 7)),
-            prepare_threads=os.environ.get("AMS_PREPARE_THREADS", "auto").lower(),
-            prepare_process=os.environ.get("AMS_PREPARE_PROCESS", "auto").lower(),
-            deliver_lanes=int(os.environ.get("AMS_DELIVER_LANES", 2)),
+            full_read_every_days=int(os.environ.get("AMS_FULL_READ_EVERY_DAYS", cls.full_read_every_days)),
+            prepare_threads=os.environ.get("AMS_PREPARE_THREADS", cls.prepare_threads).lower(),
+            prepare_process=os.environ.get("AMS_PREPARE_PROCESS", cls.prepare_process).lower(),
+            deliver_lanes=int(os.environ.get("AMS_DELIVER_LANES", cls.deliver_lanes)),
         )
 
     @property

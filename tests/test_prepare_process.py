@@ -45,6 +45,21 @@ def test_the_setting():
         process_pays("maybe")
 
 
+def test_unset_variables_keep_the_settings_defaults(monkeypatch):
+    """`Settings.from_env` states no default of its own: a variable not set gives the field's default (the chunk
+    size's changed in one place), a variable set is read."""
+    import dataclasses
+
+    for name in [n for n in os.environ if n.startswith("AMS_")]:
+        monkeypatch.delenv(name)
+    read, defaults = Settings.from_env(), Settings()
+    for f in dataclasses.fields(Settings):
+        if f.name not in ("source_url", "state_url"):  # the env's: the demo's files under home
+            assert getattr(read, f.name) == getattr(defaults, f.name), f.name
+    monkeypatch.setenv("AMS_CHUNK_SIZE", "7")
+    assert Settings.from_env().chunksize == 7
+
+
 def test_a_child_process_checks_to_the_same_result(source, tmp_path, monkeypatch):
     results = {}
     for process in ("off", "on"):
