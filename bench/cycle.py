@@ -16,6 +16,10 @@ Steps, all in one session so the ratios compare like with like:
    `ams-report demo` runs it, with Data Docs off;
 4. a day with no change, then a day with `--changed` (1 %) of the measures changed at the source.
 
+`--repeat N` does steps 2-4 N times at each size (the source made once) and reports the median of each
+figure (peak RSS and disk: the largest), with the spread of the runs beside: on a shared machine one run's
+phase can take 30 % more or less than the same phase of the next.
+
 Each cycle runs in its own process, so its peak RSS is the task's. Prints one table: phase times,
 rows/s, ratio to the floor, peak RSS; then (unless `--no-validation`) the validation-only benchmark
 (bench/validate_area1.py). Not a test: absolute times depend on the machine and its load.
@@ -171,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--linear-from", type=int, default=0, metavar="ROWS",
                         help="first run the same at ROWS records (a source of its own) and print each phase's "
                              "growth from there (the issue's 'linear' target: at most 11x for 10x the rows)")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N",
+                        help="measure the floor and the three days N times at each size and report the medians "
+                             "(peak RSS and disk: the largest), with each run's cycle/floor and growth beside")
     parser.add_argument("--json", default="", help="also write every figure to this JSON file")
     parser.add_argument("--one-step", choices=STEPS, dest="step", help=argparse.SUPPRESS)
     parser.add_argument("--run-id", help=argparse.SUPPRESS)
@@ -202,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _bench(args: argparse.Namespace, home: Path) -> int:
-    tables = []
+    if args.repeat < 1:
+        raise SystemExit("--repeat: at least 1")
+    small_runs: list[tuple[dict, dict[str, dict]]] = []
     if args.linear_from:
         small = argparse.Namespace(**{**vars(args), "rows": args.linear_from, "reuse_source": False,
                                       "home": str(home / f"linear-{args.linear_from}")})
@@ -211,27 +220,95 @@ def _bench(args: argparse.Namespace, home: Path) -> int:
         small.state_url = f"sqlite:///{Path(small.home) / 'state.sqlite'}"
         Path(small.home).mkdir(parents=True, exist_ok=True)
         print(f"== {args.linear_from:,} records first (--linear-from)", flush=True)
-        floor_small, results_small = _measure(small, Path(small.home))
-        tables.append(format_table(small, floor_small, results_small))
+        small_runs = _measure_runs(small, Path(small.home))
         print(f"== {args.rows:,} records", flush=True)
-    floor, results = _measure(args, home)
+    runs = _measure_runs(args, home)
+    floor, results = median_run(runs)
     print()
     print(format_table(args, floor, results))
     print()
     print(format_targets(floor, results))
+    if len(runs) > 1:
+        print(format_runs(runs))
     if args.linear_from:
+        floor_small, results_small = median_run(small_runs)
         print()
-        print(tables[0])
+        print(format_table(small, floor_small, results_small))
         print()
-        print(format_linear(results_small, results, floor_small, floor))
+        print(format_linear(results_small, results, floor_small, floor,
+                            spread=growth_spread(small_runs, runs) if len(runs) > 1 else None))
     if args.json:
-        Path(args.json).write_text(json.dumps({"floor": floor, "results": results, **(
-            {"linear_from": {"floor": floor_small, "results": results_small}} if args.linear_from else {})}, indent=1))
+        figures: dict[str, Any] = {"floor": floor, "results": results,
+                                   "runs": [{"floor": f, "results": r} for f, r in runs]}
+        if args.linear_from:
+            figures["linear_from"] = {"floor": floor_small, "results": results_small,
+                                      "runs": [{"floor": f, "results": r} for f, r in small_runs]}
+        Path(args.json).write_text(json.dumps(figures, indent=1))
     if not args.no_validation and args.area == 1:
         print()
         subprocess.run([sys.executable, str(ROOT / "bench" / "validate_area1.py"), "--rows", str(args.rows),
                         "--chunk", str(args.chunk)], check=True)
     return 0
+
+
+def _measure_runs(args: argparse.Namespace, home: Path) -> list[tuple[dict, dict[str, dict]]]:
+    """`_measure` `--repeat` times at one size, the source made (at most) once."""
+    runs = []
+    for i in range(args.repeat):
+        if args.repeat > 1:
+            print(f"-- run {i + 1} of {args.repeat}", flush=True)
+        runs.append(_measure(args if i == 0 else argparse.Namespace(**{**vars(args), "reuse_source": True}), home))
+    return runs
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def median_run(runs: list[tuple[dict, dict[str, dict]]]) -> tuple[dict, dict[str, dict]]:
+    """One run's figures from several of the same size: the median of every time, the largest peak RSS and
+    disk growth (a memory or disk target must hold in every run), the counts of the first run."""
+    if len(runs) == 1:
+        return runs[0]
+    floors = [f for f, _ in runs]
+    floor = {**floors[0], "seconds": _median([f["seconds"] for f in floors])}
+    results: dict[str, dict] = {}
+    for day, first in runs[0][1].items():
+        days = [r[day] for _, r in runs]
+        merged = dict(first)
+        for key in ("phases", "totals"):
+            names = dict.fromkeys(name for d in days for name in d[key])
+            merged[key] = {name: _median([d[key].get(name, 0.0) for d in days]) for name in names}
+        merged["rss"] = {step: max(d["rss"].get(step, 0) for d in days) for step in first["rss"]}
+        if "peak_rss_mib" in first:
+            merged["peak_rss_mib"] = max(d["peak_rss_mib"] for d in days)
+        merged["disk_added"] = tuple(max(d["disk_added"][i] for d in days) for i in range(2))
+        results[day] = merged
+    return floor, results
+
+
+def format_runs(runs: list[tuple[dict, dict[str, dict]]]) -> str:
+    """Each run's full cycle against its own floor: the spread behind the medians."""
+    ratios = [sum(r["full"]["totals"].values()) / f["seconds"] for f, r in runs]
+    return ("  each run's full cycle / its floor: "
+            + ", ".join(f"{sum(r['full']['totals'].values()):.1f} s / {f['seconds']:.1f} s = {x:.2f}x"
+                        for (f, r), x in zip(runs, ratios, strict=True))
+            + " (the table: the median cycle / the median floor)")
+
+
+def growth_spread(small_runs: list[tuple[dict, dict[str, dict]]], runs: list[tuple[dict, dict[str, dict]]]
+                  ) -> dict[str, tuple[float, float]]:
+    """Each phase's lowest and highest growth over the pairs of runs (the i-th small with the i-th large)."""
+    spread: dict[str, tuple[float, float]] = {}
+    for phase in (*PREPARE_PHASES, *DELIVER_PHASES, *STEPS):
+        key = "totals" if phase in STEPS else "phases"
+        growths = [r["full"][key].get(phase, 0.0) / s["full"][key][phase]
+                   for (_, s), (_, r) in zip(small_runs, runs, strict=True) if s["full"][key].get(phase)]
+        if growths:
+            spread[phase] = (min(growths), max(growths))
+    return spread
 
 
 def _search_path(url: str) -> tuple[Any, str, str | None]:
@@ -399,8 +476,10 @@ def format_targets(floor: dict, results: dict[str, dict]) -> str:
                                                for name, figure, ok in checks])
 
 
-def format_linear(small: dict[str, dict], large: dict[str, dict], floor_small: dict, floor_large: dict) -> str:
-    """Each phase of the full run at the larger size against the smaller: the growth beside the rows'."""
+def format_linear(small: dict[str, dict], large: dict[str, dict], floor_small: dict, floor_large: dict,
+                  spread: dict[str, tuple[float, float]] | None = None) -> str:
+    """Each phase of the full run at the larger size against the smaller: the growth beside the rows'.
+    `spread` (--repeat): each phase's lowest and highest growth over the pairs of runs, in a column of its own."""
     rows_small = small["full"]["prepared"].get("extracted", 0) or 1
     rows_large = large["full"]["prepared"].get("extracted", 0)
     factor = rows_large / rows_small
@@ -408,17 +487,25 @@ def format_linear(small: dict[str, dict], large: dict[str, dict], floor_small: d
     floor_growth = floor_large["seconds"] / floor_small["seconds"]
     lines = [f"growth from {rows_small:,} to {rows_large:,} records ({factor:.1f}x the rows; the target: at most "
              f"{limit:.1f}x per phase; the floor grew {floor_growth:.1f}x: 'vs floor' is a phase's growth over the "
-             "floor's, which takes out what the machine's load and caches did to both)",
-             f"{'phase':<12}{'small':>10}{'large':>10}{'growth':>10}{'vs floor':>10}"]
+             "floor's, which takes out what the machine's load and caches did to both)"
+             + (": medians of the runs; 'runs' is the lowest and highest growth of a run pair" if spread else ""),
+             f"{'phase':<12}{'small':>10}{'large':>10}{'growth':>10}{'vs floor':>10}"
+             + (f"{'runs':>14}" if spread else "")]
+
+    def line(label: str, phase: str, a: float, b: float, flagged: bool) -> str:
+        growth = b / a if a else 0.0
+        flag = "  over" if flagged and growth > limit and b >= 1.0 else ""
+        runs = ""
+        if spread:
+            lo, hi = spread.get(phase, (0.0, 0.0))
+            runs = f"{f'{lo:.1f}-{hi:.1f}x':>14}"
+        return f"{label:<12}{a:>9.1f}s{b:>9.1f}s{growth:>9.1f}x{growth / floor_growth:>9.2f}x{runs}{flag}"
+
     for phase in (*PREPARE_PHASES, *DELIVER_PHASES):
-        a, b = small["full"]["phases"].get(phase, 0.0), large["full"]["phases"].get(phase, 0.0)
-        growth = b / a if a else 0.0
-        flag = "" if growth <= limit or b < 1.0 else "  over"
-        lines.append(f"{phase:<12}{a:>9.1f}s{b:>9.1f}s{growth:>9.1f}x{growth / floor_growth:>9.2f}x{flag}")
+        lines.append(line(phase, phase, small["full"]["phases"].get(phase, 0.0),
+                          large["full"]["phases"].get(phase, 0.0), True))
     for step in STEPS:
-        a, b = small["full"]["totals"][step], large["full"]["totals"][step]
-        growth = b / a if a else 0.0
-        lines.append(f"{'= ' + step:<12}{a:>9.1f}s{b:>9.1f}s{growth:>9.1f}x{growth / floor_growth:>9.2f}x")
+        lines.append(line("= " + step, step, small["full"]["totals"][step], large["full"]["totals"][step], False))
     a, b = (max(r["full"]["rss"]["prepare"] + r["full"]["rss"].get("checks", 0), r["full"]["rss"]["deliver"])
             for r in (small, large))
     lines.append(f"{'task RSS':<12}{a:>7,.0f}MiB{b:>7,.0f}MiB{b / a:>9.2f}x  (flat: the same at both sizes)")

@@ -52,6 +52,38 @@ def test_linear_flags_a_phase_that_grows_faster_than_the_rows() -> None:
     assert lines["send"].endswith("over")
 
 
+def test_repeated_runs_give_median_times_and_the_worst_memory_and_disk() -> None:
+    def run(floor: float, seconds: float, extract: float, rss: float, added: int) -> tuple[dict, dict]:
+        return ({"seconds": floor, "rows": 1000},
+                {"full": _day(seconds, rss, (added, 0), 990, {"extract": extract}),
+                 "no change": _day(seconds / 20, rss / 2, (0, added), 0, {"extract": extract / 20})})
+
+    runs = [run(10.0, 30.0, 3.0, 700, 5), run(14.0, 45.0, 9.0, 650, 1), run(11.0, 33.0, 4.0, 900, 2)]
+    floor, results = bench.median_run(runs)
+    assert floor["seconds"] == 11.0
+    assert results["full"]["phases"]["extract"] == 4.0  # not the mean (5.3): one slow run moves nothing
+    assert sum(results["full"]["totals"].values()) == pytest.approx(33.0)
+    assert results["full"]["rss"]["prepare"] == 900  # a memory target holds in every run, or not at all
+    assert results["full"]["disk_added"] == (5, 0) and results["no change"]["disk_added"] == (0, 5)
+    assert bench.median_run(runs[:1]) == runs[0]
+    summary = bench.format_runs(runs)
+    assert "30.0 s / 10.0 s = 3.00x" in summary and "45.0 s / 14.0 s = 3.21x" in summary
+
+
+def test_linear_with_repeats_shows_each_run_pair_s_growth() -> None:
+    small = [({"seconds": 1.0}, {"full": _day(10.0, 500, (0, 0), 0, {"extract": e})}) for e in (1.0, 1.2)]
+    large = [({"seconds": 10.0}, {"full": _day(100.0, 520, (0, 0), 0, {"extract": e})}) for e in (9.0, 14.4)]
+    for _, results in large:
+        results["full"]["prepared"]["extracted"] = 10_000
+    spread = bench.growth_spread(small, large)
+    assert spread["extract"] == pytest.approx((9.0, 12.0))
+    (floor_s, small_m), (floor_l, large_m) = bench.median_run(small), bench.median_run(large)
+    text = bench.format_linear(small_m, large_m, floor_s, floor_l, spread=spread)
+    line = next(line for line in text.splitlines() if line.startswith("extract"))
+    assert "9.0-12.0x" in line  # medians 1.1 s -> 11.7 s: 10.6x, within 11x for 10x the rows
+    assert not line.endswith("over")
+
+
 def test_peak_rss_is_the_process_own_not_its_parents() -> None:
     # getrusage's ru_maxrss survives fork and exec: a task forked by a worker (or the benchmark's child)
     # reported at least its parent's peak (the bench's floor, 1.2 GiB, as every task's peak)
