@@ -14,6 +14,7 @@ from transforms.registry import AREAS, get_area
 from transforms.source import (
     EXTRA_COLUMNS,
     SOURCE_TABLES,
+    SQLITE_CACHE_KIB,
     count_rows,
     create_engine_from_url,
     create_source_schema,
@@ -80,6 +81,8 @@ def test_create_engine_from_url(tmp_path):
     engine = create_engine_from_url(f"sqlite:///{tmp_path / 'deep' / 'er' / 'x.sqlite'}")
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 0
+        # the area query's index look-ups at 1M records: 64 MiB, not SQLite's 2 MB (docs/performance.md)
+        assert conn.exec_driver_sql("PRAGMA cache_size").scalar() == -SQLITE_CACHE_KIB == -65_536
     assert (tmp_path / "deep" / "er" / "x.sqlite").exists()
     engine.dispose()
     pg = create_engine_from_url("postgresql://user@localhost:5432/db")  # lazy: no connection made
