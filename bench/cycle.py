@@ -32,6 +32,7 @@ import gzip
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -261,26 +262,20 @@ def _measure_runs(args: argparse.Namespace, home: Path) -> list[tuple[dict, dict
     return runs
 
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-
 def median_run(runs: list[tuple[dict, dict[str, dict]]]) -> tuple[dict, dict[str, dict]]:
     """One run's figures from several of the same size: the median of every time, the largest peak RSS and
     disk growth (a memory or disk target must hold in every run), the counts of the first run."""
     if len(runs) == 1:
         return runs[0]
     floors = [f for f, _ in runs]
-    floor = {**floors[0], "seconds": _median([f["seconds"] for f in floors])}
+    floor = {**floors[0], "seconds": statistics.median([f["seconds"] for f in floors])}
     results: dict[str, dict] = {}
     for day, first in runs[0][1].items():
         days = [r[day] for _, r in runs]
         merged = dict(first)
         for key in ("phases", "totals"):
             names = dict.fromkeys(name for d in days for name in d[key])
-            merged[key] = {name: _median([d[key].get(name, 0.0) for d in days]) for name in names}
+            merged[key] = {name: statistics.median([d[key].get(name, 0.0) for d in days]) for name in names}
         merged["rss"] = {step: max(d["rss"].get(step, 0) for d in days) for step in first["rss"]}
         if "peak_rss_mib" in first:
             merged["peak_rss_mib"] = max(d["peak_rss_mib"] for d in days)
