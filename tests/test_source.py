@@ -23,6 +23,7 @@ from transforms.source import (
     extract_frame,
     insert_rows,
     load_query,
+    load_statements,
     split_sql,
 )
 
@@ -61,13 +62,17 @@ def test_load_query_prefers_the_dialects_file():
     assert "group_concat" in load_query(area7, "sqlite")
     assert "string_agg" in load_query(area7, "postgresql")
     assert "LISTAGG" in load_query(area7, "oracle")  # the portable file
-    # areas 1-2: SQLite reads the measures in person order (measures.sqlite.sql), PostgreSQL the portable file
-    assert "MATERIALIZED" in load_query(1, "sqlite")
-    assert load_query(1, "postgresql") == load_query(1, "oracle") != load_query(1, "sqlite")
+    # areas 1-2: SQLite computes the derived columns in person order into a temporary table first
+    # (measures.sqlite.sql), then reads; PostgreSQL reads with the portable file's one statement
+    create, insert, read = load_statements(1, "sqlite")
+    assert create.startswith("CREATE TEMP TABLE") and insert.startswith("INSERT INTO ams_measures_derived")
+    assert "ams_measures_derived" in read
+    assert load_query(1, "sqlite") == read
+    assert load_statements(1, "postgresql") == load_statements(1, "oracle") == [load_query(1, "postgresql")]
     for area in AREAS:
         for dialect in ("sqlite", "postgresql"):
-            sql = load_query(area, dialect)
-            assert "--" not in sql and not sql.rstrip().endswith(";")
+            for sql in load_statements(area, dialect):
+                assert "--" not in sql and not sql.rstrip().endswith(";")
 
 
 def test_source_url_from_env(monkeypatch):
@@ -214,6 +219,41 @@ def test_chunks_give_the_same_rows_as_one_chunk(demo_db):
         assert all(len(c) <= 37 for c in chunks)
         assert len(chunks) == max(1, -(-len(whole) // 37))
         pd.testing.assert_frame_equal(pd.concat(chunks, ignore_index=True), whole)
+
+
+def test_a_prepared_read_leaves_nothing_on_its_connection(demo_db):
+    """SQLite's areas 1-2 fill a temporary table before the read; it goes with the read, finished or not,
+    so the pool's next user of the connection (the next chunked read, a count) starts clean."""
+    engine, _ = demo_db
+    whole = extract_frame(engine, 1)
+    with engine.connect() as conn:  # the pool's one connection, held so that every read below takes it
+        raw = conn.connection.driver_connection
+        reads = extract_chunks(engine, 1, chunksize=5)
+        assert len(next(reads)) == 5
+        reads.close()  # abandoned after its first chunk
+        assert raw.execute("SELECT name FROM sqlite_temp_master").fetchall() == []
+        assert not raw.in_transaction
+    assert count_rows(engine, 1) == len(whole)
+    pd.testing.assert_frame_equal(extract_frame(engine, 1), whole)
+    with engine.begin() as conn:  # inside a caller's transaction: a savepoint, undone the same way
+        conn.exec_driver_sql("SELECT 1")
+        assert count_rows(engine, 1) == len(whole)
+
+
+def test_sqlite_derives_areas_1_2_in_person_order_from_the_covering_index(demo_db):
+    """The full read's look-ups go in person order over ix_measures_person_type, with no table read and no
+    sort before them (issue 9: in any other order each look-up searches the whole index)."""
+    engine, _ = demo_db
+    create, insert, _read = load_statements(1, "sqlite")
+    with engine.connect() as conn:
+        raw = conn.connection.driver_connection
+        raw.execute("SAVEPOINT plan")
+        raw.execute(create)
+        plan = [r[3] for r in raw.execute("EXPLAIN QUERY PLAN " + insert, {"since": None, "recheck_after": None})]
+        raw.execute("ROLLBACK TO plan")
+    full_read = plan[: plan.index("RIGHT")]  # the UNION ALL's first branch: every measure
+    assert "SCAN measures USING COVERING INDEX ix_measures_person_type" in full_read
+    assert sum("TEMP B-TREE" in step for step in full_read) == 1  # only the record_key order of the table written
 
 
 def test_empty_source_yields_one_empty_frame(sqlite_url):

@@ -6,7 +6,9 @@ one row per candidate record, a column per record field, the derivation inputs o
 Soft-deleted rows are returned too: the pipeline annuls what it delivered before the delete.
 
 A dialect can replace a query with `<name>.<dialect>.sql` beside the portable `<name>.sql`
-(`area7_mentor_support.sqlite.sql`); `load_query` picks the dialect's file first.
+(`area7_mentor_support.sqlite.sql`); `load_query` picks the dialect's file first. A file may hold statements
+that prepare the read before it (SQLite's `measures.sqlite.sql` fills a temporary table): they run on the
+read's connection in a savepoint that is rolled back when the read ends.
 
 Frames are normalised the same way on every database, so SQLite and PostgreSQL give equal frames:
 every column has dtype object and holds plain Python values, None for missing;
@@ -315,13 +317,23 @@ def query_path(area: Area | int | str, dialect: str | Engine) -> Path:
     return specific if specific.exists() else base
 
 
-def load_query(area: Area | int | str, dialect: str | Engine) -> str:
-    """The area's extraction query for a dialect, as one statement without comments or `;`."""
+def load_statements(area: Area | int | str, dialect: str | Engine) -> list[str]:
+    """The area's extraction script for a dialect, as statements without comments or `;`.
+
+    The last statement is the read. Any before it prepare the read on the same connection and in the
+    same transaction (SQLite's areas 1-2 compute their derived columns into a temporary table first:
+    measures.sqlite.sql); they are undone when the read ends.
+    """
     path = query_path(area, dialect)
     statements = split_sql(path.read_text(encoding="utf-8"))
-    if len(statements) != 1:
-        raise ValueError(f"{path}: expected one statement, found {len(statements)}")
-    return statements[0]
+    if not statements:
+        raise ValueError(f"{path}: no statement")
+    return statements
+
+
+def load_query(area: Area | int | str, dialect: str | Engine) -> str:
+    """The area's read statement for a dialect: the last statement of its script."""
+    return load_statements(area, dialect)[-1]
 
 
 #: The change-detection parameters an area's query may take (NULL: the full read). See measures.sql.
@@ -330,7 +342,7 @@ INCREMENTAL_PARAMS = ("since", "recheck_after")
 
 def supports_incremental(area: Area | int | str, dialect: str | Engine) -> bool:
     """The area's query reads changes only (`:since`) and has a mark query (`<name>.mark.sql`)."""
-    return ":since" in load_query(area, dialect) and mark_path(area).exists()
+    return any(":since" in s for s in load_statements(area, dialect)) and mark_path(area).exists()
 
 
 def mark_path(area: Area | int | str) -> Path:
@@ -347,10 +359,10 @@ def change_mark(engine: Engine, area: Area | int | str) -> str | None:
     return None if value is None else _timestamp(value)
 
 
-def _with_defaults(statement: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The parameters, with every change-detection parameter the query names and the caller did not
+def _with_defaults(statements: Sequence[str], params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The parameters, with every change-detection parameter the script names and the caller did not
     give set to NULL (the full read)."""
-    defaults = {name: None for name in INCREMENTAL_PARAMS if f":{name}" in statement}
+    defaults = {name: None for name in INCREMENTAL_PARAMS if any(f":{name}" in s for s in statements)}
     return {**defaults, **dict(params or {})}
 
 
@@ -515,8 +527,9 @@ def extract_chunks(
     if chunksize < 1:
         raise ValueError("chunksize must be at least 1")
     a = _area(area)
-    text = load_query(a, engine)
-    with engine.connect() as conn, _rows(conn, text, _with_defaults(text, params), chunksize) as (columns, partitions):
+    statements = load_statements(a, engine)
+    params_ = _with_defaults(statements, params)
+    with engine.connect() as conn, _rows(conn, statements, params_, chunksize) as (columns, partitions):
         converters = [_converter(column_kind(a, c) or "") for c in columns]
         empty = True
         for rows in partitions:
@@ -527,25 +540,47 @@ def extract_chunks(
 
 
 @contextmanager
-def _rows(conn: sa.Connection, text: str, params: dict[str, Any], chunksize: int
+def _rows(conn: sa.Connection, statements: Sequence[str], params: dict[str, Any], chunksize: int
           ) -> Iterator[tuple[list[str], Iterator[Sequence[Sequence[Any]]]]]:
-    """A statement's column names and its rows in lists of at most `chunksize` tuples; the read ends on leaving."""
+    """A script's read: its column names and rows in lists of at most `chunksize` tuples, after the
+    statements before it. The read ends on leaving, and what the statements before it made goes with it."""
+    *prepare, read = statements
     if dialect_name(conn) == "sqlite":
         # sqlite3 binds the statement's :name parameters itself, and its tuples go to the frame as they are:
         # SQLAlchemy's Row objects cost ~3 s of the task's time at 1M records, outside the query.
         sqlite = conn.connection.driver_connection
         assert sqlite is not None  # an open connection has its DBAPI connection
-        cursor = sqlite.execute(text, params)
-        try:
-            yield [d[0] for d in cursor.description], iter(lambda: cursor.fetchmany(chunksize), [])
-        finally:
-            cursor.close()
+        with _sqlite_read(sqlite, prepare, params):
+            cursor = sqlite.execute(read, params)
+            try:
+                yield [d[0] for d in cursor.description], iter(lambda: cursor.fetchmany(chunksize), [])
+            finally:
+                cursor.close()
     else:  # PostgreSQL: a server-side cursor (stream_results), memory bounded by the chunk
-        result = conn.execution_options(stream_results=True, yield_per=chunksize).execute(sa.text(text), params)
+        for statement in prepare:  # in the read's transaction, which is rolled back when the connection closes
+            conn.execute(sa.text(statement), params)
+        result = conn.execution_options(stream_results=True, yield_per=chunksize).execute(sa.text(read), params)
         try:
             yield list(result.keys()), result.partitions(chunksize)
         finally:
             result.close()
+
+
+@contextmanager
+def _sqlite_read(sqlite: Any, prepare: Sequence[str], params: dict[str, Any]) -> Iterator[None]:
+    """Run the statements that prepare a read in a savepoint, undone (temporary tables dropped) when the
+    read ends; one snapshot of the source for the statements and the read. Nothing to do without any."""
+    if not prepare:
+        yield
+        return
+    sqlite.execute("SAVEPOINT ams_extract")
+    try:
+        for statement in prepare:
+            sqlite.execute(statement, params)
+        yield
+    finally:
+        sqlite.execute("ROLLBACK TO ams_extract")
+        sqlite.execute("RELEASE ams_extract")
 
 
 def extract_frame(engine: Engine, area: Area | int | str, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
@@ -558,7 +593,7 @@ def extract_frame(engine: Engine, area: Area | int | str, params: Mapping[str, A
 
 def count_rows(engine: Engine, area: Area | int | str, params: Mapping[str, Any] | None = None) -> int:
     """How many rows the area's query returns (soft-deleted ones included)."""
-    text = load_query(area, engine)
-    statement = sa.text(f"SELECT COUNT(*) FROM ({text}) AS q")
-    with engine.connect() as conn:
-        return int(conn.execute(statement, _with_defaults(text, params)).scalar_one())
+    *prepare, read = load_statements(area, engine)
+    counting = [*prepare, f"SELECT COUNT(*) FROM ({read}) AS q"]
+    with engine.connect() as conn, _rows(conn, counting, _with_defaults(counting, params), 1) as (_, rows):
+        return int(next(rows)[0][0])

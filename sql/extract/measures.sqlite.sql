@@ -22,22 +22,46 @@
 --                   reporting period's end (dates.future): their outcome changes as the period moves.
 -- The stamp to pass next time comes from measures.mark.sql, read before this query.
 --
--- SQLite's version of measures.sql (which is set-based, for PostgreSQL). SQLite joins by nested loops
--- only: a join per derived column makes the same index lookups as a subquery per column, plus the
--- materialising (measured slower). The selected measures (o) are sorted by record_key once, in the
--- CTE (LIMIT -1 keeps the sort there), and the rows come out in that order with no sort at the end: the
--- first rows come as soon as o is built (1M records: 2.2 s, where sorting the finished rows held the
--- first chunk back 15.7 s, which the checks could not overlap) and the subqueries run as the rows are
--- read. Sorting o by person instead, so that each person's lookups follow one another, was measured no
--- faster at 1M (19.5 s against 19.4 s in all, the source's tables in the OS cache). Back to the row by
--- rowid (15 % less CPU than by measure_id): the contract's SQLite tables are rowid tables.
+-- SQLite's version of measures.sql (which is set-based, for PostgreSQL), in three statements on one
+-- connection and in one savepoint (transforms.source runs the first two, then streams the third, then
+-- rolls the savepoint back, which drops the temporary table).
+--
+-- 1. The derived columns of the selected measures, computed in *person* order and kept in a temporary
+--    table keyed by record_key (~61 bytes a measure: 61 MB at 1M, in SQLite's temporary file).
+--    SQLite joins by nested loops only, so each derived column is an index look-up per measure. In
+--    person order consecutive look-ups land on the same index pages, already in the cache; in record_key
+--    order each is a search of the whole index, and at 1M records those searches grew faster than the
+--    rows (issue 9: 12-13x for 9.9x the rows). A full read takes the measures from
+--    ix_measures_person_type, which holds every column the look-ups need and is in person order: no
+--    table read, no sort before the look-ups. (Sorting the measures by person and fetching each row by
+--    rowid for its look-ups, tried before, was no faster: the row fetches became the searches.) A read
+--    of changes takes the selected rows (the change filter below, few rows) by rowid.
+--    At 1M, CPU in sqlite3 alone: ~6 s for this step and ~7.5 s for the read, against ~24.6 s for the
+--    one-statement query this replaced.
+-- 2. The rows: the temporary table in record_key order, each measure's row by rowid and its job plan.
+--
 -- The subqueries are the as-of rules above as written before; tests/test_extract_equivalence.py
 -- compares this file with the query it replaced.
-WITH o AS MATERIALIZED (
-    SELECT m.rowid AS measure_row
+CREATE TEMP TABLE ams_measures_derived (
+    record_key           TEXT PRIMARY KEY,
+    measure_row          INTEGER NOT NULL,
+    person_cpr           TEXT,
+    main_benefit         TEXT,
+    target_group         TEXT,
+    insured              INTEGER,
+    target_group_at_end  TEXT,
+    insured_at_end       INTEGER,
+    reconciles           INTEGER,
+    overlaps_with        TEXT
+) WITHOUT ROWID;
+
+INSERT INTO ams_measures_derived
+WITH changed AS MATERIALIZED (  -- a read of changes (:since given): the selected measures, few rows
+    SELECT m.person_id, m.measure_type, m.start_date, m.end_date, m.deleted_at, m.measure_id, m.rowid AS measure_row
       FROM measures m
       LEFT JOIN jobplans j ON j.jobplan_id = m.jobplan_id AND j.deleted_at IS NULL
-     WHERE m.updated_at >= COALESCE(:since, m.updated_at)
+     WHERE :since IS NOT NULL AND (
+           m.updated_at >= :since
         OR m.person_id IN (
              SELECT c.person_id FROM persons c WHERE c.updated_at >= :since OR c.deleted_at >= :since
              UNION SELECT c.person_id FROM person_target_groups c WHERE c.updated_at >= :since OR c.deleted_at >= :since
@@ -46,40 +70,24 @@ WITH o AS MATERIALIZED (
              UNION SELECT c.person_id FROM jobplans c WHERE c.updated_at >= :since OR c.deleted_at >= :since
              UNION SELECT c.person_id FROM measures c WHERE c.updated_at >= :since OR c.deleted_at >= :since)
         OR m.jobplan_id IN (SELECT c.jobplan_id FROM jobplans c WHERE c.updated_at >= :since OR c.deleted_at >= :since)
-        OR m.start_date > :recheck_after OR j.created_on > :recheck_after OR j.revised_on > :recheck_after
-     ORDER BY CAST(m.measure_id AS TEXT) LIMIT -1  -- = record_key: the order of the rows read
+        OR m.start_date > :recheck_after OR j.created_on > :recheck_after OR j.revised_on > :recheck_after)
+),
+selected AS (  -- every measure (the full read, :since NULL) from the covering index, or the changed ones
+    SELECT * FROM (
+        SELECT person_id, measure_type, start_date, end_date, deleted_at, measure_id, rowid AS measure_row
+          FROM measures WHERE :since IS NULL ORDER BY person_id)
+    UNION ALL
+    SELECT * FROM changed
 )
 SELECT
-    p.cpr                    AS person_cpr,
-    m.municipality_code      AS municipality_code,
-    m.responsible_jobcenter  AS responsible_jobcentre,
-    m.registering_jobcenter  AS registering_jobcentre,
-    m.measure_id             AS measure_id,
-    m.measure_type           AS measure_type,
-    m.start_date             AS start_date,
-    m.end_date               AS end_date,
-    m.weekly_hours           AS weekly_hours,
-    m.activation_type        AS activation_type,
-    m.jobplan_id             AS jobplan_id,
-    j.created_on             AS jobplan_created_on,
-    j.revised_on             AS jobplan_revised_on,
-    j.employment_goal        AS employment_goal,
-    m.job_order_id           AS job_order_id,
-    m.job_order_type         AS job_order_type,
-    m.provider_cvr           AS provider_cvr,
-    m.provider_pnr           AS provider_pnr,
-    m.ministry_area          AS ministry_area,
-    m.job_title              AS job_title,
-    m.course_type            AS course_type,
-    m.team_id                AS team_id,
+    CAST(m.measure_id AS TEXT) AS record_key,
+    m.measure_row,
+    p.cpr AS person_cpr,
     (SELECT b.benefit_code
        FROM benefits b
       WHERE b.person_id = m.person_id AND b.deleted_at IS NULL
         AND b.valid_from <= m.start_date AND (b.valid_to IS NULL OR b.valid_to >= m.start_date)
       ORDER BY b.valid_from DESC LIMIT 1) AS main_benefit,
-    m.open_offer             AS open_offer,
-    m.location_code          AS location_code,
-    m.worksite_address       AS worksite_address,
     (SELECT tg.target_group
        FROM person_target_groups tg
       WHERE tg.person_id = m.person_id AND tg.deleted_at IS NULL
@@ -113,12 +121,48 @@ SELECT
        FROM measures m2
       WHERE m2.person_id = m.person_id AND m2.measure_type = m.measure_type
         AND m2.measure_id <> m.measure_id AND m2.deleted_at IS NULL
-        AND m2.start_date <= m.end_date AND m.start_date <= m2.end_date) AS overlaps_with,
-    CAST(m.measure_id AS TEXT) AS record_key,
+        AND m2.start_date <= m.end_date AND m.start_date <= m2.end_date) AS overlaps_with
+FROM selected m
+LEFT JOIN persons p ON p.person_id = m.person_id
+ORDER BY record_key;  -- written in key order: appended, not inserted at random
+
+SELECT
+    d.person_cpr             AS person_cpr,
+    m.municipality_code      AS municipality_code,
+    m.responsible_jobcenter  AS responsible_jobcentre,
+    m.registering_jobcenter  AS registering_jobcentre,
+    m.measure_id             AS measure_id,
+    m.measure_type           AS measure_type,
+    m.start_date             AS start_date,
+    m.end_date               AS end_date,
+    m.weekly_hours           AS weekly_hours,
+    m.activation_type        AS activation_type,
+    m.jobplan_id             AS jobplan_id,
+    j.created_on             AS jobplan_created_on,
+    j.revised_on             AS jobplan_revised_on,
+    j.employment_goal        AS employment_goal,
+    m.job_order_id           AS job_order_id,
+    m.job_order_type         AS job_order_type,
+    m.provider_cvr           AS provider_cvr,
+    m.provider_pnr           AS provider_pnr,
+    m.ministry_area          AS ministry_area,
+    m.job_title              AS job_title,
+    m.course_type            AS course_type,
+    m.team_id                AS team_id,
+    d.main_benefit           AS main_benefit,
+    m.open_offer             AS open_offer,
+    m.location_code          AS location_code,
+    m.worksite_address       AS worksite_address,
+    d.target_group           AS target_group,
+    d.insured                AS insured,
+    d.target_group_at_end    AS target_group_at_end,
+    d.insured_at_end         AS insured_at_end,
+    d.reconciles             AS reconciles,
+    d.overlaps_with          AS overlaps_with,
+    d.record_key             AS record_key,
     m.updated_at             AS updated_at,
     m.deleted_at             AS deleted_at
-FROM o
-CROSS JOIN measures m ON m.rowid = o.measure_row
-LEFT JOIN persons p ON p.person_id = m.person_id
+FROM ams_measures_derived d
+CROSS JOIN measures m ON m.rowid = d.measure_row
 LEFT JOIN jobplans j ON j.jobplan_id = m.jobplan_id AND j.deleted_at IS NULL
--- no ORDER BY: the rows come in o's order (record_key); CROSS JOIN keeps o the outer loop
+ORDER BY d.record_key  -- the table's own order: no sort
