@@ -203,11 +203,15 @@ def _link_shared(kept: Path, path: Path) -> bool:
     """`path` as a hard link to the shared copy `kept`, replaced atomically; False where links fail."""
     link = path.with_name(path.name + ".link")
     try:
+        if path.exists() and path.samefile(kept):  # a report written again: it is that copy already
+            return True
         link.unlink(missing_ok=True)
         os.link(kept, link)
         link.replace(path)
     except OSError:
         return False
+    finally:  # rename() between two names of one file does nothing: the temporary name would stay
+        link.unlink(missing_ok=True)
     return True
 
 
@@ -500,10 +504,7 @@ no CPR number appears in this report. Use the record key to find the row in the 
 </html>
 """
 
-_RUN = """{% extends "layout" %}
-{% block title %}AMS data quality - run {{ run.run_id }}{% endblock %}
-{% block body %}
-<h1>AMS data quality: run <span class="run-id">{{ run.run_id }}</span></h1>
+_RUN_HEAD = """<h1>AMS data quality: run <span class="run-id">{{ run.run_id }}</span></h1>
 <div class="meta">
   <div><span>started</span>{{ when(run.started) }}</div>
   <div><span>finished</span>{{ when(run.finished) }}</div>
@@ -519,8 +520,9 @@ _RUN = """{% extends "layout" %}
   {% if docs.exists %}<a href="{{ docs.index }}">Great Expectations Data Docs</a>
   {% else %}<span class="muted">Data Docs were not built (AMS_DATA_DOCS=0)</span>{% endif %}
 </nav>
+"""
 
-<h2 id="counts">Counts per data area</h2>
+_RUN_COUNTS = """<h2 id="counts">Counts per data area</h2>
 <table>
 <thead><tr><th>area</th><th>what</th><th class="n">extracted</th><th class="n">delivered</th><th class="n">annulled</th>
 <th class="n">quarantined</th><th class="n">unchanged</th><th class="n">outstanding</th><th class="n">warnings</th>
@@ -559,7 +561,13 @@ map, contract (pandera), quality (Great Expectations), findings and quarantine s
 diff (against the ledger), payload, xsd, encrypt and add_batch (staging), send (to the agency), receipt
 (stored in the ledger), archive. Peak memory is the larger task's.</p>
 {% endif %}
+"""
 
+_RUN = """{% extends "layout" %}
+{% block title %}AMS data quality - run {{ run.run_id }}{% endblock %}
+{% block body %}
+{% include "run_head" %}
+{% include "run_counts" %}
 <h2 id="plots">At a glance: the last {{ trend.count }} run{{ "s" if trend.count != 1 else "" }}</h2>
 <figure id="plot-quarantine">
 <figcaption><b>Is the quarantine shrinking?</b> Records held back after each run, per data area (oldest left).
@@ -660,6 +668,21 @@ Each expectation names the rule, the field and the paragraph; the suite runs on 
 </tbody>
 </table>
 {{ runs_table(trend.runs) }}
+{% endblock %}
+"""
+
+_QUIET = """{% extends "layout" %}
+{% block title %}AMS data quality - run {{ run.run_id }} (no change){% endblock %}
+{% block body %}
+{% include "run_head" %}
+<p class="info" id="no-change"><b>Nothing changed in this run.</b> No record was sent or annulled, no finding is new
+or resolved, and the open quarantine is the one
+<a href="{{ full_href }}">run <span class="run-id">{{ full_run }}</span></a> left. That run's page shows the
+findings per rule, the open quarantine and the plots; it is not written again for a day like this
+(<a href="quarantine.html">the open quarantine and warnings</a> and the CSVs are the same files). The runs since
+then, this one included, are in <a href="../../index.html">the list of runs</a> and in the trend of the next
+page that shows a change.</p>
+{% include "run_counts" %}
 {% endblock %}
 """
 
@@ -874,7 +897,8 @@ def write_overview(settings: Settings) -> StorePath:
 
 def _env() -> Environment:
     env = Environment(loader=DictLoader({"layout": _LAYOUT, "run": _RUN, "index": _INDEX, "runs_table": _RUNS_TABLE,
-                                         "overview": _OVERVIEW, "lists": _LISTS,
+                                         "overview": _OVERVIEW, "lists": _LISTS, "quiet": _QUIET,
+                                         "run_head": _RUN_HEAD, "run_counts": _RUN_COUNTS,
                                          "quarantine_table": _QUARANTINE_TABLE}),
                       autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.globals["when"] = _when
@@ -1079,6 +1103,7 @@ def write_run_page(run_id: str, settings: Settings) -> Path:
     earlier = _earlier_reports(state, run_id, settings.reports_dir / "runs") if local else []
 
     view, findings_file, view_file, quarantine_file = None, None, None, None
+    unchanged_since = None  # the run whose full page this run's findings and quarantine are the same as
     for kept in earlier:
         same_run = kept["run_id"] == run_id
         # the run before: it started just before this one (nothing between, nothing moved), and this one
@@ -1098,6 +1123,9 @@ def write_run_page(run_id: str, settings: Settings) -> Path:
         quarantine_kept = kept.get("quarantine") or {}
         if quarantine_file is None and quarantine_kept.get("state") == quarantine_now:
             quarantine_file = _reuse(folder / "quarantine.csv", quarantine_kept, shared)
+        if (not same_run and after and follows and kept.get("areas") == areas
+                and findings_kept.get("state") == findings_now and quarantine_kept.get("state") == quarantine_now):
+            unchanged_since = str(kept.get("page") or kept["run_id"])
 
     if quarantine_file is None:
         quarantine_file = _write_csv(folder / "quarantine.csv", _QUARANTINE_CSV_HEADER,
@@ -1115,14 +1143,30 @@ def write_run_page(run_id: str, settings: Settings) -> Path:
     context = _run_context(run_id, settings, state, view)
     lists = _env().get_template("lists").render(**{**context, "generated": ""})
     _write_shared_text(folder / "quarantine.html", lists, shared if local else None)
-    _write_text(page, _env().get_template("run").render(**context))
+    full_run = _quiet_since(context, unchanged_since, settings.reports_dir / "runs")
+    if full_run:  # a day without change: a short page pointing to the last full one (a few kB a day)
+        _write_text(page, _env().get_template("quiet").render(
+            **context, full_run=full_run, full_href=f"../{quote(safe_folder_name(full_run))}/index.html"))
+    else:
+        _write_text(page, _env().get_template("run").render(**context))
     if local and started is not None:
         _write_text(folder / REPORT_STATE, json.dumps({
             "run_id": run_id, "started": started.isoformat(), "written_at": written_at.isoformat(), "areas": areas,
-            "starts": [starts_before, starts_upto],
+            "starts": [starts_before, starts_upto], "page": full_run or run_id,
             "findings": {"state": findings_now, "file": findings_file, "view": view_file},
             "quarantine": {"state": quarantine_now, "file": quarantine_file}}, indent=1, sort_keys=True))
     return page
+
+
+def _quiet_since(context: dict, unchanged_since: str | None, runs_dir: Path) -> str | None:
+    """The run whose full page stands for this one, when this run changed nothing: the findings and the
+    open quarantine are those that run's page shows (`unchanged_since`, from the report states), and this
+    run sent, annulled and released nothing and left nothing outstanding. None: write the full page."""
+    run, totals = context["run"], context["run"]["totals"]
+    if (not unchanged_since or run["status"] != "delivered" or context["released"]
+            or any(totals[c] for c in ("delivered", "annulled", "outstanding"))):
+        return None
+    return unchanged_since if (runs_dir / safe_folder_name(unchanged_since) / "index.html").is_file() else None
 
 
 def _read_view(shared: Path, name: str | None) -> dict | None:

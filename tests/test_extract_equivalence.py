@@ -30,9 +30,28 @@ REFERENCE = Path(__file__).parent / "reference_sql" / "measures.before-set-based
 
 def _reference_frame(engine, monkeypatch, params) -> pd.DataFrame:
     text = source.split_sql(REFERENCE.read_text(encoding="utf-8"))[0]
-    with monkeypatch.context() as patch:
-        patch.setattr(source, "load_query", lambda _area, _dialect: text)
+    with monkeypatch.context() as patch:  # the script extract_chunks reads: the reference's one statement
+        patch.setattr(source, "load_statements", lambda _area, _dialect: [text])
         return extract_frame(engine, 1, params=params)
+
+
+def test_the_reference_is_what_is_read(tmp_path, monkeypatch):
+    """The reference frame comes from the reference query, not from the shipped script (a patch that
+    missed the function extract_chunks reads its script with would compare the script with itself)."""
+    engine = create_engine_from_url(f"sqlite:///{tmp_path / 'source.sqlite'}")
+    create_source_schema(engine)
+    read = []
+    real = source._rows
+
+    def spy(conn, statements, *args):
+        read.append(list(statements))
+        return real(conn, statements, *args)
+
+    monkeypatch.setattr(source, "_rows", spy)
+    _reference_frame(engine, monkeypatch, None)
+    assert read == [[source.split_sql(REFERENCE.read_text(encoding="utf-8"))[0]]]
+    extract_frame(engine, 1)
+    assert read[1] == source.load_statements(1, engine) != read[0]
 
 
 def _assert_same(engine, monkeypatch, params) -> pd.DataFrame:

@@ -9,7 +9,8 @@ order, same counts per rule, same first warnings.
 from __future__ import annotations
 
 import csv
-from datetime import date
+import json
+from datetime import date, datetime
 
 import pandas as pd
 import pytest
@@ -134,14 +135,27 @@ def _without_stamp(page: str) -> str:
     return "\n".join(line for line in page.splitlines() if not line.startswith("<p class=\"muted small\">Written"))
 
 
-def test_a_day_without_change_links_both_csvs_without_reading_the_findings(demo, monkeypatch):
-    from cycle.pipeline import prepare_area
+def _json(path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_a_day_without_change_links_both_csvs_without_reading_the_findings(demo, monkeypatch, tmp_path, request):
+    from cycle.pipeline import deliver_area, prepare_area
+    from receiver.server import start_in_thread
+    from tests.test_delivery_faults import client
     from transforms.source import create_engine_from_url
 
     day = date(2026, 11, 28)
-    prepare_area(1, run_id="r1", period_end=day, settings=demo)
+    receiver = start_in_thread(tmp_path / "receiver.sqlite")
+    request.addfinalizer(receiver.stop)
+
+    def run(run_id: str) -> None:  # a day: prepared and delivered, as the DAG runs it
+        prepare_area(1, run_id=run_id, period_end=day, settings=demo)
+        deliver_area(1, run_id=run_id, settings=demo, client=client(receiver))
+
+    run("r1")
     write_run_report("r1", demo)
-    prepare_area(1, run_id="r2", period_end=day, settings=demo)  # nothing changed at the source
+    run("r2")  # nothing changed at the source
     state = demo.state()
     runs = demo.reports_dir / "runs"
 
@@ -160,32 +174,42 @@ def test_a_day_without_change_links_both_csvs_without_reading_the_findings(demo,
     quarantine = _csv_rows(runs / "r2" / "quarantine.csv")
     assert quarantine and {r["last_seen_run"] for r in quarantine} == {pages.THIS_RUN}
     assert {r["first_seen_run"] for r in quarantine} == {"r1"}
-    # the page from the kept counts is the page read from the tables
+    # nothing changed: a short page that says so and points to r1's full page, not the full page again
     page = (runs / "r2" / "index.html").read_text(encoding="utf-8")
-    assert _without_stamp(page) == _without_stamp(pages.render_run_page("r2", demo))
+    assert 'id="no-change"' in page and 'href="../r1/index.html"' in page
+    assert 'data-counts-area="1"' in page and 'id="plots"' not in page and 'data-rule=' not in page
+    assert len(page.encode()) < 8_000 < (runs / "r1" / "index.html").stat().st_size
+    assert _json(runs / "r2" / "report.json")["page"] == "r1"
+    assert 'id="plots"' in (runs / "r1" / "index.html").read_text(encoding="utf-8")
+    write_run_report("r2", demo)  # its own report again: still quiet, still pointing to r1
+    assert 'href="../r1/index.html"' in (runs / "r2" / "index.html").read_text(encoding="utf-8")
     # the open quarantine and warnings page: a day without change shares it with the day before (one
     # copy, a few kB of run page a day), the day after the first run included
-    prepare_area(1, run_id="r2b", period_end=day, settings=demo)
+    run("r2b")
     write_run_report("r2b", demo)
     lists = runs / "r2b" / "quarantine.html"
     assert lists.stat().st_ino == (runs / "r2" / "quarantine.html").stat().st_ino
     assert lists.stat().st_ino == (runs / "r1" / "quarantine.html").stat().st_ino
     assert lists.stat().st_nlink == 4  # r1, r2, r2b and the shared copy
     assert "data-quarantine-area=" in lists.read_text(encoding="utf-8")
-    assert "data-quarantine-area=" not in (runs / "r2b" / "index.html").read_text(encoding="utf-8")
+    quiet = (runs / "r2b" / "index.html").read_text(encoding="utf-8")
+    assert "data-quarantine-area=" not in quiet
+    assert 'href="../r1/index.html"' in quiet  # a row of quiet days: each points to the last full page
 
-    # a record leaves the source: its findings are resolved, the next report writes findings.csv anew
+    # a record is withdrawn at the source: its findings are resolved, the next report writes findings.csv anew
     gone = state.run_findings("r2")["record_key"].iloc[0]
     engine = create_engine_from_url(demo.source_url)
     with engine.begin() as conn:
-        conn.execute(sa.text("DELETE FROM measures WHERE measure_id = :k"), {"k": gone})
+        conn.execute(sa.text("UPDATE measures SET deleted_at = :now, updated_at = :now WHERE measure_id = :k"),
+                     {"k": gone, "now": datetime.now().strftime("%Y-%m-%d %H:%M:%S")})
     engine.dispose()
-    prepare_area(1, run_id="r3", period_end=day, settings=demo)
+    run("r3")
     write_run_report("r3", demo)
     rows = _csv_rows(runs / "r3" / "findings.csv")
     assert len(rows) == len(state.run_findings("r3")) and gone not in {r["record_key"] for r in rows}
     assert (runs / "r3" / "findings.csv").stat().st_ino != (runs / "r2" / "findings.csv").stat().st_ino
     page = (runs / "r3" / "index.html").read_text(encoding="utf-8")
+    assert 'id="no-change"' not in page and _json(runs / "r3" / "report.json")["page"] == "r3"
     assert _without_stamp(page) == _without_stamp(pages.render_run_page("r3", demo))
 
 
