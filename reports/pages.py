@@ -939,9 +939,11 @@ _QUARANTINE_CSV_HEADER = ("area", "record_key", "person", "rule", "rule_title", 
 THIS_RUN = "this run"
 
 
-def _run_context(run_id: str, settings: Settings, state: StateStore, view: dict | None = None) -> dict:
+def _run_context(run_id: str, settings: Settings, state: StateStore, view: dict | None = None,
+                 history: bool = True) -> dict:
     """What the run page shows. `view`: what it shows of the run's findings (rules, warnings,
-    warnings_count), from `_findings_view`; read from the state DB when not given."""
+    warnings_count), from `_findings_view`; read from the state DB when not given. `history`: with the
+    trend and plots (`_history`), which only the full page shows."""
     run = _run_overview(state, run_id)
     if not run["areas"]:
         raise LookupError(f"run {run_id!r} is not in the state database")
@@ -961,15 +963,9 @@ def _run_context(run_id: str, settings: Settings, state: StateStore, view: dict 
             return Markup('<span class="muted">this run</span>')
         return run_link(other)
 
-    trend = _trend(state, run_id, reports_dir, "../")
-    for o in trend["runs"]:  # this page, being written (before it exists the link went to summary.md)
-        if o["current"]:
-            o["href"] = f"../{quote(run['safe'])}/index.html"
-    top_rules_chart, top_rules = _top_rules(trend)
     return {
         "run": run,
-        "plots": {"quarantine": _quarantine_plot(trend), "top_rules": top_rules_chart, "top_rules_rows": top_rules,
-                  "release": _release_times(state, trend)},
+        **(_history(state, run, reports_dir) if history else {}),
         "rules": _rule_counts(view["rules"]),
         "phase_names": list(dict.fromkeys(p for a in run["areas"] for p in (a.get("phases") or {}))),
         "warnings": view["warnings"][:MAX_ROWS],
@@ -983,11 +979,22 @@ def _run_context(run_id: str, settings: Settings, state: StateStore, view: dict 
         "run_id": run_id,
         "released": _released_in(state, run_id),
         "docs": _data_docs_links(run_id, reports_dir),
-        "trend": trend,
         "run_ref": run_ref,
         "run_link": run_link,  # the same from every run's folder (quarantine.html is shared between them)
         "generated": _when(datetime.now(UTC)),
     }
+
+
+def _history(state: StateStore, run: dict, reports_dir: Path) -> dict:
+    """The full run page's trend and plots over the last TREND_RUNS runs up to `run` (an overview)."""
+    trend = _trend(state, run["run_id"], reports_dir, "../")
+    for o in trend["runs"]:  # this page, being written (before it exists the link went to summary.md)
+        if o["current"]:
+            o["href"] = f"../{quote(run['safe'])}/index.html"
+    top_rules_chart, top_rules = _top_rules(trend)
+    return {"trend": trend,
+            "plots": {"quarantine": _quarantine_plot(trend), "top_rules": top_rules_chart,
+                      "top_rules_rows": top_rules, "release": _release_times(state, trend)}}
 
 
 def _findings_view(state: StateStore, run_id: str, tally: tables.FindingsTally | None = None) -> dict:
@@ -1140,7 +1147,7 @@ def write_run_page(run_id: str, settings: Settings) -> Path:
             if not (shared / view_file).is_file():
                 _write_text(shared / view_file, json.dumps(view, sort_keys=True))
     page = folder / "index.html"
-    context = _run_context(run_id, settings, state, view)
+    context = _run_context(run_id, settings, state, view, history=False)  # the trend and plots: full pages only
     lists = _env().get_template("lists").render(**{**context, "generated": ""})
     _write_shared_text(folder / "quarantine.html", lists, shared if local else None)
     full_run = _quiet_since(context, unchanged_since, settings.reports_dir / "runs")
@@ -1148,6 +1155,7 @@ def write_run_page(run_id: str, settings: Settings) -> Path:
         _write_text(page, _env().get_template("quiet").render(
             **context, full_run=full_run, full_href=f"../{quote(safe_folder_name(full_run))}/index.html"))
     else:
+        context.update(_history(state, context["run"], settings.reports_dir))
         _write_text(page, _env().get_template("run").render(**context))
     if local and started is not None:
         _write_text(folder / REPORT_STATE, json.dumps({
