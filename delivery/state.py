@@ -669,12 +669,18 @@ class StateStore:
                          updated_at=stamp) for r in new])
             if old:
                 # SET expressions read the row's old values: a released entry opens again as first seen now.
+                # An open entry seen again as it was (a record read again, unchanged) keeps its stamp: only
+                # `last_seen_run` moves, so the quarantine's state (tables.quarantine_state) says nothing
+                # changed and a day without change gets its short report page.
+                changed = sa.or_(quarantine.c.status != "open", quarantine.c.findings != sa.bindparam("b_findings"),
+                                 quarantine.c.masked_person.is_distinct_from(sa.bindparam("b_person")))
                 conn.execute(quarantine.update().where(
                     quarantine.c.area == area, quarantine.c.record_key == sa.bindparam("b_key")).values(
                     masked_person=sa.bindparam("b_person"), findings=sa.bindparam("b_findings"), status="open",
                     first_seen_run=sa.case((quarantine.c.status != "open", run_id),
                                            else_=quarantine.c.first_seen_run),
-                    last_seen_run=run_id, released_run=None, updated_at=sa.bindparam("b_stamp")), old)
+                    last_seen_run=run_id, released_run=None,
+                    updated_at=sa.case((changed, sa.bindparam("b_stamp")), else_=quarantine.c.updated_at)), old)
 
     def release_quarantine(self, run_id: str, area: int, keep: Iterable[str] = (),
                            read_hashes: np.ndarray | None = None) -> int:

@@ -184,8 +184,18 @@ def test_a_day_without_change_links_both_csvs_without_reading_the_findings(demo,
     write_run_report("r2", demo)  # its own report again: still quiet, still pointing to r1
     assert 'href="../r1/index.html"' in (runs / "r2" / "index.html").read_text(encoding="utf-8")
     # the open quarantine and warnings page: a day without change shares it with the day before (one
-    # copy, a few kB of run page a day), the day after the first run included
+    # copy, a few kB of run page a day), the day after the first run included. A quarantined record read
+    # again as it was (its person stamped, nothing else changed) leaves the day quiet.
+    again = state.open_quarantine(1)[0]
+    engine = create_engine_from_url(demo.source_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE persons SET updated_at = :now WHERE person_id = "
+                             "(SELECT person_id FROM measures WHERE measure_id = :k)"),
+                     {"k": again["record_key"], "now": datetime.now().strftime("%Y-%m-%d %H:%M:%S")})
+    engine.dispose()
     run("r2b")
+    seen = next(q for q in state.open_quarantine(1) if q["record_key"] == again["record_key"])
+    assert seen["last_seen_run"] == "r2b" and seen["updated_at"] == again["updated_at"]
     write_run_report("r2b", demo)
     lists = runs / "r2b" / "quarantine.html"
     assert lists.stat().st_ino == (runs / "r2" / "quarantine.html").stat().st_ino
