@@ -939,11 +939,10 @@ _QUARANTINE_CSV_HEADER = ("area", "record_key", "person", "rule", "rule_title", 
 THIS_RUN = "this run"
 
 
-def _run_context(run_id: str, settings: Settings, state: StateStore, view: dict | None = None,
-                 history: bool = True) -> dict:
-    """What the run page shows. `view`: what it shows of the run's findings (rules, warnings,
-    warnings_count), from `_findings_view`; read from the state DB when not given. `history`: with the
-    trend and plots (`_history`), which only the full page shows."""
+def _run_context(run_id: str, settings: Settings, state: StateStore, view: dict | None = None) -> dict:
+    """What the run's pages show but the trend and plots, which only the full page shows (`_history`).
+    `view`: what it shows of the run's findings (rules, warnings, warnings_count), from `_findings_view`;
+    read from the state DB when not given."""
     run = _run_overview(state, run_id)
     if not run["areas"]:
         raise LookupError(f"run {run_id!r} is not in the state database")
@@ -965,7 +964,6 @@ def _run_context(run_id: str, settings: Settings, state: StateStore, view: dict 
 
     return {
         "run": run,
-        **(_history(state, run, reports_dir) if history else {}),
         "rules": _rule_counts(view["rules"]),
         "phase_names": list(dict.fromkeys(p for a in run["areas"] for p in (a.get("phases") or {}))),
         "warnings": view["warnings"][:MAX_ROWS],
@@ -1010,7 +1008,8 @@ def _findings_view(state: StateStore, run_id: str, tally: tables.FindingsTally |
 def render_run_page(run_id: str, settings: Settings) -> str:
     """The run's page as HTML (self-contained; links are relative to runs/<safe run id>/)."""
     state = settings.state()
-    return _env().get_template("run").render(**_run_context(run_id, settings, state))
+    context = _run_context(run_id, settings, state)
+    return _env().get_template("run").render(**context, **_history(state, context["run"], settings.reports_dir))
 
 
 def render_lists_page(run_id: str, settings: Settings) -> str:
@@ -1147,7 +1146,7 @@ def write_run_page(run_id: str, settings: Settings) -> Path:
             if not (shared / view_file).is_file():
                 _write_text(shared / view_file, json.dumps(view, sort_keys=True))
     page = folder / "index.html"
-    context = _run_context(run_id, settings, state, view, history=False)  # the trend and plots: full pages only
+    context = _run_context(run_id, settings, state, view)
     lists = _env().get_template("lists").render(**{**context, "generated": ""})
     _write_shared_text(folder / "quarantine.html", lists, shared if local else None)
     full_run = _quiet_since(context, unchanged_since, settings.reports_dir / "runs")
