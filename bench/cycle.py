@@ -220,10 +220,17 @@ def _bench(args: argparse.Namespace, home: Path) -> int:
             "postgresql") else f"sqlite:///{Path(small.home) / 'source.sqlite'}")
         small.state_url = f"sqlite:///{Path(small.home) / 'state.sqlite'}"
         Path(small.home).mkdir(parents=True, exist_ok=True)
-        print(f"== {args.linear_from:,} records first (--linear-from)", flush=True)
-        small_runs = _measure_runs(small, Path(small.home))
-        print(f"== {args.rows:,} records", flush=True)
-    runs = _measure_runs(args, home)
+        # The sizes' runs interleaved (the i-th at each size back to back): on a shared machine the load
+        # drifts over the half hour of a run set, and with every small run first a drift between the two sets
+        # showed as growth in every phase (tenth pass: the floor itself grew 10.8x for 9.9x the rows).
+        runs = []
+        for i in range(args.repeat):
+            for size, size_home, kept in ((small, Path(small.home), small_runs), (args, home, runs)):
+                print(f"== {size.rows:,} records, run {i + 1} of {args.repeat}"
+                      + (" (--linear-from)" if size is small else ""), flush=True)
+                kept.append(_measure(_again(size, i), size_home))
+    else:
+        runs = _measure_runs(args, home)
     floor, results = median_run(runs)
     print()
     print(format_table(args, floor, results))
@@ -258,8 +265,13 @@ def _measure_runs(args: argparse.Namespace, home: Path) -> list[tuple[dict, dict
     for i in range(args.repeat):
         if args.repeat > 1:
             print(f"-- run {i + 1} of {args.repeat}", flush=True)
-        runs.append(_measure(args if i == 0 else argparse.Namespace(**{**vars(args), "reuse_source": True}), home))
+        runs.append(_measure(_again(args, i), home))
     return runs
+
+
+def _again(args: argparse.Namespace, i: int) -> argparse.Namespace:
+    """The i-th run's arguments: after the first, the source the first made (or was given) is reused."""
+    return args if i == 0 else argparse.Namespace(**{**vars(args), "reuse_source": True})
 
 
 def median_run(runs: list[tuple[dict, dict[str, dict]]]) -> tuple[dict, dict[str, dict]]:

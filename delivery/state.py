@@ -44,7 +44,7 @@ import os
 import socket
 import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
@@ -591,7 +591,7 @@ class StateStore:
         """Store what changed in the findings of the records `read` (default: those `frame` names): a
         new or changed finding is inserted, one that no longer holds gets `resolved_run`, an unchanged
         one is left alone, so a day with no change stores nothing. Returns the rows written.
-        A set operation: the keys go into the temporary key table and the open findings are joined."""
+        A set operation: the records' open findings are read at once (`_open_findings`) and compared in pandas."""
         columns = ["record_key", "rule", "field", "paragraph", "severity", "message"]
         new = frame[columns].assign(message=_mask_texts(frame["message"])) if len(frame) else (
             pd.DataFrame(columns=columns))
@@ -1090,7 +1090,7 @@ _OPEN_FINDINGS = ("SELECT f.id, f.record_key, f.rule, f.field, f.paragraph, f.se
                   "FROM ams_findings f WHERE f.area = :area AND f.resolved_run IS NULL AND ")
 
 
-def _open_findings(conn: Connection, area: int, keys: list[str]) -> list:
+def _open_findings(conn: Connection, area: int, keys: list[str]) -> Sequence[sa.Row]:
     """The open findings of the records `keys` (each once).
 
     On SQLite, a chunk of a full read holds every record in its range of keys (the read is ordered by key), so
