@@ -142,6 +142,15 @@ def _run_cycle(args: argparse.Namespace, run_id: str, host: str, port: int, extr
     # prepare's checking child (AMS_PREPARE_PROCESS): its own peak, beside the task's; 0 when it did not run
     result["rss"]["checks"] = counts.get("peak_rss_mib_checks", 0)
     result["peak_rss_mib"] = max(result["rss"][s] for s in ("prepare", "deliver"))
+    if result.get("delivered", {}).get("batches_rejected"):
+        # A whole batch refused (a SOAP fault): the day's figures are not those of a delivery. Say why, loudly.
+        with settings.state().begin() as conn:
+            reasons = conn.exec_driver_sql(
+                "SELECT error_code, error_text, COUNT(*) FROM ams_ledger WHERE status = 'rejected' "
+                "GROUP BY error_code, error_text ORDER BY COUNT(*) DESC LIMIT 3").all()
+        print(f"WARNING: the receiver refused {result['delivered']['batches_rejected']} batches of {run_id}, "
+              "so its figures are not a delivery's: " + "; ".join(f"{c} {t} ({n:,} records)" for c, t, n in reasons),
+              flush=True)
     return result
 
 
