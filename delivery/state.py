@@ -614,16 +614,23 @@ class StateStore:
 
     def resolve_findings_not_read(self, run_id: str, area: int, read_hashes: np.ndarray) -> int:
         """After a full read: resolve the open findings of records the source no longer has. `read_hashes`
-        holds hash(record_key) of every record read, sorted (8 bytes a record instead of the key)."""
+        holds hash(record_key) of every record read, sorted (8 bytes a record instead of the key).
+        The area's keys come off the (area, record_key) index alone, in its order; only the findings of keys
+        not read are looked up in the table (issue 9: reading every open finding's row for its run and state
+        was a look-up per finding, 42x the time for 10x the findings at 1M records on SQLite)."""
+        not_read: list[str] = []
         gone: list[int] = []
         with self.begin() as conn:
             result = conn.execution_options(stream_results=True, yield_per=50_000).execute(
-                sa.select(findings.c.id, findings.c.record_key).where(
-                    findings.c.area == area, findings.c.resolved_run.is_(None), findings.c.run_id != run_id))
+                sa.select(findings.c.record_key).where(findings.c.area == area).distinct())
             for rows in result.partitions():
-                hashes = np.fromiter((hash(r.record_key) for r in rows), dtype=np.int64, count=len(rows))
-                missing = ~np.isin(hashes, read_hashes)
-                gone += [int(r.id) for r, m in zip(rows, missing, strict=True) if m]
+                keys = [r.record_key for r in rows]
+                missing = ~np.isin(np.fromiter(map(hash, keys), dtype=np.int64, count=len(keys)), read_hashes)
+                not_read += [k for k, m in zip(keys, missing, strict=True) if m]
+            for part in _chunks(not_read):
+                gone += conn.execute(sa.select(findings.c.id).where(
+                    findings.c.area == area, findings.c.record_key.in_(part), findings.c.resolved_run.is_(None),
+                    findings.c.run_id != run_id)).scalars().all()
             for part in _chunks(gone):
                 conn.execute(findings.update().where(findings.c.id.in_(part)).values(resolved_run=run_id))
         return len(gone)

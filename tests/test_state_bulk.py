@@ -142,16 +142,20 @@ FINDING = st.tuples(st.sampled_from(KEYS), st.sampled_from(["code.invalid", "cpr
 DAY = st.tuples(st.lists(st.sampled_from(KEYS), unique=True), st.lists(FINDING, unique=True, max_size=8))
 
 
-def _stored_findings(days: list, per_key: int, url: str) -> list[tuple]:
+def _stored_findings(days: list, per_key: int, url: str, full: tuple) -> list[tuple]:
     import delivery.state
 
     store = StateStore(url)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(delivery.state, "_FINDINGS_PER_KEY", per_key)
-        for n, (read, found) in enumerate(days):
+        for n, (read, found) in enumerate([*days, full]):
             frame = pd.DataFrame(found, columns=["record_key", "rule", "severity", "message"]).assign(
                 field="f", paragraph="§ 3")
             store.record_findings(f"r{n}", 1, frame, read=sorted(read))
+        # the last day was a full read: the records it did not read are gone from the source
+        read = {*full[0], *(f[0] for f in full[1])}
+        hashes = np.unique(np.array([hash(k) for k in read], dtype=np.int64))
+        store.resolve_findings_not_read(f"r{len(days)}", 1, hashes)
         with store.begin() as conn:
             rows = [tuple(r) for r in conn.exec_driver_sql(
                 "SELECT record_key, rule, severity, message, run_id, resolved_run FROM ams_findings ORDER BY id").all()]
@@ -160,18 +164,20 @@ def _stored_findings(days: list, per_key: int, url: str) -> list[tuple]:
 
 
 @settings(max_examples=60, deadline=None)
-@given(days=st.lists(DAY, min_size=1, max_size=5))
-def test_a_chunks_open_findings_are_the_same_read_as_a_range_or_by_key(tmp_path_factory, days):
+@given(days=st.lists(DAY, max_size=5), full=DAY)
+def test_a_chunks_open_findings_are_the_same_read_as_a_range_or_by_key(tmp_path_factory, days, full):
     """Property: over any days of reads (dense or sparse keys, findings new, kept or gone), storing the findings
     reads the same open findings whether the chunk's range is read (a full read's chunk) or its keys are looked
     up (a read of the changes), and both store what a model of the rule stores: a finding of a record read that
-    no longer holds is resolved in that run, a new one added, an unchanged one left alone; others untouched."""
+    no longer holds is resolved in that run, a new one added, an unchanged one left alone; others untouched.
+    The last day (`full`) is a full read: then the open findings of records it did not read are resolved
+    (`resolve_findings_not_read`), and those of records it read are left as the day's findings say."""
     root = tmp_path_factory.mktemp("findings")
-    by_range = _stored_findings(days, 10**9, f"sqlite:///{root / 'range.sqlite'}", )
-    by_key = _stored_findings(days, -1, f"sqlite:///{root / 'keys.sqlite'}")
+    by_range = _stored_findings(days, 10**9, f"sqlite:///{root / 'range.sqlite'}", full)
+    by_key = _stored_findings(days, -1, f"sqlite:///{root / 'keys.sqlite'}", full)
     assert by_range == by_key
     model: dict[tuple, list] = {}  # finding -> [run stored, run resolved]
-    for n, (read, found) in enumerate(days):
+    for n, (read, found) in enumerate([*days, full]):
         now = {(k, r, s, m.replace("0101901234", "010190-****")) for k, r, s, m in found}
         for finding, runs in model.items():
             if runs[1] is None and finding[0] in {*read, *(f[0] for f in now)} and finding not in now:
@@ -181,5 +187,9 @@ def test_a_chunks_open_findings_are_the_same_read_as_a_range_or_by_key(tmp_path_
             if model[finding][1] is not None:  # found again after it was resolved: a new row
                 model[(*finding, n)] = model.pop(finding)
                 model[finding] = [f"r{n}", None]
+    read_last = {*full[0], *(f[0] for f in full[1])}
+    for finding, runs in model.items():
+        if runs[1] is None and finding[0] not in read_last:
+            runs[1] = f"r{len(days)}"
     assert sorted((*f[:4], *runs) for f, runs in model.items()) == sorted(by_key)
     assert not any("0101901234" in r[3] for r in by_key)
