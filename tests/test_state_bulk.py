@@ -193,3 +193,15 @@ def test_a_chunks_open_findings_are_the_same_read_as_a_range_or_by_key(tmp_path_
             runs[1] = f"r{len(days)}"
     assert sorted((*f[:4], *runs) for f, runs in model.items()) == sorted(by_key)
     assert not any("0101901234" in r[3] for r in by_key)
+
+
+@settings(max_examples=100, deadline=None)
+@given(keys=st.lists(st.text(max_size=4), max_size=30), read=st.lists(st.text(max_size=4), max_size=30))
+def test_a_keys_hash_is_found_in_the_sorted_read_hashes_as_isin_finds_it(keys, read):
+    """Property: `_hashed_in` (a binary search in the pipeline's sorted, unique hashes) answers what `np.isin`
+    answers, for keys read and not read, and with no hashes at all."""
+    from delivery.state import _hashed_in
+
+    hashes = np.unique(np.array([hash(k) for k in read], dtype=np.int64))
+    expected = np.isin(np.array([hash(k) for k in keys], dtype=np.int64), hashes)
+    assert _hashed_in(keys, hashes).tolist() == expected.tolist() == [k in set(read) for k in keys]
