@@ -51,7 +51,7 @@ from delivery.archive import (
     sha256,
 )
 from delivery.objectstore import StorePath, copy_tree, is_local
-from delivery.state import ACKNOWLEDGED, OUTSTANDING, STAGED_IN_DB, AreaBusy, StateStore
+from delivery.state import ACKNOWLEDGED, OUTSTANDING, STAGED_IN_DB, AreaBusy, StateStore, sorted_hashes
 from transforms import mapping
 from transforms.registry import Area, InterfaceVersion, get_area, version_in_force
 
@@ -506,7 +506,7 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
         engine.dispose()
     # Records the receiver refused stay in quarantine until their content changes.
     with timer.phase("findings"):
-        read = np.unique(np.concatenate(read_hashes)) if read_hashes else np.empty(0, dtype=np.int64)
+        read = sorted_hashes(read_hashes)
         del read_hashes
         # After a read of the changes only, a record not read has not changed: its quarantine entry and
         # findings stand. After a full read, a record not read is gone from the source.

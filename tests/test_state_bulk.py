@@ -198,10 +198,12 @@ def test_a_chunks_open_findings_are_the_same_read_as_a_range_or_by_key(tmp_path_
 @settings(max_examples=100, deadline=None)
 @given(keys=st.lists(st.text(max_size=4), max_size=30), read=st.lists(st.text(max_size=4), max_size=30))
 def test_a_keys_hash_is_found_in_the_sorted_read_hashes_as_isin_finds_it(keys, read):
-    """Property: `_hashed_in` (a binary search in the pipeline's sorted, unique hashes) answers what `np.isin`
-    answers, for keys read and not read, and with no hashes at all."""
-    from delivery.state import _hashed_in
+    """Property: `sorted_hashes` of a run's chunks is `np.unique` of them, and `_hashed_in` (a binary search in
+    it) answers what `np.isin` answers, for keys read and not read, and with no hashes at all."""
+    from delivery.state import _hashed_in, sorted_hashes
 
-    hashes = np.unique(np.array([hash(k) for k in read], dtype=np.int64))
+    parts = [np.array([hash(k) for k in read[i:i + 7]], dtype=np.int64) for i in range(0, len(read), 7)]
+    hashes = sorted_hashes(parts)
+    assert hashes.tolist() == np.unique(np.array([hash(k) for k in read], dtype=np.int64)).tolist()
     expected = np.isin(np.array([hash(k) for k in keys], dtype=np.int64), hashes)
     assert _hashed_in(keys, hashes).tolist() == expected.tolist() == [k in set(read) for k in keys]
