@@ -638,7 +638,7 @@ class StateStore:
     @staticmethod
     def _insert_findings(conn: Connection, rows: pd.DataFrame, *, masked: bool = False,
                          resolved_run: str | None = None) -> None:
-        rows = rows if masked else rows.assign(message=rows["message"].map(mask_cpr_in_text))
+        rows = rows if masked else rows.assign(message=_mask_texts(rows["message"]))
         _insert_many(conn, findings, {
             **{c: _column(rows[c]) for c in ("run_id", "area", "record_key", "rule", "field", "paragraph", "severity",
                                              "message")}, "resolved_run": resolved_run})
