@@ -51,7 +51,15 @@ from delivery.archive import (
     sha256,
 )
 from delivery.objectstore import StorePath, copy_tree, is_local
-from delivery.state import ACKNOWLEDGED, OUTSTANDING, STAGED_IN_DB, AreaBusy, StateStore, sorted_hashes
+from delivery.state import (
+    ACKNOWLEDGED,
+    OUTSTANDING,
+    STAGED_IN_DB,
+    AreaBusy,
+    FindingsCover,
+    StateStore,
+    sorted_hashes,
+)
 from transforms import mapping
 from transforms.registry import Area, InterfaceVersion, get_area, version_in_force
 
@@ -432,6 +440,7 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
     rules: Counter = Counter()
     rejected_by_receiver: set[str] = set()
     read_hashes: list[np.ndarray] = []  # hash(record_key) of every record read: 8 bytes a record, not the key
+    cover = FindingsCover()  # where the chunks read the open findings: the end of a full read looks elsewhere
     docs_index = None
     engine = create_engine_from_url(settings.source_url)
     try:
@@ -473,7 +482,7 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
             found = checked.found
             with timer.phase("findings"):
                 counts["findings_stored"] += state.record_findings(run_id, area.number, found,
-                                                                   read=checked.read_keys)
+                                                                   read=checked.read_keys, cover=cover)
                 read_hashes.append(np.fromiter(map(hash, checked.read_keys), dtype=np.int64))
             # Records, not findings: one record with three bad codes counts once for code.invalid.
             rules.update(f"{r.rule}:{r.severity}" for r in
@@ -513,7 +522,7 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
         state.release_quarantine(run_id, area.number, keep=rejected_by_receiver,
                                  read_hashes=None if plan.full else read)
         if plan.full:
-            counts["findings_stored"] += state.resolve_findings_not_read(run_id, area.number, read)
+            counts["findings_stored"] += state.resolve_findings_not_read(run_id, area.number, read, cover)
         else:
             # The records held back and not read (unchanged) are still held back: the run's counts show
             # the area's whole quarantine, as a full read's do (extracted = ... + quarantined + ...).

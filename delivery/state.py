@@ -46,6 +46,7 @@ import time
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
@@ -587,11 +588,12 @@ class StateStore:
     # --- findings and quarantine ----------------------------------------------------------------
 
     def record_findings(self, run_id: str, area: int, frame: pd.DataFrame, read: Iterable[str] | None = None,
-                        ) -> int:
+                        cover: FindingsCover | None = None) -> int:
         """Store what changed in the findings of the records `read` (default: those `frame` names): a
         new or changed finding is inserted, one that no longer holds gets `resolved_run`, an unchanged
         one is left alone, so a day with no change stores nothing. Returns the rows written.
-        A set operation: the records' open findings are read at once (`_open_findings`) and compared in pandas."""
+        A set operation: the records' open findings are read at once (`_open_findings`) and compared in pandas.
+        A full read passes one `cover` to all its chunks, and then to `resolve_findings_not_read`."""
         columns = ["record_key", "rule", "field", "paragraph", "severity", "message"]
         new = frame[columns].assign(message=_mask_texts(frame["message"])) if len(frame) else (
             pd.DataFrame(columns=columns))
@@ -599,7 +601,7 @@ class StateStore:
         if not keys:
             return 0
         with self.begin() as conn:
-            old = pd.DataFrame(_open_findings(conn, area, keys), columns=["id", *columns])
+            old = pd.DataFrame(_open_findings(conn, area, keys, cover), columns=["id", *columns])
             if old.empty:  # the records' first findings (a first load, new records): all are added, in the
                 gone, added = [], new.fillna("").sort_values(columns)  # order the merge gives them
             else:
@@ -612,21 +614,31 @@ class StateStore:
                 self._insert_findings(conn, added.assign(run_id=run_id, area=area), masked=True)
         return len(gone) + len(added)
 
-    def resolve_findings_not_read(self, run_id: str, area: int, read_hashes: np.ndarray) -> int:
+    def resolve_findings_not_read(self, run_id: str, area: int, read_hashes: np.ndarray,
+                                  cover: FindingsCover | None = None) -> int:
         """After a full read: resolve the open findings of records the source no longer has. `read_hashes`
         holds hash(record_key) of every record read, sorted (8 bytes a record instead of the key).
-        The area's keys come off the (area, record_key) index alone, in its order; only the findings of keys
-        not read are looked up in the table (issue 9: reading every open finding's row for its run and state
-        was a look-up per finding, 42x the time for 10x the findings at 1M records on SQLite)."""
+        The keys looked at are those the read's chunks saw in their ranges and did not read (`cover`), and the
+        area's keys outside those ranges, read off the (area, record_key) index alone; only the findings of
+        keys not read are looked up in the table. Without `cover`, every key of the area is looked at.
+        (Issue 9: reading every open finding's row was a look-up per finding, 42x the time for 10x the
+        findings at 1M records on SQLite; scanning every key of the index at the end still grew 21x.)"""
+        cover = cover or FindingsCover()
         not_read: list[str] = []
         gone: list[int] = []
         with self.begin() as conn:
-            result = conn.execution_options(stream_results=True, yield_per=50_000).execute(
-                sa.select(findings.c.record_key).where(findings.c.area == area).distinct())
-            for rows in result.partitions():
-                keys = [r.record_key for r in rows]
-                missing = ~_hashed_in(keys, read_hashes)
-                not_read += [k for k, m in zip(keys, missing, strict=True) if m]
+            for after, before in cover.gaps():
+                query = sa.select(findings.c.record_key).where(findings.c.area == area)
+                if after is not None:
+                    query = query.where(findings.c.record_key > after)
+                if before is not None:
+                    query = query.where(findings.c.record_key < before)
+                result = conn.execution_options(stream_results=True, yield_per=50_000).execute(query.distinct())
+                for rows in result.partitions():
+                    keys = [r.record_key for r in rows]
+                    not_read += [k for k, hit in zip(keys, _hashed_in(keys, read_hashes), strict=True) if not hit]
+            unread = sorted(cover.unread)
+            not_read += [k for k, hit in zip(unread, _hashed_in(unread, read_hashes), strict=True) if not hit]
             for part in _chunks(not_read):
                 gone += conn.execute(sa.select(findings.c.id).where(
                     findings.c.area == area, findings.c.record_key.in_(part), findings.c.resolved_run.is_(None),
@@ -1097,7 +1109,36 @@ _OPEN_FINDINGS = ("SELECT f.id, f.record_key, f.rule, f.field, f.paragraph, f.se
                   "FROM ams_findings f WHERE f.area = :area AND f.resolved_run IS NULL AND ")
 
 
-def _open_findings(conn: Connection, area: int, keys: list[str]) -> Sequence[sa.Row]:
+@dataclass
+class FindingsCover:
+    """Where a full read's chunks looked at the open findings, so that its end looks only elsewhere.
+
+    `ranges`: the key ranges whose open findings a chunk read whole (SQLite's range path of `_open_findings`);
+    `unread`: the keys in those ranges with open findings that the chunk did not read (another chunk read
+    them, or the source no longer has them). An open finding older than the run with a key in a range was
+    open when its chunk read the range (a resolved finding stays resolved), so it is either a key that chunk
+    read or one in `unread`: `resolve_findings_not_read` needs the rest of the index only (`gaps`), and the
+    chunks' ranges cover nearly all of it when the read is in key order, as full reads are."""
+    ranges: list[tuple[str, str]] = field(default_factory=list)
+    unread: set[str] = field(default_factory=set)
+
+    def gaps(self) -> list[tuple[str | None, str | None]]:
+        """The key intervals no range covers, as (after, before), both bounds exclusive, None for no bound."""
+        gaps: list[tuple[str | None, str | None]] = []
+        covered: str | None = None  # the highest key covered so far (None: nothing yet)
+        for low, high in sorted(self.ranges):
+            if covered is None:
+                gaps.append((None, low))
+                covered = high
+            elif low > covered:
+                gaps.append((covered, low))
+            covered = max(covered, high)
+        gaps.append((covered, None))
+        return gaps
+
+
+def _open_findings(conn: Connection, area: int, keys: list[str],
+                   cover: FindingsCover | None = None) -> Sequence[sa.Row]:
     """The open findings of the records `keys` (each once).
 
     On SQLite, a chunk of a full read holds every record in its range of keys (the read is ordered by key), so
@@ -1115,8 +1156,11 @@ def _open_findings(conn: Connection, area: int, keys: list[str]) -> Sequence[sa.
                                 bounds).scalar_one()
         if in_range <= _FINDINGS_PER_KEY * len(keys):
             wanted = set(keys)
-            return [r for r in conn.execute(sa.text(_OPEN_FINDINGS + between), bounds).all()
-                    if r.record_key in wanted]
+            rows = conn.execute(sa.text(_OPEN_FINDINGS + between), bounds).all()
+            if cover is not None:
+                cover.ranges.append((bounds["low"], bounds["high"]))
+                cover.unread.update(r.record_key for r in rows if r.record_key not in wanted)
+            return [r for r in rows if r.record_key in wanted]
     _load_keys(conn, keys)
     rows = conn.execute(sa.text(_OPEN_FINDINGS + "f.record_key IN (SELECT record_key FROM ams_diff_keys)"),
                         {"area": area}).all()

@@ -142,20 +142,35 @@ FINDING = st.tuples(st.sampled_from(KEYS), st.sampled_from(["code.invalid", "cpr
 DAY = st.tuples(st.lists(st.sampled_from(KEYS), unique=True), st.lists(FINDING, unique=True, max_size=8))
 
 
-def _stored_findings(days: list, per_key: int, url: str, full: tuple) -> list[tuple]:
+def _full_read_chunks(full: tuple, order: list[str], cuts: list[int]) -> list[tuple[list[str], list]]:
+    """The full read's records in `order` (key order, or any other), cut into chunks at `cuts`."""
+    keys = [k for k in order if k in {*full[0], *(f[0] for f in full[1])}]
+    bounds = [0, *sorted(c for c in cuts if 0 < c < len(keys)), len(keys)]
+    return [(keys[a:b], [f for f in full[1] if f[0] in keys[a:b]]) for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
+def _stored_findings(days: list, per_key: int, url: str, full: list[tuple[list[str], list]],
+                     covered: bool = True) -> list[tuple]:
+    """Store the days' findings, then the full read's chunks (`full`) and its end, with a `FindingsCover`
+    gathered by the chunks (`covered`) or without one (the end scans every key)."""
     import delivery.state
+    from delivery.state import FindingsCover
 
     store = StateStore(url)
+    cover = FindingsCover() if covered else None
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(delivery.state, "_FINDINGS_PER_KEY", per_key)
-        for n, (read, found) in enumerate([*days, full]):
-            frame = pd.DataFrame(found, columns=["record_key", "rule", "severity", "message"]).assign(
-                field="f", paragraph="§ 3")
-            store.record_findings(f"r{n}", 1, frame, read=sorted(read))
+        runs = [*((f"r{n}", [day]) for n, day in enumerate(days)), (f"r{len(days)}", full)]
+        for run_id, chunks in runs:
+            for read, found in chunks:
+                frame = pd.DataFrame(found, columns=["record_key", "rule", "severity", "message"]).assign(
+                    field="f", paragraph="§ 3")
+                store.record_findings(run_id, 1, frame, read=sorted(read),
+                                      cover=cover if run_id == runs[-1][0] else None)
         # the last day was a full read: the records it did not read are gone from the source
-        read = {*full[0], *(f[0] for f in full[1])}
+        read = {k for chunk, found in full for k in [*chunk, *(f[0] for f in found)]}
         hashes = np.unique(np.array([hash(k) for k in read], dtype=np.int64))
-        store.resolve_findings_not_read(f"r{len(days)}", 1, hashes)
+        store.resolve_findings_not_read(f"r{len(days)}", 1, hashes, cover)
         with store.begin() as conn:
             rows = [tuple(r) for r in conn.exec_driver_sql(
                 "SELECT record_key, rule, severity, message, run_id, resolved_run FROM ams_findings ORDER BY id").all()]
@@ -164,20 +179,27 @@ def _stored_findings(days: list, per_key: int, url: str, full: tuple) -> list[tu
 
 
 @settings(max_examples=60, deadline=None)
-@given(days=st.lists(DAY, max_size=5), full=DAY)
-def test_a_chunks_open_findings_are_the_same_read_as_a_range_or_by_key(tmp_path_factory, days, full):
+@given(days=st.lists(DAY, max_size=5), full=DAY, in_key_order=st.booleans(), order=st.permutations(KEYS),
+       cuts=st.lists(st.integers(min_value=1, max_value=len(KEYS) - 1), max_size=3))
+def test_a_chunks_open_findings_are_the_same_read_as_a_range_or_by_key(tmp_path_factory, days, full, in_key_order,
+                                                                      order, cuts):
     """Property: over any days of reads (dense or sparse keys, findings new, kept or gone), storing the findings
     reads the same open findings whether the chunk's range is read (a full read's chunk) or its keys are looked
     up (a read of the changes), and both store what a model of the rule stores: a finding of a record read that
     no longer holds is resolved in that run, a new one added, an unchanged one left alone; others untouched.
-    The last day (`full`) is a full read: then the open findings of records it did not read are resolved
-    (`resolve_findings_not_read`), and those of records it read are left as the day's findings say."""
+    The last day (`full`) is a full read, in chunks, in key order or not: then the open findings of records it
+    did not read are resolved (`resolve_findings_not_read`), whether it looks only where the chunks' ranges did
+    not (`FindingsCover`) or at every key, and those of records it read are left as the day's findings say."""
     root = tmp_path_factory.mktemp("findings")
-    by_range = _stored_findings(days, 10**9, f"sqlite:///{root / 'range.sqlite'}", full)
-    by_key = _stored_findings(days, -1, f"sqlite:///{root / 'keys.sqlite'}", full)
-    assert by_range == by_key
+    chunks = _full_read_chunks(full, sorted(KEYS) if in_key_order else order, cuts)
+    by_range = _stored_findings(days, 10**9, f"sqlite:///{root / 'range.sqlite'}", chunks)
+    by_key = _stored_findings(days, -1, f"sqlite:///{root / 'keys.sqlite'}", chunks)
+    mixed = _stored_findings(days, 1, f"sqlite:///{root / 'mixed.sqlite'}", chunks)
+    uncovered = _stored_findings(days, 10**9, f"sqlite:///{root / 'uncovered.sqlite'}", chunks, covered=False)
+    assert by_range == by_key == mixed == uncovered
     model: dict[tuple, list] = {}  # finding -> [run stored, run resolved]
-    for n, (read, found) in enumerate([*days, full]):
+    for n, (read, found) in enumerate([*days, *chunks]):
+        n = min(n, len(days))  # the full read's chunks are one run
         now = {(k, r, s, m.replace("0101901234", "010190-****")) for k, r, s, m in found}
         for finding, runs in model.items():
             if runs[1] is None and finding[0] in {*read, *(f[0] for f in now)} and finding not in now:
@@ -193,6 +215,21 @@ def test_a_chunks_open_findings_are_the_same_read_as_a_range_or_by_key(tmp_path_
             runs[1] = f"r{len(days)}"
     assert sorted((*f[:4], *runs) for f, runs in model.items()) == sorted(by_key)
     assert not any("0101901234" in r[3] for r in by_key)
+
+
+@settings(max_examples=100, deadline=None)
+@given(ranges=st.lists(st.tuples(st.text(alphabet="abcÅ", max_size=3), st.text(alphabet="abcÅ", max_size=3)),
+                       max_size=5), key=st.text(alphabet="abcÅ", max_size=3))
+def test_a_key_is_in_a_gap_of_the_cover_exactly_when_no_range_holds_it(ranges, key):
+    """Property: `FindingsCover.gaps` and the chunks' ranges share no key and leave none out (the end of a full
+    read looks at a key exactly when no chunk looked at its range)."""
+    from delivery.state import FindingsCover
+
+    cover = FindingsCover(ranges=[(min(a, b), max(a, b)) for a, b in ranges])
+    in_range = any(low <= key <= high for low, high in cover.ranges)
+    in_gaps = [(after, before) for after, before in cover.gaps()
+               if (after is None or key > after) and (before is None or key < before)]
+    assert len(in_gaps) == (0 if in_range else 1)
 
 
 @settings(max_examples=100, deadline=None)
