@@ -440,7 +440,7 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
     rules: Counter = Counter()
     rejected_by_receiver: set[str] = set()
     read_hashes: list[np.ndarray] = []  # hash(record_key) of every record read: 8 bytes a record, not the key
-    cover = FindingsCover()  # where the chunks read the open findings: the end of a full read looks elsewhere
+    cover = FindingsCover()  # where a full read's chunks read the open findings: its end looks elsewhere
     docs_index = None
     engine = create_engine_from_url(settings.source_url)
     try:
@@ -482,7 +482,8 @@ def _prepare(area: Area, version: InterfaceVersion, *, run_id: str, period_end: 
             found = checked.found
             with timer.phase("findings"):
                 counts["findings_stored"] += state.record_findings(run_id, area.number, found,
-                                                                   read=checked.read_keys, cover=cover)
+                                                                   read=checked.read_keys,
+                                                                   cover=cover if plan.full else None)
                 read_hashes.append(np.fromiter(map(hash, checked.read_keys), dtype=np.int64))
             # Records, not findings: one record with three bad codes counts once for code.invalid.
             rules.update(f"{r.rule}:{r.severity}" for r in
