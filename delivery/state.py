@@ -1149,7 +1149,8 @@ def _open_findings(conn: Connection, area: int, keys: list[str],
     PostgreSQL loads the keys with COPY, and compares keys in the database's collation, not Python's order."""
     if conn.dialect.name == "sqlite":
         # BINARY, SQLite's comparison of these columns, is the order of the code points, Python's
-        bounds = {"area": area, "low": min(keys), "high": max(keys)}
+        low, high = min(keys), max(keys)
+        bounds = {"area": area, "low": low, "high": high}
         between = "f.record_key BETWEEN :low AND :high"
         # every finding in the range, resolved ones too: what reading the range costs (and the index alone)
         in_range = conn.execute(sa.text(f"SELECT COUNT(*) FROM ams_findings f WHERE f.area = :area AND {between}"),
@@ -1158,7 +1159,7 @@ def _open_findings(conn: Connection, area: int, keys: list[str],
             wanted = set(keys)
             rows = conn.execute(sa.text(_OPEN_FINDINGS + between), bounds).all()
             if cover is not None:
-                cover.ranges.append((bounds["low"], bounds["high"]))
+                cover.ranges.append((low, high))
                 cover.unread.update(r.record_key for r in rows if r.record_key not in wanted)
             return [r for r in rows if r.record_key in wanted]
     _load_keys(conn, keys)

@@ -4,6 +4,7 @@ stored: `_insert_many` (tuples straight to the driver) against `table.insert()`,
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from itertools import pairwise
 
 import numpy as np
 import pandas as pd
@@ -146,7 +147,7 @@ def _full_read_chunks(full: tuple, order: list[str], cuts: list[int]) -> list[tu
     """The full read's records in `order` (key order, or any other), cut into chunks at `cuts`."""
     keys = [k for k in order if k in {*full[0], *(f[0] for f in full[1])}]
     bounds = [0, *sorted(c for c in cuts if 0 < c < len(keys)), len(keys)]
-    return [(keys[a:b], [f for f in full[1] if f[0] in keys[a:b]]) for a, b in zip(bounds, bounds[1:]) if b > a]
+    return [(keys[a:b], [f for f in full[1] if f[0] in keys[a:b]]) for a, b in pairwise(bounds) if b > a]
 
 
 def _stored_findings(days: list, per_key: int, url: str, full: list[tuple[list[str], list]],
